@@ -1,0 +1,152 @@
+"""MP4 video I/O with PyAV: one appendable encoder per camera file, frame decoding by timestamp.
+
+LeRobot v3 stores many episodes back to back in one mp4 per camera; an episode is the span
+``[from_timestamp, to_timestamp)`` inside that file. :class:`VideoEncoder` keeps a stream open across episodes
+so no re-encoding or concat step is needed; frame ``k`` of the file has ``pts = k`` in a ``1/fps`` time base.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+DEFAULT_CODEC = "h264"
+# g=2 (a keyframe every 2 frames) keeps random access cheap, as LeRobot does.
+CODEC_OPTIONS: dict[str, dict[str, str]] = {
+    "h264": {"crf": "18", "g": "2", "preset": "veryfast"},
+    "libx264": {"crf": "18", "g": "2", "preset": "veryfast"},
+    "hevc": {"crf": "20", "g": "2", "preset": "veryfast"},
+    "libsvtav1": {"crf": "30", "g": "2", "preset": "12"},
+    "mpeg4": {"q:v": "2", "g": "2"},
+}
+
+
+class VideoError(RuntimeError):
+    """A video file is missing, unreadable, or has fewer frames than its metadata says."""
+
+
+class VideoEncoder:
+    """Append RGB uint8 frames (H, W, 3) to an mp4, possibly across several episodes."""
+
+    def __init__(self, path: str | os.PathLike, fps: int, height: int, width: int,
+                 codec: str = DEFAULT_CODEC, options: dict[str, str] | None = None) -> None:
+        if codec not in CODEC_OPTIONS:
+            raise ValueError(f"video codec: expected one of {sorted(CODEC_OPTIONS)}, got {codec!r}")
+        if height % 2 or width % 2:
+            raise ValueError(f"video size: yuv420p needs even height and width, got {height}x{width}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.height, self.width, self.codec = fps, height, width, codec
+        self._container = av.open(str(self.path), "w", format="mp4")
+        self._stream = self._container.add_stream(codec, rate=fps, options=options or CODEC_OPTIONS[codec])
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.time_base = Fraction(1, fps)
+        self.frames = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"video frame for {self.path.name}: expected uint8 {(self.height, self.width, 3)}, "
+                             f"got {frame.dtype} {frame.shape}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self.frames
+        vf.time_base = Fraction(1, self.fps)
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames += 1
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray | list[np.ndarray], fps: int,
+                codec: str = DEFAULT_CODEC) -> Path:
+    """Encode a whole clip at once (used for rollout videos)."""
+    frames = list(frames)
+    if not frames:
+        raise ValueError("write_video: no frames")
+    h, w = frames[0].shape[:2]
+    enc = VideoEncoder(path, fps, h + h % 2, w + w % 2, codec)
+    try:
+        for f in frames:
+            if f.shape[0] != enc.height or f.shape[1] != enc.width:
+                f = np.pad(f, ((0, enc.height - f.shape[0]), (0, enc.width - f.shape[1]), (0, 0)))
+            enc.add(f)
+    finally:
+        enc.close()
+    return enc.path
+
+
+def decode_all(path: str | os.PathLike) -> np.ndarray:
+    """Every frame of the file as uint8 (N, H, W, 3), in presentation order."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except (av.error.FFmpegError, ValueError) as e:
+        raise VideoError(f"cannot decode video {path}: {e}") from e
+    if not frames:
+        raise VideoError(f"video {path} has no decodable frames")
+    return np.stack(frames)
+
+
+def decode_range(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
+    """Frames ``[start, stop)`` (file-level frame numbers) as uint8 (stop-start, H, W, 3), seeking first."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video file not found: {path}")
+    out: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            tb = stream.time_base
+            fps = stream.average_rate or stream.guessed_rate
+            to_pts = lambda k: int(round(Fraction(k) / Fraction(fps) / tb))  # noqa: E731
+            c.seek(to_pts(start), stream=stream, backward=True, any_frame=False)
+            for frame in c.decode(stream):
+                k = int(round(float(frame.pts * tb * fps)))
+                if k < start:
+                    continue
+                if k >= stop:
+                    break
+                out.append(frame.to_ndarray(format="rgb24"))
+    except (av.error.FFmpegError, ValueError) as e:
+        raise VideoError(f"cannot decode video {path}: {e}") from e
+    if len(out) != stop - start:
+        raise VideoError(f"video {path}: expected frames [{start}, {stop}), decoded {len(out)}")
+    return np.stack(out)
+
+
+def video_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``info`` block LeRobot records for a video feature."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return {
+            "video.height": s.height,
+            "video.width": s.width,
+            "video.codec": s.codec_context.codec.canonical_name if s.codec_context else s.codec.name,
+            "video.pix_fmt": s.pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": int(round(float(s.average_rate or s.guessed_rate))),
+            "video.channels": 3,
+            "has_audio": any(True for _ in c.streams.audio),
+        }

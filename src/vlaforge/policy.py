@@ -1,0 +1,229 @@
+"""VLAPolicy = backbone + action head (+ proprio projector), with its input/output pipelines and checkpoints.
+
+Checkpoint directory (DESIGN §4)::
+
+    config.json        {"format_version", "vlaforge_version", "git_sha", "robot": {...}, "policy": {... "type" tags}}
+    model.safetensors  all weights
+    processors/        inputs.json, outputs.json, *.safetensors (normalization statistics)
+    tokenizer/         the backbone tokenizer, saved with save_pretrained
+    train_state/       training checkpoints only (see vlaforge.train.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
+from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text
+from vlaforge.data.stats import Stats
+from vlaforge.heads.base import HEADS, HeadConfig
+from vlaforge.processors.base import Pipeline, Step, collate
+from vlaforge.processors.features import CheckFeatures
+from vlaforge.processors.image import ImageStep, RandomShift
+from vlaforge.processors.normalize import Normalize, Unnormalize
+from vlaforge.processors.text import Tokenize
+from vlaforge.types import ACTION, OBS_STATE, TASK, FeatureMismatchError, RobotSpec, image_key
+
+PROPRIO = ("none", "mlp")
+
+
+def _default_backbone() -> BackboneConfig:
+    return BACKBONES.get("smolvlm")()
+
+
+def _default_head() -> HeadConfig:
+    return HEADS.get("tokens")()
+
+
+@dataclass(frozen=True)
+class PolicyConfig(ConfigBase):
+    backbone: BackboneConfig = field(default_factory=_default_backbone)
+    head: HeadConfig = field(default_factory=_default_head)
+    chunk: int = 8  # actions predicted per call (H)
+    history: int = 1  # observation frames per sample (T); T > 1 interleaves frames as extra views
+    proprio: str = "mlp"  # "mlp": the normalized state becomes one prefix token; "none": not given to the VLM
+    normalization: dict[str, str] = field(default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "q01_q99"})
+    # Filled from the training data; they fix the architecture and are checked whenever data meets the policy.
+    cameras: tuple[str, ...] = ()
+    state_dim: int = 0
+    action_dim: int = 0
+
+    def validate(self) -> None:
+        self.check(self.chunk >= 1, "chunk", ">= 1")
+        self.check(self.history >= 1, "history", ">= 1")
+        self.check(self.proprio in PROPRIO, "proprio", f"one of {PROPRIO}")
+        for k, m in self.normalization.items():
+            if m not in ("mean_std", "min_max", "q01_q99", "identity"):
+                raise ConfigError(f"normalization.{k}", "mean_std | min_max | q01_q99 | identity", m)
+
+    def with_robot(self, robot: RobotSpec) -> PolicyConfig:
+        return self.replace(cameras=tuple(robot.cameras), state_dim=robot.state_dim, action_dim=robot.action_dim)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class VLAPolicy(nn.Module):
+    """A VLA policy. Build with ``VLAPolicy(cfg)`` for training or ``VLAPolicy.from_pretrained(ckpt)``."""
+
+    def __init__(self, cfg: PolicyConfig, assets: Path | None = None) -> None:
+        super().__init__()
+        if not cfg.cameras or cfg.action_dim <= 0:
+            raise ConfigError("policy.cameras/action_dim", "values from the dataset (cfg.with_robot(spec))",
+                              (cfg.cameras, cfg.action_dim))
+        self.cfg = cfg
+        self.backbone: Backbone = cfg.backbone.build(assets)
+        self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk,
+                                   hidden_size=self.backbone.hidden_size, state_dim=cfg.state_dim)
+        d = self.backbone.hidden_size
+        self.proprio = (nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
+                        if cfg.proprio == "mlp" and cfg.state_dim > 0 else None)
+        self.robot: RobotSpec | None = None
+        self.inputs: Pipeline | None = None
+        self.outputs: Pipeline | None = None
+
+    # ------------------------------------------------------------ pipelines
+    def make_pipelines(self, stats: Stats, robot: RobotSpec) -> None:
+        """Build the inputs/outputs pipelines from the training data's statistics and features."""
+        diffs = RobotSpec({c: robot.cameras.get(c, (0, 0)) for c in self.cfg.cameras}, self.cfg.state_dim,
+                          self.cfg.action_dim).differences(robot, this="policy config", that="dataset")
+        if diffs:
+            raise FeatureMismatchError(diffs, "policy config does not match the dataset")
+        modes = {k: m for k, m in self.cfg.normalization.items() if k != OBS_STATE or self.cfg.state_dim}
+        self.robot = robot
+        self.inputs = Pipeline([
+            CheckFeatures(robot=robot.to_json(), history=self.cfg.history),
+            Normalize.from_stats(modes, stats),
+            ImageStep(cameras=list(self.cfg.cameras), size=self.backbone.image_size),
+            Tokenize(template=self.cfg.backbone.prompt_template, max_tokens=self.cfg.backbone.max_prompt_tokens),
+        ])
+        self.inputs.steps[-1].bind(tokenizer=self.backbone.tokenizer)
+        self.outputs = Pipeline([Unnormalize.from_stats({ACTION: modes[ACTION]}, stats)])
+
+    def train_pipeline(self, shift_pad: int = 0) -> Pipeline:
+        """The inputs pipeline with train-only augmentation in front (never saved, never used at inference)."""
+        if self.inputs is None:
+            raise RuntimeError("make_pipelines() first")
+        aug: list[Step] = [RandomShift(cameras=list(self.cfg.cameras), pad=shift_pad)] if shift_pad > 0 else []
+        return Pipeline(aug + self.inputs.steps)
+
+    # ------------------------------------------------------------ model
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _images(self, batch: dict[str, Any]) -> Tensor:
+        views = [batch[image_key(c)] for c in self.cfg.cameras]  # each (B, [T,] 3, S, S)
+        x = torch.stack(views, 1)
+        return x.flatten(1, 2) if x.dim() == 6 else x  # history frames become extra views
+
+    def encode(self, batch: dict[str, Any], use_cache: bool):
+        state = batch.get(OBS_STATE)
+        if state is not None and state.dim() == 3:
+            state = state[:, -1]  # the current frame's state
+        extra = self.proprio(state.to(self.backbone.dtype))[:, None] if self.proprio is not None else None
+        ctx = self.backbone.encode(self._images(batch), batch, extra=extra, use_cache=use_cache)
+        ctx.state = state
+        return ctx
+
+    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.head.loss(self.encode(batch, use_cache=self.head.in_sequence), batch)
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any], generator: torch.Generator | None = None, **options: Any) -> Tensor:
+        """Normalized action chunks (B, H, Da); the prefix is encoded once."""
+        ctx = self.encode(batch, use_cache=self.head.in_sequence)
+        return self.head.sample(ctx, batch, generator=generator, **options)
+
+    # ------------------------------------------------------------ inference API
+    def prepare(self, observations: list[dict[str, Any]]) -> dict[str, Any]:
+        """Raw observations (robot units, uint8 images) -> a model batch on the policy's device."""
+        if self.inputs is None:
+            raise RuntimeError("policy has no input pipeline (load it with from_pretrained)")
+        items = [self.inputs(dict(o)) for o in observations]
+        batch = collate(items)
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def postprocess(self, actions: Tensor) -> np.ndarray:
+        """Normalized (B, H, Da) -> robot units (B, H, Da)."""
+        return np.stack([self.outputs({ACTION: a})[ACTION] for a in actions.float().cpu().numpy()])
+
+    @torch.no_grad()
+    def predict_actions(self, observations: list[dict[str, Any]], seed: int | None = None,
+                        **options: Any) -> np.ndarray:
+        """A batch of raw observations -> action chunks (B, H, Da) in robot units."""
+        batch = self.prepare(observations)
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        return self.postprocess(self.sample(batch, generator=gen, **options))
+
+    def predict_action(self, images: dict[str, np.ndarray], instruction: str, state: Any = None,
+                       seed: int | None = None, **options: Any) -> np.ndarray:
+        """One observation -> an action chunk (H, Da) in the robot's units."""
+        obs: dict[str, Any] = {image_key(cam): img for cam, img in images.items()}
+        obs[TASK] = instruction
+        if state is not None:
+            obs[OBS_STATE] = np.asarray(state)
+        return self.predict_actions([obs], seed=seed, **options)[0]
+
+    # ------------------------------------------------------------ checkpoints
+    def check_compatible(self, robot: RobotSpec, what: str = "data") -> None:
+        """Raise :class:`FeatureMismatchError` listing every camera / dim difference with ``robot``."""
+        if self.robot is None:
+            raise RuntimeError("policy has no robot spec (it was not trained or loaded)")
+        diffs = self.robot.differences(robot, this="checkpoint", that=what)
+        if diffs:
+            raise FeatureMismatchError(diffs, f"checkpoint does not match the {what}")
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from vlaforge import __version__
+
+        directory = Path(directory)
+        if self.inputs is None or self.outputs is None or self.robot is None:
+            raise RuntimeError("save_pretrained needs pipelines: call make_pipelines(stats, robot) first")
+        directory.mkdir(parents=True, exist_ok=True)
+        resolved = self.cfg.replace(backbone=self.backbone.resolved_config())
+        meta = {"format_version": FORMAT_VERSION, "vlaforge_version": __version__, "git_sha": _git_sha(),
+                "robot": self.robot.to_json(), "policy": resolved.to_dict()}
+        save_model(self, str(directory / "model.safetensors"))
+        self.inputs.save(directory / "processors", "inputs")
+        self.outputs.save(directory / "processors", "outputs")
+        self.backbone.save_assets(directory / "tokenizer")
+        atomic_write_text(directory / "config.json", json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> VLAPolicy:
+        directory = Path(directory)
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a vlaforge checkpoint (no config.json)")
+        meta = json.loads(cfg_path.read_text())
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        cfg = PolicyConfig.from_dict(meta["policy"])
+        policy = cls(cfg, assets=directory / "tokenizer")
+        missing, unexpected = load_model(policy, str(directory / "model.safetensors"), strict=False,
+                                         device=str(map_location))
+        if missing or unexpected:
+            raise ValueError(f"{directory}/model.safetensors does not match the config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        policy.robot = RobotSpec.from_json(meta["robot"])
+        policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
+        policy.outputs = Pipeline.load(directory / "processors", "outputs")
+        return policy.to(map_location).eval()

@@ -1,0 +1,5 @@
+"""Serializable processor steps and pipelines."""
+
+from vlaforge.processors.base import AUG_SEED, STEPS, Pipeline, Step, collate
+
+__all__ = ["AUG_SEED", "STEPS", "Pipeline", "Step", "collate"]

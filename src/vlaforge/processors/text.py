@@ -1,0 +1,52 @@
+"""Prompt step: instruction -> token ids with the backbone's tokenizer and prompt template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlaforge.processors.base import STEPS, Step
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, TASK
+
+
+def normalize_instruction(text: str) -> str:
+    """Lower-case, collapse whitespace, drop a trailing period (instructions arrive in many spellings)."""
+    return " ".join(str(text).strip().lower().split()).rstrip(".")
+
+
+@STEPS.register("tokenize")
+@dataclass
+class Tokenize(Step):
+    template: str = "{task}"
+    max_tokens: int = 48
+
+    resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
+
+    def __post_init__(self) -> None:
+        self._tokenizer: Any = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def bind(self, tokenizer: Any = None, **_: Any) -> None:
+        self._tokenizer = tokenizer
+        self._cache.clear()
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        if self._tokenizer is None:
+            raise RuntimeError("tokenize step has no tokenizer; load the pipeline with tokenizer=...")
+        task = item.get(TASK)
+        if not isinstance(task, str):
+            raise TypeError(f"'{TASK}': expected an instruction string, got {type(task).__name__}")
+        ids = self._cache.get(task)
+        if ids is None:
+            text = self.template.format(task=normalize_instruction(task))
+            ids = np.asarray(self._tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            if len(ids) > self.max_tokens:
+                raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "
+                                 f"{task!r}")
+            if len(self._cache) < 4096:
+                self._cache[task] = ids
+        item[INPUT_IDS] = ids
+        item[ATTENTION_MASK] = np.ones(len(ids), dtype=np.int64)
+        return item
