@@ -81,8 +81,8 @@ def _arrow_type(spec: FeatureSpec) -> pa.DataType:
     base = pa.from_numpy_dtype(np.dtype(spec.dtype))
     if spec.shape == (1,):
         return base
-    if len(spec.shape) == 1:
-        return pa.list_(base, spec.shape[0])
+    if len(spec.shape) == 1:  # HF datasets (hence LeRobot) name the child field "item"
+        return pa.list_(pa.field("item", base), spec.shape[0])
     raise ValueError(f"feature with shape {spec.shape}: only scalars and vectors are stored in parquet here")
 
 
@@ -199,7 +199,7 @@ class LeRobotWriter:
             v = columns[k]
             t = self.schema.field(k).type
             if pa.types.is_fixed_size_list(t):
-                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), t.value_type), t.list_size))
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), t.value_type), type=t))
             elif isinstance(v, np.ndarray):
                 arrays.append(pa.array(v.reshape(n), t))
             else:
@@ -550,3 +550,12 @@ def compute_dataset_stats(root: str | Path, write: bool = True) -> Stats:
     if write:
         write_stats(ds.root / "meta" / "stats.json", stats)
     return stats
+
+
+def _register() -> None:
+    from vlaforge.data import FORMATS
+
+    FORMATS.register("lerobot")(LeRobotDataset)
+
+
+_register()

@@ -118,6 +118,11 @@ def _jsonable(x: Any) -> Any:
 def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
     """Stack processed items into a batch: arrays -> tensors, 1-D token ids right-padded, strings -> lists."""
     out: dict[str, Any] = {}
+    keys = set(items[0])
+    for i, it in enumerate(items[1:], 1):
+        if set(it) != keys:
+            raise KeyError(f"collate: item {i} has keys differing from item 0: missing "
+                           f"{sorted(keys - set(it))}, extra {sorted(set(it) - keys)}")
     for key in items[0]:
         if key.startswith("_"):
             continue

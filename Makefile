@@ -1,0 +1,43 @@
+# vlaforge developer entry points. Both targets create/update ./.venv (Python 3.11, CPU torch 2.13.0).
+PYTHON ?= python3.11
+VENV := .venv
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+export MUJOCO_GL ?= egl
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test install install-test bench clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the CPU torch 2.13.0 wheel is cp311 only)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+
+# torch is pinned in the same pip command as everything else: unpinned, pip would fetch a CUDA build.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q "torch==2.13.0" -e ".[metaworld]"
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q "torch==2.13.0" -e ".[metaworld,test]"
+	@touch $@ $(STAMP)
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+## make demo: set up and run the CPU quick start (collect -> train -> eval -> runs/quickstart/report.md)
+demo: $(STAMP)
+	$(VENV)/bin/vlaforge quickstart
+
+## make test: set up with the test extras and run the test suite
+test: $(TEST_STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

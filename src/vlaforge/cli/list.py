@@ -1,0 +1,39 @@
+"""vlaforge list [backbones|heads|formats|envs|presets]"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from vlaforge.registry import Registry
+
+
+def _registries() -> dict[str, Registry]:
+    from vlaforge.backbones.base import BACKBONES
+    from vlaforge.data import FORMATS
+    from vlaforge.eval.envs.base import ENVS
+    from vlaforge.heads.base import HEADS
+    from vlaforge.presets import PRESETS
+
+    return {"backbones": BACKBONES, "heads": HEADS, "formats": FORMATS, "envs": ENVS, "presets": PRESETS}
+
+
+def _describe(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def main(argv: list[str]) -> int:
+    regs = _registries()
+    wanted = argv or list(regs)
+    unknown = [w for w in wanted if w not in regs]
+    if unknown:
+        print(f"vlaforge list: unknown kind(s) {unknown}; choose from {', '.join(regs)}")
+        return 2
+    console = Console()
+    for kind in wanted:
+        table = Table(title=kind, show_header=False, title_justify="left")
+        for name, entry in regs[kind].items():
+            table.add_row(name, _describe(entry))
+        console.print(table)
+    return 0

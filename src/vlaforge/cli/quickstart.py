@@ -1,0 +1,113 @@
+"""vlaforge quickstart: collect Meta-World demos -> train a tiny VLA -> evaluate -> report, on a CPU.
+
+Re-running continues where it stopped: complete data is reused, an interrupted training resumes, and
+evaluation runs again. ``--overwrite`` starts from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import draccus
+
+from vlaforge.cli.common import setup_logging, to_draccus
+from vlaforge.config import ConfigBase, Paths, parse_overrides
+from vlaforge.eval.collect import collect
+from vlaforge.eval.envs.metaworld import INSTRUCTIONS, MetaWorldConfig
+from vlaforge.eval.report import machine, plot_success, write_report
+from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize
+from vlaforge.presets import get_preset
+from vlaforge.presets.quickstart import QUICKSTART_TASKS
+
+
+@dataclass(frozen=True)
+class QuickstartConfig(ConfigBase):
+    out: str = "runs/quickstart"
+    tasks: str = ",".join(QUICKSTART_TASKS)
+    demos: int = 30  # successful scripted demos per task
+    eval_episodes: int = 10  # per task
+    preset: str = "quickstart_tokens"
+    steps: int | None = None  # training steps (default: the preset's)
+    max_train_minutes: float = 20.0  # training stops (and saves) if it runs longer than this
+    exec_steps: int | None = None  # actions executed per chunk (default: half the chunk)
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        self.check(self.demos >= 1, "demos", ">= 1")
+        self.check(self.eval_episodes >= 1, "eval_episodes", ">= 1")
+
+
+def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
+    from vlaforge.data.lerobot import LeRobotDataset
+    from vlaforge.inference import LocalPolicy
+    from vlaforge.train.trainer import train
+
+    out = Path(cfg.out)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    env = MetaWorldConfig()
+    tasks = env.task_names(cfg.tasks)
+    data, run_dir = out / "data", out / "train"
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    if not (data / "meta" / "info.json").is_file():
+        print(f"[1/3] collecting {cfg.demos} demos x {len(tasks)} tasks -> {data}", file=sys.stderr)
+        collect(env, tasks, cfg.demos, data, overwrite=True)
+    timings["collect"] = (time.time() - t) / 60
+
+    t = time.time()
+    base = get_preset(cfg.preset)
+    overrides = [f"--data.path={data}", f"--out={run_dir}", f"--max_minutes={cfg.max_train_minutes}"]
+    if cfg.steps is not None:
+        overrides.append(f"--steps={cfg.steps}")
+    tcfg = parse_overrides(base, overrides)
+    summary_path = run_dir / "train_summary.json"
+    done = summary_path.is_file() and json.loads(summary_path.read_text())["steps"] >= tcfg.steps
+    if not done:
+        resume = Paths.last_checkpoint(run_dir).exists()
+        print(f"[2/3] training {cfg.preset} for {tcfg.steps} steps -> {run_dir}" + (" (resuming)" if resume else ""),
+              file=sys.stderr)
+        train(tcfg.replace(resume=resume))
+    timings["train"] = (time.time() - t) / 60
+    train_summary = json.loads(summary_path.read_text())
+
+    t = time.time()
+    ckpt = Paths.last_checkpoint(run_dir).resolve()
+    print(f"[3/3] evaluating {ckpt.name} on {cfg.eval_episodes} episodes x {len(tasks)} tasks", file=sys.stderr)
+    policy = LocalPolicy.load(ckpt)
+    results = evaluate(policy, env, tasks, cfg.eval_episodes, exec_steps=cfg.exec_steps,
+                       video_dir=out / "videos", videos_per_task=1)
+    summary = summarize(results)
+    reference = summarize(expert_baseline(env, tasks, cfg.eval_episodes))
+    timings["eval"] = (time.time() - t) / 60
+    print_table(summary, reference, title="quick start: success on unseen seeds")
+
+    metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    meta = LeRobotDataset(data, video_cache="episode").meta
+    report = {
+        "preset": cfg.preset, "params": train_summary["params"], "batch_size": tcfg.batch_size,
+        "dataset": {"episodes": meta.num_episodes, "frames": meta.num_frames, "path": str(data)},
+        "eval": summary, "expert": reference, "eval_episodes": cfg.eval_episodes, "seed_start": EVAL_SEED_START,
+        "train": train_summary, "final_loss": metrics[-1]["loss"],
+        "instructions": {t_: INSTRUCTIONS[t_] for t_ in tasks},
+        "loss_png": run_dir / "loss.png", "success_png": plot_success(summary, reference, out / "success.png"),
+        "videos": sorted(str(p) for p in (out / "videos").glob("*.mp4")),
+        "timings": {**timings, "total": sum(timings.values())}, "machine": machine(),
+        "command": "vlaforge quickstart " + " ".join(argv), "checkpoint": str(ckpt),
+    }
+    md = write_report(out, report)
+    print(f"report: {md}  (mean success {summary['mean_success']:.0%})", file=sys.stderr)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    setup_logging()
+    cfg = draccus.parse(QuickstartConfig, args=to_draccus(argv, flags=["overwrite"]))
+    run(cfg, argv)
+    return 0

@@ -1,0 +1,32 @@
+"""vlaforge train PRESET --data DATASET --out RUN_DIR [--resume] [--head.type=dit --steps=2000 ...]
+
+Fields of the policy can be given without the ``policy.`` prefix (``--head.num_steps=8``, ``--chunk=16``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from vlaforge.cli.common import setup_logging, to_draccus
+from vlaforge.config import parse_overrides
+from vlaforge.presets import PRESETS, get_preset
+
+ALIASES = {"data": "data.path", "lr": "optim.lr"}
+PREFIXES = {"head": "policy.head", "backbone": "policy.backbone", "chunk": "policy.chunk",
+            "history": "policy.history", "proprio": "policy.proprio"}
+
+
+def main(argv: list[str]) -> int:
+    setup_logging()
+    if not argv or argv[0].startswith("-"):
+        print(__doc__.strip() + f"\n\npresets: {', '.join(PRESETS.names())}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    preset, rest = argv[0], argv[1:]
+    base = get_preset(preset)
+    args = to_draccus(rest, aliases=ALIASES, prefixes=PREFIXES, flags=["resume"])
+    cfg = parse_overrides(base, args)
+    from vlaforge.train.trainer import train
+
+    ckpt = train(cfg)
+    print(f"final checkpoint: {ckpt}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation in simulation: env adapters, rollouts, demo collection, metrics and videos."""

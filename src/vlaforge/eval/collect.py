@@ -1,0 +1,131 @@
+"""Scripted-expert demonstrations -> a LeRobot v3 dataset (``vlaforge collect``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlaforge.config import ConfigBase
+from vlaforge.data.lerobot import LeRobotWriter
+from vlaforge.eval.envs.base import ENVS, EnvConfig
+from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
+from vlaforge.utils import progress_bar
+
+
+@dataclass
+class TaskCollection:
+    task: str
+    instruction: str
+    kept: int
+    attempts: int
+    seeds: list[int]
+    mean_length: float
+
+
+def _run_expert(env: Any, seed: int) -> tuple[dict[str, np.ndarray], bool]:
+    obs = env.reset(seed)
+    frames: dict[str, list] = {k: [] for k in obs if k.startswith("observation.")}
+    actions, success = [], False
+    for _ in range(env.max_steps):
+        a = env.expert_action()
+        for k in frames:
+            frames[k].append(obs[k])
+        actions.append(a)
+        obs, success, _ = env.step(a)
+        if success:
+            break
+    episode = {k: np.stack(v) for k, v in frames.items()}
+    episode[ACTION] = np.stack(actions).astype(np.float32)
+    return episode, success
+
+
+def _collect_task(env_cfg: EnvConfig, task: str, episodes: int, seed_start: int, max_attempts: int,
+                  advance: Any) -> tuple[TaskCollection, list[dict[str, np.ndarray]], Any]:
+    """All of one task's episodes, on the calling thread (its env's GL context stays on that thread)."""
+    env = env_cfg.make(task)
+    try:
+        kept: list[dict[str, np.ndarray]] = []
+        seeds: list[int] = []
+        attempt = 0
+        while len(kept) < episodes and attempt < max_attempts:
+            seed = seed_start + attempt
+            attempt += 1
+            episode, success = _run_expert(env, seed)
+            if success:
+                kept.append(episode)
+                seeds.append(seed)
+                advance()
+        lengths = [len(e[ACTION]) for e in kept]
+        summary = TaskCollection(task, env.instruction, len(kept), attempt, seeds,
+                                 float(np.mean(lengths)) if lengths else 0.0)
+        return summary, kept, (env.robot, env.fps)
+    finally:
+        env.close()
+
+
+def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, seed_start: int = 0,
+            max_attempts: int | None = None, codec: str = "h264", overwrite: bool = False, workers: int = 2,
+            show_progress: bool = True) -> list[TaskCollection]:
+    """Collect ``episodes`` successful expert episodes per task (failed attempts are dropped).
+
+    Tasks run on ``workers`` threads (simulation and rendering release the GIL); episodes are written in task
+    order, so the dataset does not depend on the number of workers.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not tasks:
+        raise ValueError("collect: no tasks given")
+    max_attempts = max_attempts or 3 * episodes
+    summary: list[TaskCollection] = []
+    writer = None
+    with progress_bar(show_progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+        job = bar.add_task(f"collect {len(tasks)} tasks", total=episodes * len(tasks))
+        futures = [pool.submit(_collect_task, env_cfg, t, episodes, seed_start, max_attempts,
+                               lambda: bar.advance(job)) for t in tasks]
+        try:
+            for fut in futures:
+                result, kept, (robot, fps) = fut.result()
+                if writer is None:
+                    feats = {image_key(c): FeatureSpec("video", (h, w, 3)) for c, (h, w) in robot.cameras.items()}
+                    feats[OBS_STATE] = FeatureSpec("float32", (robot.state_dim,))
+                    feats[ACTION] = FeatureSpec("float32", (robot.action_dim,))
+                    writer = LeRobotWriter(out, fps, feats, robot_type=env_cfg.type, codec=codec, overwrite=overwrite)
+                for episode in kept:
+                    writer.add_episode(episode, result.instruction)
+                summary.append(result)
+        finally:
+            for fut in futures:
+                fut.cancel()
+    writer.finalize()
+    (Path(out) / "meta" / "collection.json").write_text(json.dumps(
+        {"env": env_cfg.to_dict(), "tasks": [vars(s) for s in summary]}, indent=2))
+    return summary
+
+
+@dataclass(frozen=True)
+class CollectConfig(ConfigBase):
+    env: EnvConfig = field(default_factory=lambda: ENVS.get("metaworld")())
+    tasks: str = "mt10"  # comma-separated task names or suites (mt10, mt50)
+    episodes: int = 50  # successful episodes kept per task
+    out: str = ""
+    seed_start: int = 0
+    codec: str = "h264"
+    overwrite: bool = False
+    workers: int = 2  # tasks collected in parallel threads
+
+    def validate(self) -> None:
+        self.check(self.episodes >= 1, "episodes", ">= 1")
+        self.check(self.workers >= 1, "workers", ">= 1")
+        self.check(self.seed_start >= 0, "seed_start", ">= 0")
+
+
+def run_collect(cfg: CollectConfig, show_progress: bool = True) -> list[TaskCollection]:
+    if not cfg.out:
+        raise ValueError("collect: pass --out DIR")
+    tasks = cfg.env.task_names(cfg.tasks)
+    return collect(cfg.env, tasks, cfg.episodes, Path(cfg.out), seed_start=cfg.seed_start, codec=cfg.codec,
+                   overwrite=cfg.overwrite, workers=cfg.workers, show_progress=show_progress)

@@ -1,0 +1,46 @@
+"""Simulator adapters: one small class per benchmark behind :data:`ENVS`, each behind an optional extra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from vlaforge.config import Choice, ChoiceType
+from vlaforge.registry import Registry
+from vlaforge.types import RobotSpec
+
+ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld"})
+
+
+@dataclass(frozen=True)
+class EnvConfig(Choice, ChoiceType):
+    registry: ClassVar[Registry] = ENVS
+
+    def task_names(self, spec: str | list[str]) -> list[str]:
+        """Expand a task spec (names, or suite names such as ``mt10``) into task names."""
+        raise NotImplementedError
+
+    def make(self, task: str) -> EnvAdapter:
+        raise NotImplementedError
+
+
+class EnvAdapter(Protocol):
+    """One task of one simulator, producing raw observations in vlaforge keys."""
+
+    task: str
+    instruction: str
+    robot: RobotSpec
+    max_steps: int
+
+    fps: int
+
+    # raw observation (images uint8 HWC, state, task); render=False skips the cameras (expert-only runs)
+    def reset(self, seed: int, render: bool = True) -> dict[str, Any]: ...
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, Any], bool, dict[str, Any]]: ...
+
+    def expert_action(self) -> np.ndarray: ...  # scripted expert's action for the current state
+
+    def close(self) -> None: ...

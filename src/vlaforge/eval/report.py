@@ -1,0 +1,87 @@
+"""Run reports: a Markdown page and a JSON file with the numbers, plus a success bar chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def plot_success(summary: dict[str, Any], reference: dict[str, Any] | None, png: Path) -> Path:
+    """Per-task success of the policy (with 95 % intervals) next to the scripted experts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(summary["tasks"])
+    x = np.arange(len(tasks))
+    pol = np.array([summary["tasks"][t]["success_rate"] for t in tasks])
+    ci = np.array([summary["tasks"][t]["ci95"] for t in tasks])
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 3.8), dpi=110)
+    width = 0.38 if reference else 0.6
+    ax.bar(x - (width / 2 if reference else 0), pol, width, label="policy", color="tab:blue",
+           yerr=[pol - ci[:, 0], ci[:, 1] - pol], capsize=3)
+    if reference:
+        ref = np.array([reference["tasks"].get(t, {}).get("success_rate", 0.0) for t in tasks])
+        ax.bar(x + width / 2, ref, width, label="scripted expert", color="tab:gray", alpha=0.7)
+    ax.axhline(summary["mean_success"], color="tab:blue", ls="--", lw=1, label=f"policy mean {summary['mean_success']:.0%}")
+    ax.set_xticks(x, [t.removesuffix("-v3") for t in tasks], rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def write_report(out: Path, data: dict[str, Any]) -> Path:
+    """``out/report.md`` + ``out/report.json`` from the quick start's collected numbers."""
+    s, ref = data["eval"], data.get("expert")
+    rel = lambda p: os.path.relpath(p, out) if p else None  # noqa: E731
+    lines = [
+        "# vlaforge quick start report", "",
+        f"Policy: `{data['preset']}` ({data['params'] / 1e6:.1f} M parameters, random init, trained from scratch) "
+        f"on {data['dataset']['episodes']} scripted demos ({data['dataset']['frames']} frames) of "
+        f"{len(s['tasks'])} Meta-World tasks. The policy acts from the two camera images, the instruction and the "
+        "proprio state (hand position + gripper) only.", "",
+        f"**Mean success: {s['mean_success']:.0%}** over {data['eval_episodes']} evaluation episodes per task "
+        f"(seeds {data['seed_start']}+, disjoint from the demo seeds); target 50 %.", "",
+        "| task | instruction | policy | 95 % CI | scripted expert (same seeds) |", "|---|---|---|---|---|",
+    ]
+    for task, t in s["tasks"].items():
+        r = ref["tasks"].get(task) if ref else None
+        expert = f"{r['successes']}/{r['episodes']}" if r else "-"
+        lines.append(f"| {task} | {data['instructions'].get(task, '')} | {t['successes']}/{t['episodes']} | "
+                     f"{t['ci95'][0]:.0%}–{t['ci95'][1]:.0%} | {expert} |")
+    mean_ref = f"{ref['mean_success']:.0%}" if ref else "-"
+    lines += [f"| **mean** | | **{s['mean_success']:.0%}** | | {mean_ref} |", ""]
+    lines += ["![success per task](" + rel(data["success_png"]) + ")", "",
+              "## Training", "", f"{data['train']['steps']} steps (batch {data['batch_size']}), "
+              f"{data['train']['minutes']:.1f} min; final loss {data['final_loss']:.4f}."
+              + (" Stopped early by the time budget." if data["train"].get("stopped_early") else ""), "",
+              "![loss curve](" + rel(data["loss_png"]) + ")", "", "## Videos", ""]
+    lines += [f"- [{Path(v).name}]({rel(v)})" for v in data["videos"]] or ["(none)"]
+    t = data["timings"]
+    lines += ["", "## Time", "", "| phase | minutes |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
+    m = data["machine"]
+    lines += ["", f"Machine: {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+              f"Python {m['python']}.", "", "Reproduce: `" + data["command"] + "`", ""]
+    md = out / "report.md"
+    md.write_text("\n".join(lines))
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    return md

@@ -1,0 +1,206 @@
+"""Closed-loop evaluation: receding-horizon chunk execution over many envs in lockstep, videos, success tables.
+
+Several copies of a task run side by side; whenever some of them have run out of actions, their observations
+are sent to the policy as one batch (a tiny VLA costs about the same for 1 or 10 observations on a CPU).
+Evaluation seeds start at :data:`EVAL_SEED_START`, far from the seeds demos are collected with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlaforge.data.video import write_video
+from vlaforge.eval.envs.base import EnvConfig
+from vlaforge.inference import ActionChunker, InferencePolicy
+from vlaforge.types import OBS_IMAGES, FeatureMismatchError
+from vlaforge.utils import PinnedThreads, progress_bar
+
+EVAL_SEED_START = 100_000
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    success: bool
+    steps: int
+
+
+def _frame(obs: dict[str, Any], scale: int = 2) -> np.ndarray:
+    views = [v for k, v in sorted(obs.items()) if k.startswith(OBS_IMAGES + ".")]
+    img = np.concatenate(views, axis=1)
+    return img.repeat(scale, 0).repeat(scale, 1) if scale > 1 else img
+
+
+def _bordered(frames: list[np.ndarray], success: bool, hold: int = 8) -> list[np.ndarray]:
+    """Append a few copies of the last frame with a green (success) or red (failure) border."""
+    last = frames[-1].copy()
+    color = np.array([40, 200, 60] if success else [220, 40, 40], dtype=np.uint8)
+    last[:4], last[-4:], last[:, :4], last[:, -4:] = color, color, color, color
+    return frames + [last] * hold
+
+
+def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], episodes: int, *,
+             seed_start: int = EVAL_SEED_START, exec_steps: int | None = None, parallel_envs: int = 10,
+             sim_threads: int = 2, video_dir: Path | None = None, videos_per_task: int = 1,
+             show_progress: bool = True) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes of each task; return one result per episode."""
+    k = exec_steps or max(1, policy.chunk // 2)
+    if not 1 <= k <= policy.chunk:
+        raise ValueError(f"exec_steps: expected 1..{policy.chunk} (the policy's chunk), got {k}")
+    results: list[EpisodeResult] = []
+    with progress_bar(show_progress) as bar, PinnedThreads(sim_threads) as threads:
+        job = bar.add_task("eval", total=episodes * len(tasks))
+        for task in tasks:
+            bar.update(job, description=f"eval {task}")
+            runner = _TaskRunner(policy, env_cfg, task, episodes, seed_start, k, video_dir, videos_per_task, threads)
+            results += runner.run(min(parallel_envs, episodes), lambda: bar.advance(job))
+    return results
+
+
+class _TaskRunner:
+    """Episodes of one task on ``n`` env copies in lockstep; each env lives on its own pinned thread."""
+
+    def __init__(self, policy: InferencePolicy, env_cfg: EnvConfig, task: str, episodes: int, seed_start: int,
+                 exec_steps: int, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
+        self.policy, self.env_cfg, self.task = policy, env_cfg, task
+        self.queue = list(range(seed_start, seed_start + episodes))
+        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, exec_steps, video_dir, \
+            videos, threads
+        self.envs: list[Any] = []
+        self.slots: list[dict[str, Any] | None] = []
+
+    def _start(self, i: int, seed: int) -> dict[str, Any]:
+        obs = self.envs[i].reset(seed)
+        record = self.video_dir is not None and seed - self.seed_start < self.videos
+        return {"seed": seed, "obs": obs, "steps": 0, "chunker": ActionChunker(self.k),
+                "frames": [_frame(obs)] if record else None}
+
+    def _restart(self, free: list[int]) -> None:
+        """Give the next seeds, in order, to the free slots (decided here so that runs are reproducible)."""
+        free = free[: len(self.queue)]
+        seeds = [self.queue.pop(0) for _ in free]
+        for i, slot in zip(free, self.threads.map(self._start, free, seeds), strict=True):
+            self.slots[i] = slot
+
+    def _step(self, i: int) -> EpisodeResult | None:
+        s, env = self.slots[i], self.envs[i]
+        s["obs"], success, _ = env.step(s["chunker"].pop())
+        s["steps"] += 1
+        if s["frames"] is not None:
+            s["frames"].append(_frame(s["obs"]))
+        if not (success or s["steps"] >= env.max_steps):
+            return None
+        if s["frames"] is not None:
+            tag = "success" if success else "failure"
+            write_video(Path(self.video_dir) / f"{self.task}_seed{s['seed']}_{tag}.mp4",
+                        _bordered(s["frames"], success), fps=max(10, env.fps // 2))
+        return EpisodeResult(self.task, s["seed"], success, s["steps"])
+
+    def run(self, n: int, tick: Any) -> list[EpisodeResult]:
+        slots = list(range(n))
+        self.envs = self.threads.map(lambda i: self.env_cfg.make(self.task), slots)
+        try:
+            diffs = self.policy.robot.differences(self.envs[0].robot, this="checkpoint", that="environment")
+            if diffs:
+                raise FeatureMismatchError(diffs, f"checkpoint does not match environment {self.env_cfg.type}/"
+                                                  f"{self.task}")
+            self.slots = [None] * n
+            self._restart(slots)
+            results: list[EpisodeResult] = []
+            while True:
+                active = [i for i, s in enumerate(self.slots) if s is not None]
+                if not active:
+                    return sorted(results, key=lambda r: r.seed)
+                need = [i for i in active if self.slots[i]["chunker"].empty]
+                if need:
+                    chunks = self.policy.infer_batch([self.slots[i]["obs"] for i in need])
+                    for i, chunk in zip(need, chunks, strict=True):
+                        self.slots[i]["chunker"].push(chunk)
+                for i, done in zip(active, self.threads.map(self._step, active), strict=True):
+                    if done is not None:
+                        results.append(done)
+                        tick()
+                        self.slots[i] = None
+                self._restart([i for i in active if self.slots[i] is None])
+        finally:
+            self.threads.map(lambda i: self.envs[i].close(), slots)
+
+
+def expert_baseline(env_cfg: EnvConfig, tasks: list[str], episodes: int,
+                    seed_start: int = EVAL_SEED_START) -> list[EpisodeResult]:
+    """The scripted experts on the same seeds (no rendering): the reference a policy is compared with."""
+    results = []
+    for task in tasks:
+        env = env_cfg.make(task)
+        try:
+            for seed in range(seed_start, seed_start + episodes):
+                env.reset(seed, render=False)
+                success, steps = False, 0
+                while not success and steps < env.max_steps:
+                    _, success, _ = env.step(env.expert_action(), render=False)
+                    steps += 1
+                results.append(EpisodeResult(task, seed, success, steps))
+        finally:
+            env.close()
+    return results
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
+    """Per-task and mean success (mean over tasks, as Meta-World reports it)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(r.task for r in results):
+        rs = [r for r in results if r.task == task]
+        wins = sum(r.success for r in rs)
+        lo, hi = wilson_interval(wins, len(rs))
+        tasks[task] = {"success_rate": wins / len(rs), "successes": wins, "episodes": len(rs),
+                       "ci95": [lo, hi], "mean_steps": float(np.mean([r.steps for r in rs]))}
+    mean = float(np.mean([t["success_rate"] for t in tasks.values()])) if tasks else 0.0
+    return {"mean_success": mean, "tasks": tasks, "episodes": [asdict(r) for r in results]}
+
+
+def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None, title: str = "success") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("policy", justify="right")
+    table.add_column("95% CI", justify="right")
+    table.add_column("mean steps", justify="right")
+    if reference is not None:
+        table.add_column("scripted expert", justify="right")
+    for task, t in summary["tasks"].items():
+        row = [task, f"{t['successes']}/{t['episodes']} ({t['success_rate']:.0%})",
+               f"{t['ci95'][0]:.0%}-{t['ci95'][1]:.0%}", f"{t['mean_steps']:.0f}"]
+        if reference is not None:
+            r = reference["tasks"].get(task)
+            row.append(f"{r['successes']}/{r['episodes']}" if r else "-")
+        table.add_row(*row)
+    row = ["mean", f"{summary['mean_success']:.0%}", "", ""]
+    if reference is not None:
+        row.append(f"{reference['mean_success']:.0%}")
+    table.add_row(*row, style="bold")
+    Console().print(table)
+
+
+def write_summary(path: Path, summary: dict[str, Any], **extra: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**summary, **extra}, indent=2))

@@ -1,0 +1,61 @@
+"""``vlaforge eval``: load a checkpoint, roll it out in simulation, write the success table, JSON and videos."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlaforge.config import ConfigBase, Paths
+from vlaforge.eval.envs.base import ENVS, EnvConfig
+from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize, write_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig(ConfigBase):
+    checkpoint: str = ""
+    env: EnvConfig = field(default_factory=lambda: ENVS.get("metaworld")())
+    tasks: str = ""  # comma-separated task names or suites (mt10 ...)
+    episodes: int = 10  # per task
+    exec_steps: int | None = None  # actions executed per chunk before re-planning (default: half the chunk)
+    parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
+    seed_start: int = EVAL_SEED_START
+    videos: int = 1  # videos per task
+    expert: bool = True  # also run the scripted experts on the same seeds, for reference
+    out: str = ""  # default: <run>/eval next to the checkpoint's run, else runs/eval
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        self.check(self.episodes >= 1, "episodes", ">= 1")
+        self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
+        self.check(self.videos >= 0, "videos", ">= 0")
+
+
+def default_eval_dir(checkpoint: Path) -> Path:
+    ckpt = checkpoint.resolve()
+    return ckpt.parent.parent / "eval" if ckpt.parent.name == "checkpoints" else Paths().run("eval")
+
+
+def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+    from vlaforge.inference import LocalPolicy
+
+    if not cfg.checkpoint:
+        raise ValueError("eval: pass a checkpoint directory")
+    if not cfg.tasks:
+        raise ValueError("eval: pass --tasks (task names or a suite such as mt10)")
+    ckpt = Path(cfg.checkpoint)
+    out = Path(cfg.out) if cfg.out else default_eval_dir(ckpt)
+    tasks = cfg.env.task_names(cfg.tasks)
+    policy = LocalPolicy.load(ckpt, device=cfg.device)
+    results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
+                       parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
+                       videos_per_task=cfg.videos, show_progress=show_progress)
+    summary = summarize(results)
+    reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start)) if cfg.expert else None
+    print_table(summary, reference, title=f"{ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
+    write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt), config=cfg.to_dict())
+    log.info("wrote %s", out / "eval.json")
+    return {"summary": summary, "expert": reference, "out": out}

@@ -1,0 +1,84 @@
+"""The one interface through which a policy acts: :class:`InferencePolicy` (local or remote) and chunking.
+
+``LocalPolicy.load(ckpt).infer(raw_obs)`` needs nothing but the checkpoint directory: the inputs pipeline
+(feature checks, normalization, images, prompt) and the outputs pipeline (unnormalization) come from it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from vlaforge.policy import VLAPolicy
+from vlaforge.types import RobotSpec
+
+
+class InferencePolicy(Protocol):
+    """What evaluators and servers need of a policy (openpi's ``BasePolicy`` shape, batched)."""
+
+    robot: RobotSpec
+    chunk: int
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]: ...  # {"actions": (H, Da)} robot units
+
+    def infer_batch(self, observations: list[dict[str, Any]]) -> np.ndarray: ...  # (B, H, Da)
+
+
+class LocalPolicy:
+    """An in-process :class:`InferencePolicy` over a :class:`VLAPolicy`."""
+
+    def __init__(self, policy: VLAPolicy, seed: int | None = 0, **options: Any) -> None:
+        if policy.robot is None:
+            raise ValueError("LocalPolicy needs a trained/loaded policy (robot spec and pipelines)")
+        self.policy = policy.eval()
+        self.robot: RobotSpec = policy.robot
+        self.chunk = policy.cfg.chunk
+        self.options = options
+        self._generator = torch.Generator(device=policy.device)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "cpu", **options: Any) -> LocalPolicy:
+        return cls(VLAPolicy.from_pretrained(checkpoint, map_location=device), **options)
+
+    @torch.no_grad()
+    def infer_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        batch = self.policy.prepare(observations)
+        return self.policy.postprocess(self.policy.sample(batch, generator=self._generator, **self.options))
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"actions": self.infer_batch([obs])[0]}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"robot": self.robot.to_json(), "chunk": self.chunk, "policy": self.policy.cfg.head.type}
+
+
+class ActionChunker:
+    """Receding-horizon execution: run the first ``exec_steps`` actions of each chunk, then re-plan."""
+
+    def __init__(self, exec_steps: int) -> None:
+        if exec_steps < 1:
+            raise ValueError(f"exec_steps: expected >= 1, got {exec_steps}")
+        self.exec_steps = exec_steps
+        self._queue: deque[np.ndarray] = deque()
+
+    def reset(self) -> None:
+        self._queue.clear()
+
+    @property
+    def empty(self) -> bool:
+        return not self._queue
+
+    def push(self, chunk: np.ndarray) -> None:
+        if len(chunk) < self.exec_steps:
+            raise ValueError(f"chunk of {len(chunk)} actions is shorter than exec_steps={self.exec_steps}")
+        self._queue.clear()
+        self._queue.extend(np.asarray(chunk)[: self.exec_steps])
+
+    def pop(self) -> np.ndarray:
+        return self._queue.popleft()

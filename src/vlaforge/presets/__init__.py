@@ -1,0 +1,24 @@
+"""Named training recipes: Python functions returning a full :class:`~vlaforge.train.config.TrainConfig`.
+
+``vlaforge train PRESET --data DIR --out DIR [--head.num_steps=8 ...]`` starts from the preset and applies the
+overrides; the resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from vlaforge.registry import Registry
+
+if TYPE_CHECKING:
+    from vlaforge.train.config import TrainConfig
+
+PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
+    "quickstart_tokens": "vlaforge.presets.quickstart",
+    "quickstart_dit": "vlaforge.presets.quickstart",
+})
+
+
+def get_preset(name: str) -> TrainConfig:
+    return PRESETS.get(name)()

@@ -1,0 +1,1 @@
+"""Training: config, data stream, loop, checkpoints."""

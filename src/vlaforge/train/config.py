@@ -1,0 +1,62 @@
+"""Training configuration: the policy, the data, the optimizer and the loop, as one frozen tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlaforge.config import ConfigBase
+from vlaforge.policy import PolicyConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig(ConfigBase):
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        self.check(self.lr > 0, "lr", "> 0")
+        self.check(self.weight_decay >= 0, "weight_decay", ">= 0")
+        self.check(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        self.check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
+        self.check(self.grad_clip > 0, "grad_clip", "> 0")
+
+
+@dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    path: str = ""  # LeRobot v3 dataset directory (set by --data)
+    shift_pad: int = 4  # random-shift image augmentation in pixels (0 = off)
+    num_workers: int = 0
+    video_cache: str = "auto"  # auto | preload | episode
+
+    def validate(self) -> None:
+        self.check(self.shift_pad >= 0, "shift_pad", ">= 0")
+        self.check(self.num_workers >= 0, "num_workers", ">= 0")
+        self.check(self.video_cache in ("auto", "preload", "episode"), "video_cache", "auto | preload | episode")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = ""  # run directory (set by --out)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    steps: int = 2000
+    batch_size: int = 32
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    keep_last: int = 2  # periodic checkpoints kept on disk (the final one is always kept)
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    max_minutes: float | None = None  # wall-clock budget; training saves and stops when it runs out
+
+    def validate(self) -> None:
+        self.check(self.steps >= 1, "steps", ">= 1")
+        self.check(self.batch_size >= 1, "batch_size", ">= 1")
+        self.check(self.save_every >= 1, "save_every", ">= 1")
+        self.check(self.log_every >= 1, "log_every", ">= 1")
+        self.check(self.keep_last >= 1, "keep_last", ">= 1")

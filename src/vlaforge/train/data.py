@@ -1,0 +1,67 @@
+"""A resumable, deterministic training data stream.
+
+Sample ``n`` of the stream (``n = step * batch_size + i``) is frame ``perm_e[n % N]`` of epoch ``e = n // N``,
+where ``perm_e`` is a permutation drawn from ``(seed, e)``; its augmentation seed is ``(seed, n)``. Resuming at
+step ``s`` therefore reproduces exactly the batches an uninterrupted run would have seen, whatever the number of
+loader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vlaforge.data.base import EpisodeReader
+from vlaforge.processors.base import AUG_SEED, Pipeline, collate
+
+
+class _Processed(Dataset):
+    def __init__(self, reader: EpisodeReader, pipeline: Pipeline, seed: int) -> None:
+        self.reader, self.pipeline, self.seed = reader, pipeline, seed
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, position = key
+        item = dict(self.reader[index])
+        item[AUG_SEED] = np.random.SeedSequence([self.seed, position]).generate_state(1)[0]
+        return self.pipeline(item)
+
+
+class _StreamSampler(Sampler):
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.steps = start_step, steps
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.steps):
+            batch = []
+            for i in range(self.batch_size):
+                pos = step * self.batch_size + i
+                batch.append((int(self._perm(pos // self.n)[pos % self.n]), pos))
+            yield batch
+
+
+def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, seed: int, start_step: int,
+                steps: int, num_workers: int = 0) -> DataLoader:
+    """Batches for steps ``start_step .. steps-1`` (see the module docstring for the ordering)."""
+    if len(reader) == 0:
+        raise ValueError("training data has no frames")
+    sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps)
+    return DataLoader(_Processed(reader, pipeline, seed), batch_sampler=sampler, collate_fn=collate,
+                      num_workers=num_workers, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,61 @@
+"""Small shared helpers: progress bars, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Progress]:
+    """A rich progress bar (hidden when disabled or when ``VLAFORGE_NO_PROGRESS`` is set)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    disable = not enabled or bool(os.environ.get("VLAFORGE_NO_PROGRESS"))
+    with Progress(*columns, disable=disable, transient=False) as bar:
+        yield bar
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch's global generators (torch imported lazily)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class PinnedThreads:
+    """``n`` single-thread executors: work for slot ``i`` always runs on thread ``i % n``.
+
+    Simulators that render through EGL/OpenGL own a context that may be current in one thread only, so an
+    environment must be created, stepped and closed on the same thread. MuJoCo releases the GIL while it
+    simulates and renders, so ``n`` threads render ``n`` environments in parallel.
+    """
+
+    def __init__(self, n: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n = max(1, n)
+        self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sim{i}") for i in range(self.n)]
+
+    def map(self, fn, slots: list[int], *args_per_slot) -> list:
+        """``[fn(slot, *args) for slot ...]`` with slot ``i`` on thread ``i % n``; re-raises the first error."""
+        futures = [self._pools[s % self.n].submit(fn, s, *(a[k] for a in args_per_slot))
+                   for k, s in enumerate(slots)]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        for p in self._pools:
+            p.shutdown(wait=True)
+
+    def __enter__(self) -> PinnedThreads:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
