@@ -32,8 +32,9 @@ install-test: $(TEST_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vlaforge quickstart
 
-## make test: set up with the test extras and run the test suite
+## make test: set up with the test extras, lint, and run the test suite
 test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

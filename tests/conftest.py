@@ -12,7 +12,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("VLAFORGE_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from helpers import write_dataset  # noqa: E402
+from helpers import write_dataset
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,9 @@ from typing import Any, ClassVar, TypeVar
 import draccus
 from draccus.choice_types import ChoiceType
 
+__all__ = ["FORMAT_VERSION", "Choice", "ChoiceType", "ConfigBase", "ConfigError", "Paths", "atomic_write_text",
+           "parse_overrides"]
+
 from vlaforge.registry import Registry
 
 C = TypeVar("C", bound="ConfigBase")

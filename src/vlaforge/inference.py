@@ -22,6 +22,7 @@ class InferencePolicy(Protocol):
 
     robot: RobotSpec
     chunk: int
+    exec_steps: int  # the policy's recommended receding horizon
 
     def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]: ...  # {"actions": (H, Da)} robot units
 
@@ -37,6 +38,7 @@ class LocalPolicy:
         self.policy = policy.eval()
         self.robot: RobotSpec = policy.robot
         self.chunk = policy.cfg.chunk
+        self.exec_steps = policy.cfg.exec_steps
         self.options = options
         self._generator = torch.Generator(device=policy.device)
         if seed is not None:
@@ -55,7 +57,8 @@ class LocalPolicy:
         return {"actions": self.infer_batch([obs])[0]}
 
     def metadata(self) -> dict[str, Any]:
-        return {"robot": self.robot.to_json(), "chunk": self.chunk, "policy": self.policy.cfg.head.type}
+        return {"robot": self.robot.to_json(), "chunk": self.chunk, "exec_steps": self.exec_steps,
+                "head": self.policy.cfg.head.type}
 
 
 class ActionChunker:

@@ -49,6 +49,7 @@ class PolicyConfig(ConfigBase):
     backbone: BackboneConfig = field(default_factory=_default_backbone)
     head: HeadConfig = field(default_factory=_default_head)
     chunk: int = 8  # actions predicted per call (H)
+    exec_steps: int = 4  # actions of each chunk executed before re-planning (receding horizon); eval's default
     history: int = 1  # observation frames per sample (T); T > 1 interleaves frames as extra views
     proprio: str = "mlp"  # "mlp": the normalized state becomes one prefix token; "none": not given to the VLM
     normalization: dict[str, str] = field(default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "q01_q99"})
@@ -59,6 +60,7 @@ class PolicyConfig(ConfigBase):
 
     def validate(self) -> None:
         self.check(self.chunk >= 1, "chunk", ">= 1")
+        self.check(1 <= self.exec_steps <= self.chunk, "exec_steps", f"in [1, chunk={self.chunk}]")
         self.check(self.history >= 1, "history", ">= 1")
         self.check(self.proprio in PROPRIO, "proprio", f"one of {PROPRIO}")
         for k, m in self.normalization.items():

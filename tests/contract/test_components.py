@@ -59,19 +59,27 @@ def test_loss_sample_and_bit_exact_save_load(dataset, tmp_path, backbone, head):
 
 @pytest.mark.parametrize("head", HEADS.names())
 def test_head_overfits_one_fixed_batch(dataset, head):
+    """Training on one batch drives the loss down by >= 80 %. Diffusion losses are measured at fixed noise and
+    timesteps (the same random draw before and after), so that the comparison is not noise-dominated."""
     policy, reader = _policy(dataset, "smolvlm", head)
     batch = _batch(policy, reader)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+
+    def fixed_loss() -> float:
+        with torch.random.fork_rng():
+            torch.manual_seed(1234)
+            with torch.no_grad():
+                return policy.loss(batch)["loss"].item()
+
+    before = fixed_loss()
     torch.manual_seed(0)
-    losses = []
-    for _ in range(150):
+    for _ in range(200):
         loss = policy.loss(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    first, last = np.mean(losses[:5]), np.mean(losses[-10:])
-    assert last <= 0.2 * first, f"{head}: loss {first:.4f} -> {last:.4f} did not fall by 80 %"
+    after = fixed_loss()
+    assert after <= 0.2 * before, f"{head}: loss {before:.4f} -> {after:.4f} did not fall by 80 %"
 
 
 def test_prefix_is_encoded_once_per_sample_for_in_sequence_heads(dataset, monkeypatch):

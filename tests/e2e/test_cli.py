@@ -24,8 +24,8 @@ def test_collect_train_resume_eval(tmp_path):
     assert json.loads((data / "meta/tasks.parquet").exists() and (data / "meta/collection.json").read_text())
     common = ["--data", str(data), "--out", str(run), "--backbone.image_size=32", "--batch_size=4",
               "--save_every=3", "--log_every=1"]
-    assert main(["train", "quickstart_tokens", *common, "--steps=3"]) == 0
-    assert main(["train", "quickstart_tokens", *common, "--steps=5", "--resume"]) == 0
+    assert main(["train", "quickstart_tokens", *common, "--steps=5", "--stop_at=3"]) == 0
+    assert main(["train", "quickstart_tokens", "--out", str(run), "--resume", "--stop_at=5"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
     ckpt = run / "checkpoints" / "last"

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vlaforge.eval.envs import ENVS  # noqa: E402
-from vlaforge.eval.envs.metaworld import INSTRUCTIONS  # noqa: E402
-from vlaforge.types import OBS_STATE, TASK, image_key  # noqa: E402
+from vlaforge.eval.envs import ENVS
+from vlaforge.eval.envs.metaworld import INSTRUCTIONS
+from vlaforge.types import OBS_STATE, TASK, image_key
 
 
 @pytest.fixture(scope="module")

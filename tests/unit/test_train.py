@@ -29,7 +29,7 @@ def test_resume_continues_with_the_same_losses(dataset, tmp_path, head):
     straight = tmp_path / "straight"
     train(_cfg(root, straight, head, 10), show_progress=False)
     split = tmp_path / "split"
-    train(_cfg(root, split, head, 5), show_progress=False)  # stops at 5 with a checkpoint ...
+    train(_cfg(root, split, head, 10, stop_at=5), show_progress=False)  # stops at 5 with a checkpoint ...
     train(_cfg(root, split, head, 10, resume=True), show_progress=False)  # ... and continues to 10
     a, b = _losses(straight), _losses(split)
     assert len(a) == len(b) == 10

@@ -9,13 +9,20 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-_VERBS = ("open close push pull pick place put lift press turn slide insert remove reach grasp grab move stack "
-          "unstack rotate flip sweep wipe pour hang unplug plug lock unlock assemble disassemble hammer dial "
-          "take drop fold unfold throw shoot kick sweep hold release approach").split()
-_OBJECTS = ("drawer door window button puck block cube peg hole goal target box lid bin basket ball shelf faucet "
-            "handle lever coffee mug cup bowl plate stick nut wall hammer nail dial soccer basketball hoop table "
-            "laptop fridge toilet seat umbrella frame rack wine plant towel cloth bottle can sponge spoon fork knife "
-            "gripper arm object robot red green blue yellow left right top bottom side front back").split()
+_VERBS = [
+    "open", "close", "push", "pull", "pick", "place", "put", "lift", "press", "turn", "slide", "insert",
+    "remove", "reach", "grasp", "grab", "move", "stack", "unstack", "rotate", "flip", "sweep", "wipe", "pour",
+    "hang", "unplug", "plug", "lock", "unlock", "assemble", "disassemble", "hammer", "dial", "take", "drop",
+    "fold", "unfold", "throw", "shoot", "kick", "sweep", "hold", "release", "approach",
+]
+_OBJECTS = [
+    "drawer", "door", "window", "button", "puck", "block", "cube", "peg", "hole", "goal", "target", "box",
+    "lid", "bin", "basket", "ball", "shelf", "faucet", "handle", "lever", "coffee", "mug", "cup", "bowl",
+    "plate", "stick", "nut", "wall", "hammer", "nail", "dial", "soccer", "basketball", "hoop", "table",
+    "laptop", "fridge", "toilet", "seat", "umbrella", "frame", "rack", "wine", "plant", "towel", "cloth",
+    "bottle", "can", "sponge", "spoon", "fork", "knife", "gripper", "arm", "object", "robot", "red", "green",
+    "blue", "yellow", "left", "right", "top", "bottom", "side", "front", "back",
+]
 _CORPUS = [f"{v} the {o}" for v in _VERBS for o in _OBJECTS] + [
     "what action should the robot take to", "in: out:", "press the button from the top", "pick up the puck and "
     "place it at the goal", "push the puck to the goal", "reach the goal position", "insert the peg into the hole",

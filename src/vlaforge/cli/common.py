@@ -51,5 +51,5 @@ def to_draccus(argv: Sequence[str], positionals: Sequence[str] = (), aliases: di
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
-    for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("httpx", "urllib3", "matplotlib", "PIL", "OpenGL", "OpenGL.acceleratesupport"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

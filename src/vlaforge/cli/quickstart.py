@@ -27,14 +27,14 @@ from vlaforge.presets.quickstart import QUICKSTART_TASKS
 
 @dataclass(frozen=True)
 class QuickstartConfig(ConfigBase):
-    out: str = "runs/quickstart"
+    out: str = ""  # default: $VLAFORGE_HOME/quickstart (runs/quickstart)
     tasks: str = ",".join(QUICKSTART_TASKS)
     demos: int = 30  # successful scripted demos per task
     eval_episodes: int = 10  # per task
     preset: str = "quickstart_tokens"
     steps: int | None = None  # training steps (default: the preset's)
     max_train_minutes: float = 20.0  # training stops (and saves) if it runs longer than this
-    exec_steps: int | None = None  # actions executed per chunk (default: half the chunk)
+    exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -47,7 +47,7 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     from vlaforge.inference import LocalPolicy
     from vlaforge.train.trainer import train
 
-    out = Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else Paths().run("quickstart")
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     env = MetaWorldConfig()

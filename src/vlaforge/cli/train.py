@@ -6,10 +6,12 @@ Fields of the policy can be given without the ``policy.`` prefix (``--head.num_s
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from vlaforge.cli.common import setup_logging, to_draccus
 from vlaforge.config import parse_overrides
 from vlaforge.presets import PRESETS, get_preset
+from vlaforge.train.config import TrainConfig
 
 ALIASES = {"data": "data.path", "lr": "optim.lr"}
 PREFIXES = {"head": "policy.head", "backbone": "policy.backbone", "chunk": "policy.chunk",
@@ -22,9 +24,13 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip() + f"\n\npresets: {', '.join(PRESETS.names())}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     preset, rest = argv[0], argv[1:]
-    base = get_preset(preset)
     args = to_draccus(rest, aliases=ALIASES, prefixes=PREFIXES, flags=["resume"])
-    cfg = parse_overrides(base, args)
+    cfg = parse_overrides(get_preset(preset), args)
+    if cfg.resume:  # continue the run as it was configured; only the options given now change
+        saved = Path(cfg.out) / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} not found")
+        cfg = parse_overrides(TrainConfig.from_json(saved), args)
     from vlaforge.train.trainer import train
 
     ckpt = train(cfg)

@@ -148,10 +148,9 @@ class LeRobotWriter:
             raise ValueError(f"episode features must share a non-zero length, got {lengths}")
         for k, v in frames.items():
             spec = self.features[k]
-            want = spec.shape if spec.dtype != "image" else spec.shape
             if spec.dtype in ("video", "image"):
-                if v.dtype != np.uint8 or v.shape[1:] != tuple(want):
-                    raise ValueError(f"feature '{k}': expected uint8 (T, {', '.join(map(str, want))}), got "
+                if v.dtype != np.uint8 or v.shape[1:] != tuple(spec.shape):
+                    raise ValueError(f"feature '{k}': expected uint8 (T, {', '.join(map(str, spec.shape))}), got "
                                      f"{v.dtype} {v.shape}")
             elif spec.dtype != "string" and np.asarray(v).reshape(n, -1).shape[1] != int(np.prod(spec.shape)):
                 raise ValueError(f"feature '{k}': expected (T, {spec.shape}), got {np.asarray(v).shape}")
@@ -402,9 +401,7 @@ class LeRobotDataset:
             col = table.column(name)
             if spec is None:
                 continue
-            if spec.dtype == "image":
-                self._columns[name] = col.to_pylist()
-            elif spec.dtype == "string":
+            if spec.dtype == "image" or spec.dtype == "string":
                 self._columns[name] = col.to_pylist()
             elif pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
                 self._columns[name] = np.asarray(col.to_pylist(), dtype=spec.dtype).reshape(n, *spec.shape)
@@ -451,7 +448,7 @@ class LeRobotDataset:
     def _episode_video(self, key: str, ep: int) -> np.ndarray:
         row = self._episodes.iloc[ep]
         fps = self.meta.fps
-        start = int(round(float(row[f"videos/{key}/from_timestamp"]) * fps))
+        start = round(float(row[f"videos/{key}/from_timestamp"]) * fps)
         length = int(self.meta.episode_lengths[ep])
         path = self._video_files[(key, ep)]
         if self.video_cache == "preload":

@@ -120,10 +120,10 @@ def decode_range(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
             stream = c.streams.video[0]
             tb = stream.time_base
             fps = stream.average_rate or stream.guessed_rate
-            to_pts = lambda k: int(round(Fraction(k) / Fraction(fps) / tb))  # noqa: E731
+            to_pts = lambda k: round(Fraction(k) / Fraction(fps) / tb)  # noqa: E731
             c.seek(to_pts(start), stream=stream, backward=True, any_frame=False)
             for frame in c.decode(stream):
-                k = int(round(float(frame.pts * tb * fps)))
+                k = round(float(frame.pts * tb * fps))
                 if k < start:
                     continue
                 if k >= stop:
@@ -146,7 +146,7 @@ def video_info(path: str | os.PathLike) -> dict[str, Any]:
             "video.codec": s.codec_context.codec.canonical_name if s.codec_context else s.codec.name,
             "video.pix_fmt": s.pix_fmt,
             "video.is_depth_map": False,
-            "video.fps": int(round(float(s.average_rate or s.guessed_rate))),
+            "video.fps": round(float(s.average_rate or s.guessed_rate)),
             "video.channels": 3,
             "has_audio": any(True for _ in c.streams.audio),
         }

@@ -28,11 +28,13 @@ def plot_success(summary: dict[str, Any], reference: dict[str, Any] | None, png:
     if reference:
         ref = np.array([reference["tasks"].get(t, {}).get("success_rate", 0.0) for t in tasks])
         ax.bar(x + width / 2, ref, width, label="scripted expert", color="tab:gray", alpha=0.7)
-    ax.axhline(summary["mean_success"], color="tab:blue", ls="--", lw=1, label=f"policy mean {summary['mean_success']:.0%}")
+    mean = summary["mean_success"]
+    ax.axhline(mean, color="tab:blue", ls="--", lw=1, label=f"policy mean {mean:.0%}")
     ax.set_xticks(x, [t.removesuffix("-v3") for t in tasks], rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("success per task on unseen seeds (95 % intervals)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], epis
              sim_threads: int = 2, video_dir: Path | None = None, videos_per_task: int = 1,
              show_progress: bool = True) -> list[EpisodeResult]:
     """Run ``episodes`` episodes of each task; return one result per episode."""
-    k = exec_steps or max(1, policy.chunk // 2)
+    k = exec_steps or policy.exec_steps
     if not 1 <= k <= policy.chunk:
         raise ValueError(f"exec_steps: expected 1..{policy.chunk} (the policy's chunk), got {k}")
     results: list[EpisodeResult] = []

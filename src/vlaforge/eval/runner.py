@@ -20,7 +20,7 @@ class EvalConfig(ConfigBase):
     env: EnvConfig = field(default_factory=lambda: ENVS.get("metaworld")())
     tasks: str = ""  # comma-separated task names or suites (mt10 ...)
     episodes: int = 10  # per task
-    exec_steps: int | None = None  # actions executed per chunk before re-planning (default: half the chunk)
+    exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task

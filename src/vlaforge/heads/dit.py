@@ -36,7 +36,7 @@ class DiTHeadConfig(HeadConfig):
     num_steps: int = 10  # DDIM steps at inference
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: float | None = 1.0  # clip x0 to +-value while sampling (None: off)
-    noise_samples: int = 1  # noise draws per backbone pass during training
+    noise_samples: int = 4  # noise draws per backbone pass during training (HybridVLA repeats 4-8x)
 
     def validate(self) -> None:
         self.check(self.size in SIZES, "size", f"one of {sorted(SIZES)}")
@@ -159,7 +159,7 @@ class DiTHead(ActionHead):
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
-               num_steps: int | None = None, **_: Any) -> Tensor:
+               num_steps: int | None = None) -> Tensor:
         cond = self._condition(ctx)
         b = cond[0].shape[0]
         x = torch.randn((b, self.chunk, self.action_dim), generator=generator, dtype=torch.float32,

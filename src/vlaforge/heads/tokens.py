@@ -83,7 +83,7 @@ class TokenHead(ActionHead):
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
-               temperature: float = 0.0, **_: Any) -> Tensor:
+               temperature: float = 0.0) -> Tensor:
         lm = ctx.lm
         vocab = lm.action_token_ids(self.cfg.n_bins)
         b, k = ctx.hidden.shape[0], self.chunk * self.action_dim

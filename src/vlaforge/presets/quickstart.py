@@ -16,9 +16,9 @@ QUICKSTART_TASKS = ("drawer-open", "drawer-close", "button-press-topdown", "door
 
 def _quickstart(head: str, **head_options: object) -> TrainConfig:
     policy = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny"), head=HEADS.get(head)(**head_options),
-                          chunk=8, proprio="mlp")
+                          chunk=8, exec_steps=2, proprio="mlp")
     return TrainConfig(policy=policy, data=DataConfig(shift_pad=4), optim=OptimConfig(lr=3e-4, warmup_steps=100),
-                       steps=1500, batch_size=32, save_every=500, log_every=10)
+                       steps=2000, batch_size=32, save_every=500, log_every=10)
 
 
 @PRESETS.register("quickstart_tokens")
@@ -30,4 +30,4 @@ def quickstart_tokens() -> TrainConfig:
 @PRESETS.register("quickstart_dit")
 def quickstart_dit() -> TrainConfig:
     """A DiT diffusion head on the tiny VLM's prefix (10 DDIM steps)."""
-    return _quickstart("dit", noise_samples=4)
+    return _quickstart("dit")

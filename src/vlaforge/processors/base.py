@@ -47,7 +47,7 @@ class Step:
             raise ValueError(f"step {type(self).__name__} holds no state, got keys {sorted(state)}")
 
     def config(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init and f.metadata.get("save", True)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     def bind(self, **resources: Any) -> None:
         """Attach non-serializable resources (the tokenizer) after loading."""

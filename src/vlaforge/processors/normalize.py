@@ -58,13 +58,14 @@ class _NormBase(Step):
                 if name not in stats[key]:
                     raise StatsError(f"normalization: '{key}' has no '{name}' statistic (mode {mode})")
                 state[f"{key}/{name}"] = np.asarray(stats[key][name], dtype=np.float32).reshape(-1)
-        step.load_state_dict(state)
+        step.load_state_dict(state, warn=True)
         return step
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return dict(self._stats)
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray], warn: bool = False) -> None:
+        """Set the statistics; ``warn`` reports tiny ranges (once, when built from a dataset, not at every load)."""
         grouped: dict[str, dict[str, np.ndarray]] = {}
         for name, v in state.items():
             key, _, stat = name.rpartition("/")
@@ -78,7 +79,7 @@ class _NormBase(Step):
                 raise StatsError(f"normalization state has no statistics for '{key}'")
             center, scale = _center_scale(mode, grouped[key])
             tiny = scale < self.min_scale
-            if tiny.any():
+            if tiny.any() and warn:
                 warnings.warn(f"normalization of '{key}': dims {np.flatnonzero(tiny).tolist()} have "
                               f"{'std' if mode == 'mean_std' else 'range'} < {self.min_scale}; they are only "
                               f"centered, not scaled", stacklevel=2)

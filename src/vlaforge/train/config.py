@@ -44,6 +44,7 @@ class TrainConfig(ConfigBase):
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     out: str = ""  # run directory (set by --out)
+    init_from: str | None = None  # start from this checkpoint's architecture and weights (fine-tuning)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     steps: int = 2000
     batch_size: int = 32
@@ -53,6 +54,7 @@ class TrainConfig(ConfigBase):
     keep_last: int = 2  # periodic checkpoints kept on disk (the final one is always kept)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     max_minutes: float | None = None  # wall-clock budget; training saves and stops when it runs out
+    stop_at: int | None = None  # save and stop after this step (the schedule still spans `steps`); --resume later
 
     def validate(self) -> None:
         self.check(self.steps >= 1, "steps", ">= 1")
@@ -60,3 +62,4 @@ class TrainConfig(ConfigBase):
         self.check(self.save_every >= 1, "save_every", ">= 1")
         self.check(self.log_every >= 1, "log_every", ">= 1")
         self.check(self.keep_last >= 1, "keep_last", ">= 1")
+        self.check(self.stop_at is None or 1 <= self.stop_at <= self.steps, "stop_at", f"in [1, steps={self.steps}]")

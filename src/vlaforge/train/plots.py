@@ -43,7 +43,7 @@ def plot_losses(metrics_path: Path, png: Path, title: str | None = None) -> Path
         ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", lw=1, label="lr")
         ax2.set_ylabel("learning rate", color="tab:orange")
     ax.legend(loc="upper right")
-    ax.set_title(title or metrics_path.parent.name)
+    ax.set_title(title or f"training loss: {metrics_path.parent.name}")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)

@@ -53,7 +53,11 @@ def _prepare(cfg: TrainConfig) -> tuple[LeRobotDataset, VLAPolicy]:
     if reader.meta.stats is None:
         raise StatsError(f"{cfg.data.path} has no meta/stats.json; run `vlaforge stats {cfg.data.path}`")
     robot = reader.meta.robot_spec()
-    policy = VLAPolicy(cfg.policy.with_robot(robot))
+    if cfg.init_from:  # fine-tune: the checkpoint fixes the architecture; the new data brings its statistics
+        policy = VLAPolicy.from_pretrained(cfg.init_from)
+        policy.check_compatible(robot, "dataset")
+    else:
+        policy = VLAPolicy(cfg.policy.with_robot(robot))
     policy.make_pipelines(reader.meta.stats, robot)
     return reader, policy
 
@@ -66,12 +70,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     last = Paths.last_checkpoint(out)
-    if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        cfg = TrainConfig.from_json(out / "config.json").replace(steps=cfg.steps, max_minutes=cfg.max_minutes,
-                                                                 resume=True)
-    elif last.exists():
+    if resume and not last.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+    if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     seed_everything(cfg.seed)
     reader, policy = _prepare(cfg)
@@ -114,12 +115,14 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
                 bar.update(job, description=f"train loss {m['loss']:.4f}")
             bar.update(job, completed=step)
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
-            if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+            stop = out_of_time or step == cfg.stop_at
+            if step % cfg.save_every == 0 or step == cfg.steps or stop:
                 save_checkpoint(out, policy, optimizer, scheduler, step, keep_last=cfg.keep_last,
                                 extra={"samples_seen": step * cfg.batch_size})
-            if out_of_time:
+            if stop:
                 stopped_early = True
-                log.warning("stopping at step %d: the %.1f-minute budget is spent", step, cfg.max_minutes)
+                log.warning("stopping at step %d of %d (%s); continue with --resume", step, cfg.steps,
+                            f"the {cfg.max_minutes}-minute budget is spent" if out_of_time else "stop_at")
                 break
     tb.close()
     plot_losses(metrics_path, out / "loss.png")
