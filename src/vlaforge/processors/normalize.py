@@ -92,38 +92,33 @@ class _NormBase(Step):
                 center, scale = np.where(keep, 0.0, center), np.where(keep, 1.0, scale)
             self._center[key], self._scale[key] = center.astype(np.float32), scale.astype(np.float32)
 
-    def _check_dim(self, key: str, x: np.ndarray) -> None:
-        if x.shape[-1] != len(self._center[key]):
-            raise ValueError(f"'{key}': expected last dim {len(self._center[key])} (the statistics' size), "
-                             f"got shape {x.shape}")
+    def _transform(self, key: str, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
-    def _clips(self, key: str) -> bool:
-        return self.clip and self.modes[key] in ("min_max", "q01_q99")
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        for key in self._center:
+            if key in item:
+                x = np.asarray(item[key], dtype=np.float32)
+                if x.shape[-1] != len(self._center[key]):
+                    raise ValueError(f"'{key}': expected last dim {len(self._center[key])} (the statistics' size), "
+                                     f"got shape {x.shape}")
+                item[key] = self._transform(key, x).astype(np.float32)
+        return item
 
 
 @STEPS.register("normalize")
 @dataclass
 class Normalize(_NormBase):
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        for key in self._center:
-            if key in item:
-                x = np.asarray(item[key], dtype=np.float32)
-                self._check_dim(key, x)
-                y = (x - self._center[key]) / self._scale[key]
-                if self._clips(key):
-                    mask = self.masks.get(key)
-                    y = np.clip(y, -1, 1) if mask is None else np.where(mask, np.clip(y, -1, 1), y)
-                item[key] = y.astype(np.float32)
-        return item
+    def _transform(self, key: str, x: np.ndarray) -> np.ndarray:
+        y = (x - self._center[key]) / self._scale[key]
+        if self.clip and self.modes[key] in ("min_max", "q01_q99"):
+            mask = self.masks.get(key)
+            y = np.clip(y, -1, 1) if mask is None else np.where(mask, np.clip(y, -1, 1), y)
+        return y
 
 
 @STEPS.register("unnormalize")
 @dataclass
 class Unnormalize(_NormBase):
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        for key in self._center:
-            if key in item:
-                y = np.asarray(item[key], dtype=np.float32)
-                self._check_dim(key, y)
-                item[key] = (y * self._scale[key] + self._center[key]).astype(np.float32)
-        return item
+    def _transform(self, key: str, y: np.ndarray) -> np.ndarray:
+        return y * self._scale[key] + self._center[key]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ def _import_metaworld() -> Any:
         import metaworld.policies
     except ImportError as e:  # pragma: no cover - depends on the extra
         raise ImportError("Meta-World is not installed: pip install 'vlaforge[metaworld]'") from e
+    # the bundled experts warn on every step that their gains may exceed [-1, 1]; we clip their actions
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
     return metaworld
 
 
