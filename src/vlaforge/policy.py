@@ -33,8 +33,6 @@ from vlaforge.processors.normalize import Normalize, Unnormalize
 from vlaforge.processors.text import Tokenize
 from vlaforge.types import ACTION, OBS_STATE, TASK, FeatureMismatchError, RobotSpec, image_key
 
-PROPRIO = ("none", "mlp")
-
 
 def _default_backbone() -> BackboneConfig:
     return BACKBONES.get("smolvlm")()
@@ -50,8 +48,7 @@ class PolicyConfig(ConfigBase):
     head: HeadConfig = field(default_factory=_default_head)
     chunk: int = 8  # actions predicted per call (H)
     exec_steps: int = 4  # actions of each chunk executed before re-planning (receding horizon); eval's default
-    history: int = 1  # observation frames per sample (T); T > 1 interleaves frames as extra views
-    proprio: str = "mlp"  # "mlp": the normalized state becomes one prefix token; "none": not given to the VLM
+    history: int = 1  # observation frames per sample (T); how they are encoded is backbone.history
     normalization: dict[str, str] = field(default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "q01_q99"})
     # Filled from the training data; they fix the architecture and are checked whenever data meets the policy.
     cameras: tuple[str, ...] = ()
@@ -62,7 +59,6 @@ class PolicyConfig(ConfigBase):
         self.check(self.chunk >= 1, "chunk", ">= 1")
         self.check(1 <= self.exec_steps <= self.chunk, "exec_steps", f"in [1, chunk={self.chunk}]")
         self.check(self.history >= 1, "history", ">= 1")
-        self.check(self.proprio in PROPRIO, "proprio", f"one of {PROPRIO}")
         for k, m in self.normalization.items():
             if m not in ("mean_std", "min_max", "q01_q99", "identity"):
                 raise ConfigError(f"normalization.{k}", "mean_std | min_max | q01_q99 | identity", m)
@@ -89,12 +85,9 @@ class VLAPolicy(nn.Module):
             raise ConfigError("policy.cameras/action_dim", "values from the dataset (cfg.with_robot(spec))",
                               (cfg.cameras, cfg.action_dim))
         self.cfg = cfg
-        self.backbone: Backbone = cfg.backbone.build(assets)
+        self.backbone: Backbone = cfg.backbone.build(list(cfg.cameras), cfg.state_dim, assets)
         self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk,
                                    hidden_size=self.backbone.hidden_size, state_dim=cfg.state_dim)
-        d = self.backbone.hidden_size
-        self.proprio = (nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
-                        if cfg.proprio == "mlp" and cfg.state_dim > 0 else None)
         self.robot: RobotSpec | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
@@ -111,7 +104,8 @@ class VLAPolicy(nn.Module):
         self.inputs = Pipeline([
             CheckFeatures(robot=robot.to_json(), history=self.cfg.history),
             Normalize.from_stats(modes, stats),
-            ImageStep(cameras=list(self.cfg.cameras), size=self.backbone.image_size),
+            ImageStep(cameras=list(self.cfg.cameras), size=self.backbone.image_size,
+                      stitch=self.cfg.backbone.views == "stitch"),
             Tokenize(template=self.cfg.backbone.prompt_template, max_tokens=self.cfg.backbone.max_prompt_tokens),
         ])
         self.inputs.steps[-1].bind(tokenizer=self.backbone.tokenizer)
@@ -129,27 +123,13 @@ class VLAPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _images(self, batch: dict[str, Any]) -> Tensor:
-        views = [batch[image_key(c)] for c in self.cfg.cameras]  # each (B, [T,] 3, S, S)
-        x = torch.stack(views, 1)
-        return x.flatten(1, 2) if x.dim() == 6 else x  # history frames become extra views
-
-    def encode(self, batch: dict[str, Any], use_cache: bool):
-        state = batch.get(OBS_STATE)
-        if state is not None and state.dim() == 3:
-            state = state[:, -1]  # the current frame's state
-        extra = self.proprio(state.to(self.backbone.dtype))[:, None] if self.proprio is not None else None
-        ctx = self.backbone.encode(self._images(batch), batch, extra=extra, use_cache=use_cache)
-        ctx.state = state
-        return ctx
-
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.head.loss(self.encode(batch, use_cache=self.head.in_sequence), batch)
+        return self.head.loss(self.backbone.encode(batch, use_cache=self.head.in_sequence), batch)
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], generator: torch.Generator | None = None, **options: Any) -> Tensor:
         """Normalized action chunks (B, H, Da); the prefix is encoded once."""
-        ctx = self.encode(batch, use_cache=self.head.in_sequence)
+        ctx = self.backbone.encode(batch, use_cache=self.head.in_sequence)
         return self.head.sample(ctx, batch, generator=generator, **options)
 
     # ------------------------------------------------------------ inference API

@@ -29,6 +29,7 @@ TASK = "task"
 PAD_SUFFIX = "_is_pad"
 ACTION_IS_PAD = ACTION + PAD_SUFFIX
 OBS_IS_PAD = "observation" + PAD_SUFFIX
+STITCHED_CAMERA = "stitched"  # the one image made of all cameras when a backbone uses views="stitch"
 # Model-side keys produced by the text step.
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -122,6 +123,7 @@ class Context:
     kv_cache: Cache | None = None  # prefix cache; heads extend it and must crop it back to prefix_len
     pooled: Tensor | None = None  # (B, D) readout vector
     state: Tensor | None = None  # (B, Ds) normalized proprio, for heads that condition on it
+    history: Tensor | None = None  # (B, T, D) per-frame readouts (history="per_frame"), oldest first
     prefix_len: int = 0
     lm: SequenceModel | None = None  # the backbone, for in-sequence heads
     extras: dict[str, Any] = field(default_factory=dict)

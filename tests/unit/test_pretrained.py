@@ -21,7 +21,7 @@ def _hf_dir(tmp_path):
     """A directory exactly as transformers writes it: model, tokenizer and image processor."""
     from transformers.models.smolvlm import SmolVLMImageProcessorPil
 
-    built = BACKBONES.get("smolvlm")(size="tiny", image_size=IMG).build()
+    built = BACKBONES.get("smolvlm")(size="tiny", image_size=IMG).build(["front", "wrist"], 4)
     path = tmp_path / "hf-smolvlm"
     built.model.save_pretrained(path)
     built.tokenizer.save_pretrained(path)
@@ -32,7 +32,7 @@ def _hf_dir(tmp_path):
 def test_pretrained_dir_loads_the_saved_weights_and_processor_numbers(tmp_path):
     path, built = _hf_dir(tmp_path)
     reference = SmolVLMForConditionalGeneration.from_pretrained(path)
-    bb = BACKBONES.get("smolvlm")(pretrained=str(path)).build()
+    bb = BACKBONES.get("smolvlm")(pretrained=str(path)).build(["front", "wrist"], 4)
     a, b = reference.state_dict(), bb.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert bb.image_mean == (0.4, 0.4, 0.4) and bb.image_std == (0.3, 0.3, 0.3)

@@ -1,34 +1,57 @@
-"""The backbone contract: images + prompt (+ extra embeddings such as a proprio token) -> prefix :class:`Context`.
+"""The backbone contract: an observation (camera images, proprio, instruction) -> a prefix :class:`Context`.
 
-A family file (``smolvlm.py`` ...) only says how to build its HF model, how to embed images, which tokens wrap
-each view and which image size and normalization its processor uses. Everything else — assembling the prefix,
-the KV cache, ``extend`` for in-sequence heads, readout pooling, the action-token vocabulary — lives here once.
+A family file says how to build its HF model (random ``size``, ``pretrained=DIR`` or a checkpoint's ``arch``),
+how to embed images and which tokens wrap each view. Everything else lives here once: prefix assembly, the KV
+cache, ``extend`` for in-sequence heads, readout pooling, proprio as an MLP token or as action tokens, history
+frames, action-token vocabulary, freezing, LoRA and gradient checkpointing.
 
-Prefix layout (one row of the batch; the prompt is right-padded, pads are masked out)::
+Prefix layout (one row; the prompt is right-padded, pads are masked out)::
 
-    [bos] [view-1 wrapper, image tokens, wrapper] ... [view-V ...] [extra embeds] [prompt tokens] [pad ...]
+    [start] [view-1 wrapper, image tokens, wrapper] ... [view-V ...] [proprio] [prompt prefix] [prompt] [pad ...] [ACT]
 
-Position ids are ``cumsum(mask) - 1``, so a suffix appended after the pads continues the real positions.
+Position ids follow the real tokens only (``cumsum(mask) - 1`` unless a family overrides :meth:`positions`),
+so a suffix appended after the pads continues the real positions.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import AutoTokenizer, DynamicCache
 
-from vlaforge.config import Choice, ChoiceType, ConfigError
+from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
 from vlaforge.registry import Registry
-from vlaforge.types import ATTENTION_MASK, INPUT_IDS, Context
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, image_key
 
-BACKBONES: Registry[type[BackboneConfig]] = Registry("backbones", lazy={"smolvlm": "vlaforge.backbones.smolvlm"})
+BACKBONES: Registry[type[BackboneConfig]] = Registry("backbones", lazy={
+    name: f"vlaforge.backbones.{module}" for name, module in {
+        "smolvlm": "smolvlm", "idefics3": "smolvlm", "paligemma": "paligemma", "qwen2_vl": "qwen_vl",
+        "qwen2_5_vl": "qwen_vl", "qwen3_vl": "qwen_vl", "llava": "llava", "llava_onevision": "llava",
+        "kosmos2": "kosmos2", "prismatic": "prismatic"}.items()})
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-READOUTS = ("last", "mean")
+READOUTS = ("last", "mean", "act")
+COMPONENTS = ("vision", "projector", "lm")
+
+
+@dataclass(frozen=True)
+class LoraConfig(ConfigBase):
+    """LoRA on the language model through peft; the head and the proprio/readout parts always train fully."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ()  # module-name suffixes; empty: the family's attention + MLP projections
+
+    def validate(self) -> None:
+        self.check(self.r >= 1, "r", ">= 1")
+        self.check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -36,100 +59,238 @@ class BackboneConfig(Choice, ChoiceType):
     """Options shared by every backbone family."""
 
     registry: ClassVar[Registry] = BACKBONES
+    sizes: ClassVar[dict[str, Any]] = {}  # the family's named random-init architectures
 
-    size: str = "tiny"  # a named architecture of the family (random init) when `pretrained` is not set
-    pretrained: str | None = None  # local directory written by `save_pretrained` (weights + tokenizer)
-    image_size: int | None = None  # override the family's input resolution (random-init sizes only)
-    readout: str = "mean"  # pooled vector for readout heads: "last" token or masked "mean"
+    size: str = "tiny"  # a named random-init architecture of the family, used when `pretrained` is not set
+    pretrained: str | None = None  # local directory written by `save_pretrained` (weights + processor files)
+    image_size: int | None = None  # override the input resolution (random-init sizes only)
+    views: str = "separate"  # "separate": each camera's tokens in the sequence; "stitch": one stitched image
+    proprio: str = "mlp"  # "none" | "mlp": one projected token | "tokens": binned state as action tokens
+    history: str = "interleaved"  # T > 1 frames: "interleaved" in one sequence | "per_frame": encoded alone
+    readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
+    action_tokens: str = "reuse_last"  # "reuse_last": the last N vocabulary ids | "add": N new tokens
+    num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     prompt_template: str = "{task}"
     max_prompt_tokens: int = 48
     dtype: str = "float32"
+    freeze: tuple[str, ...] = ()  # any of "vision", "projector", "lm"
+    lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
-    # Resolved architecture (the HF config dict and processor numbers); filled in when a policy is saved so a
+    # The resolved architecture (HF config dict and processor numbers), filled in when a policy is saved so a
     # checkpoint rebuilds the model without `pretrained`. Not meant to be set by hand.
     arch: dict[str, Any] | None = None
 
     def validate(self) -> None:
-        self.check(self.readout in READOUTS, "readout", f"one of {READOUTS}")
-        self.check(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}")
+        for name, value, allowed in (("views", self.views, ("separate", "stitch")),
+                                     ("proprio", self.proprio, ("none", "mlp", "tokens")),
+                                     ("history", self.history, ("interleaved", "per_frame")),
+                                     ("readout", self.readout, READOUTS),
+                                     ("action_tokens", self.action_tokens, ("reuse_last", "add")),
+                                     ("dtype", self.dtype, tuple(DTYPES))):
+            if value not in allowed:
+                raise ConfigError(f"backbone.{name}", f"one of {allowed}", value)
+        unknown = [c for c in self.freeze if c not in COMPONENTS]
+        if unknown:
+            raise ConfigError("backbone.freeze", f"a subset of {COMPONENTS}", self.freeze)
+        self.check(self.num_action_tokens >= 2, "num_action_tokens", ">= 2")
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
         if self.image_size is not None and self.image_size <= 0:
-            raise ConfigError("image_size", "> 0 or null", self.image_size)
+            raise ConfigError("backbone.image_size", "> 0 or null", self.image_size)
+        if self.pretrained is None and self.arch is None:
+            self.check(self.size in self.sizes, "size", f"one of {sorted(self.sizes)} (or set pretrained=DIR)")
 
-    def build(self, assets: Path | None = None) -> Backbone:
-        """Build the module. ``assets`` is a checkpoint's ``tokenizer/`` dir (then ``arch`` must be set)."""
+    def build(self, cameras: list[str], state_dim: int, assets: Path | None = None) -> Backbone:
+        """Build the module for these cameras and state size. ``assets``: a checkpoint's ``tokenizer/``."""
+        return self.backbone_class()(self, cameras, state_dim, assets)
+
+    @classmethod
+    def backbone_class(cls) -> type[Backbone]:
         raise NotImplementedError
+
+
+@dataclass
+class PrefixInfo:
+    """What ``lm_forward`` learns about the prefix being encoded (``None`` when extending)."""
+
+    spans: list[tuple[int, int]]  # (start, length) of each view's image tokens in the sequence
+    image_extra: dict[str, Any]  # anything ``embed_images`` returned besides the tokens
+
+
+@dataclass
+class Built:
+    """What a family's loader returns."""
+
+    model: nn.Module  # the whole model (saved and loaded as one state dict)
+    tokenizer: Any
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
 
 
 class Backbone(nn.Module):
-    """Base class; families set the attributes below in ``__init__`` and implement :meth:`embed_images`."""
+    """Base class. A family implements the ``# family hooks`` section; see ``smolvlm.py`` for a short one."""
 
-    hidden_size: int
-    vocab_size: int
-    image_size: int
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
     supports_kv_cache: ClassVar[bool] = True
+    bidirectional_prefix: ClassVar[bool] = False  # prefix-LM attention over the prefix (PaliGemma)
+    image_processor_class: ClassVar[str | None] = None  # transformers' PIL image processor, for export_pretrained
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj")
+    image_size: int
+    hidden_size: int
 
-    def __init__(self, cfg: BackboneConfig, model: nn.Module, lm: nn.Module, lm_head: nn.Linear,
-                 tokenizer: Any, view_prefix: list[int], view_suffix: list[int]) -> None:
+    def __init__(self, cfg: BackboneConfig, cameras: list[str], state_dim: int, assets: Path | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.model = model  # the whole HF model (saved/loaded as one state dict)
-        self._lm = [lm]  # the causal decoder inside `model` (kept out of the module tree: it is registered there)
-        self._lm_head = [lm_head]
-        self.tokenizer = tokenizer
-        self.register_buffer("_view_prefix", torch.tensor(view_prefix, dtype=torch.long), persistent=False)
-        self.register_buffer("_view_suffix", torch.tensor(view_suffix, dtype=torch.long), persistent=False)
-        bos = tokenizer.bos_token_id
-        self.register_buffer("_bos", torch.tensor([] if bos is None else [bos], dtype=torch.long), persistent=False)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        self.cfg, self.cameras, self.state_dim = cfg, list(cameras), state_dim
+        built = self._load(cfg, assets)
+        self.model = built.model
+        self.tokenizer = built.tokenizer
+        self.image_mean, self.image_std = tuple(built.image_mean), tuple(built.image_std)
+        self._init_family()  # sets image_size, hidden_size, lm, lm_head, token layout
+        self._setup_action_tokens(assets is not None)
+        d = self.hidden_size
+        self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d))
+                        if cfg.proprio == "mlp" and state_dim > 0 else None)
+        self.act_token = nn.Parameter(torch.randn(d) * 0.02) if cfg.readout == "act" else None
+        self._apply_training_options()
 
     # ------------------------------------------------------------ family hooks
-    def embed_images(self, pixel_values: Tensor) -> Tensor:
-        """(N, 3, S, S) normalized pixels -> (N, n_tokens, hidden_size) embeddings in the LM's space."""
+    def _load(self, cfg: BackboneConfig, assets: Path | None) -> Built:
+        """Build model + tokenizer from ``cfg.arch`` (checkpoint), ``cfg.pretrained`` or ``cfg.size``."""
         raise NotImplementedError
+
+    def _init_family(self) -> None:
+        """Set ``image_size``, ``hidden_size``, ``_lm``/``_lm_head`` and the token layout (``_set_layout``)."""
+        raise NotImplementedError
+
+    def embed_images(self, pixel_values: Tensor) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """(N, 3, S, S) normalized pixels -> (N, n_tokens, hidden_size) in the LM's input space.
+
+        May also return a dict of extras for :meth:`lm_forward` (Qwen3-VL's deepstack features).
+        """
+        raise NotImplementedError
+
+    def components(self) -> dict[str, nn.Module]:
+        """The freezable parts: ``{"vision": ..., "projector": ..., "lm": ...}``."""
+        raise NotImplementedError
+
+    def arch(self) -> dict[str, Any]:
+        """The architecture as plain JSON (written into checkpoints)."""
+        return {"hf_config": self.model.config.to_dict()}
+
+    def positions(self, mask: Tensor, image_spans: list[tuple[int, int]]) -> Tensor:
+        """Position ids of the prefix; ``image_spans`` are (start, length) of each view's image tokens."""
+        return (mask.cumsum(1) - 1).clamp(min=0)
+
+    def suffix_positions(self, ctx: Context, mask: Tensor) -> Tensor:
+        """Position ids of ``extend`` tokens: they continue after the prefix's (and earlier suffix') positions."""
+        start = ctx.extras["next_position"]
+        return start[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+
+    def lm_forward(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any,
+                   prefix: PrefixInfo | None) -> Tensor:
+        """Run the decoder (``prefix`` set when encoding one); families with special masks override this."""
+        out = self._lm[0](inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                          use_cache=cache is not None)
+        return out.last_hidden_state
+
+    # ------------------------------------------------------------ setup helpers
+    def _set_layout(self, lm: nn.Module, lm_head: nn.Linear, start: list[int], view_prefix: list[int],
+                    view_suffix: list[int], prompt_prefix: list[int] = ()) -> None:
+        self._lm, self._lm_head = [lm], [lm_head]  # inside self.model already; kept out of the module tree
+        for name, ids in (("_start", start), ("_view_prefix", view_prefix), ("_view_suffix", view_suffix),
+                          ("_prompt_prefix", list(prompt_prefix))):
+            self.register_buffer(name, torch.tensor([i for i in ids if i is not None], dtype=torch.long),
+                                 persistent=False)
+
+    def _setup_action_tokens(self, from_checkpoint: bool) -> None:
+        n = self.cfg.num_action_tokens
+        if self.cfg.action_tokens == "add":
+            names = [f"<action_{i}>" for i in range(n)]
+            if not from_checkpoint:  # a checkpoint's tokenizer and weights already hold them
+                self.tokenizer.add_tokens(names, special_tokens=True)
+                if len(self.tokenizer) > self.vocab_size:  # else the new ids use spare (padding) rows
+                    self.model.resize_token_embeddings(len(self.tokenizer))
+            ids = self.tokenizer.convert_tokens_to_ids(names)
+        else:
+            vocab = self._lm_head[0].weight.shape[0]
+            ids = list(range(vocab - n, vocab))
+        self.register_buffer("_action_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        used = set(torch.cat([self._start, self._view_prefix, self._view_suffix, self._prompt_prefix]).tolist())
+        clash = sorted(used & set(ids))
+        if clash:
+            raise ValueError(f"backbone: action-token ids {clash} are also prefix tokens; use action_tokens='add'")
+
+    def _apply_training_options(self) -> None:
+        cfg = self.cfg
+        parts = self.components()
+        for name in cfg.freeze:
+            for p in parts[name].parameters():
+                p.requires_grad_(False)
+        if cfg.lora is not None:
+            from peft import LoraConfig as PeftLoraConfig
+            from peft import inject_adapter_in_model
+
+            targets = list(cfg.lora.targets or self.default_lora_targets)
+            lm = parts["lm"]
+            inject_adapter_in_model(PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                   lora_dropout=cfg.lora.dropout, target_modules=targets), lm)
+            for name, p in lm.named_parameters():
+                p.requires_grad_("lora_" in name)
+        if cfg.gradient_checkpointing:
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            if enable is None:
+                raise ValueError(f"{type(self).__name__}: gradient checkpointing is not supported")
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def resolved_config(self) -> BackboneConfig:
         """The config with ``arch`` filled in, as written into checkpoints."""
-        raise NotImplementedError
+        return self.cfg.replace(arch={**self.arch(), "image_mean": list(self.image_mean),
+                                      "image_std": list(self.image_std)})
 
     def save_assets(self, directory: Path) -> None:
-        """Write what rebuilding needs besides the weights (the tokenizer) with ``save_pretrained``."""
+        """Write the tokenizer with ``save_pretrained`` (what rebuilding needs besides the weights)."""
         self.tokenizer.save_pretrained(str(directory))
 
-    # ------------------------------------------------------------ helpers
-    @property
-    def lm(self) -> nn.Module:
-        return self._lm[0]
+    def export_pretrained(self, directory: str | Path) -> Path:
+        """Write the VLM as transformers does (model, tokenizer, image processor): a ``pretrained=DIR`` input."""
+        import transformers
 
+        directory = Path(directory)
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+        if self.image_processor_class is not None:
+            proc = getattr(transformers, self.image_processor_class)
+            proc(image_mean=list(self.image_mean), image_std=list(self.image_std)).save_pretrained(str(directory))
+        return directory
+
+    # ------------------------------------------------------------ token helpers
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def vocab_size(self) -> int:
+        return self._lm_head[0].weight.shape[0]
+
     def embed_tokens(self, ids: Tensor) -> Tensor:
-        return self.lm.get_input_embeddings()(ids)
+        return self._lm[0].get_input_embeddings()(ids)
 
     def token_logits(self, hidden: Tensor, ids: Tensor | None = None) -> Tensor:
         """LM-head logits, restricted to vocabulary rows ``ids`` when given (cheap constrained decoding)."""
         head = self._lm_head[0]
         if ids is None:
             return head(hidden)
-        w = head.weight[ids]
         b = head.bias[ids] if head.bias is not None else None
-        return nn.functional.linear(hidden, w, b)
+        return nn.functional.linear(hidden, head.weight[ids], b)
 
     def action_token_ids(self, n: int) -> Tensor:
-        """The last ``n`` vocabulary ids (OpenVLA / LLaVA-VLA convention); errors if a prefix token lives there."""
-        ids = torch.arange(self.vocab_size - n, self.vocab_size, device=self._bos.device)
-        used = torch.cat([self._view_prefix, self._view_suffix, self._bos]).tolist()
-        clash = [i for i in used if i >= self.vocab_size - n]
-        if clash:
-            raise ValueError(f"action tokens: the last {n} vocabulary ids overlap prefix tokens {clash}")
-        return ids
+        """The first ``n`` of the reserved action-token ids."""
+        if n > len(self._action_ids):
+            raise ValueError(f"{n} action tokens requested, the backbone reserves num_action_tokens="
+                             f"{len(self._action_ids)}")
+        return self._action_ids[:n]
 
+    # ------------------------------------------------------------ encoding
     def normalize_images(self, images: Tensor) -> Tensor:
         """(..., 3, S, S) in [0, 1] -> the family's normalization, with a clear error on wrong input."""
         if not images.is_floating_point():
@@ -141,48 +302,106 @@ class Backbone(nn.Module):
         std = images.new_tensor(self.image_std).view(3, 1, 1)
         return (images - mean) / std
 
-    # ------------------------------------------------------------ contract
-    def encode(self, images: Tensor, batch: dict[str, Any], extra: Tensor | None = None,
-               use_cache: bool = False) -> Context:
-        """Encode the prefix. ``images`` (B, V, 3, S, S) in [0, 1]; ``batch`` holds input_ids / attention_mask."""
+    def gather_images(self, batch: dict[str, Any]) -> Tensor:
+        """(B, V, [T,] 3, S, S) from the batch, cameras in the policy's order (or the one stitched image)."""
+        cams = [STITCHED_CAMERA] if self.cfg.views == "stitch" else self.cameras
+        missing = [image_key(c) for c in cams if image_key(c) not in batch]
+        if missing:
+            raise KeyError(f"batch has no {missing} (has {sorted(k for k in batch if k.startswith('observation'))})")
+        views = [batch[image_key(c)] for c in cams]
+        for c, v in zip(cams, views, strict=True):
+            if not torch.is_tensor(v) or not v.is_floating_point():
+                raise TypeError(f"'{image_key(c)}': expected float pixels in [0, 1] (run the image processor "
+                                f"step), got {getattr(v, 'dtype', type(v).__name__)}")
+            if v.shape[-3:] != (3, self.image_size, self.image_size):
+                raise ValueError(f"'{image_key(c)}': expected (..., 3, {self.image_size}, {self.image_size}), got "
+                                 f"{tuple(v.shape)}")
+        return torch.stack(views, 1)
+
+    def _proprio_embeds(self, state: Tensor | None) -> Tensor | None:
+        if self.cfg.proprio == "none" or state is None or self.state_dim == 0:
+            return None
+        if self.cfg.proprio == "mlp":
+            return self.proprio(state.to(self.dtype))[:, None]
+        n = self.cfg.num_action_tokens  # "tokens": LLaVA-VLA writes the binned state with the action vocabulary
+        bins = torch.floor((state.float().clamp(-1, 1) + 1) / 2 * n).long().clamp(0, n - 1)
+        return self.embed_tokens(self._action_ids[bins])
+
+    def encode(self, batch: dict[str, Any], use_cache: bool = False) -> Context:
+        """Encode the prefix of a processed batch (images in [0, 1], normalized state, prompt ids)."""
+        images = self.gather_images(batch)  # (B, V, [T,] 3, S, S)
+        state = batch.get(OBS_STATE)
+        if state is not None and state.dim() == 3:
+            state = state[:, -1]  # the current frame's state
+        if images.dim() == 6 and self.cfg.history == "per_frame":
+            return self._encode_per_frame(images, state, batch, use_cache)
+        if images.dim() == 6:
+            images = images.flatten(1, 2)  # interleaved history: every frame of every view in one sequence
+        return self._encode(images, state, batch, use_cache)
+
+    def _encode_per_frame(self, images: Tensor, state: Tensor | None, batch: dict[str, Any],
+                          use_cache: bool) -> Context:
+        """RoboVLMs' policy-head fusion: each frame alone; ``ctx.history`` holds the per-frame readouts."""
+        b, _, t = images.shape[:3]
+        frames = images.transpose(1, 2).flatten(0, 1)  # (B*T, V, 3, S, S)
+        rep = {k: batch[k].repeat_interleave(t, 0) for k in (INPUT_IDS, ATTENTION_MASK)}
+        st = state.repeat_interleave(t, 0) if state is not None else None
+        history = self._encode(frames, st, rep, use_cache=False).pooled.view(b, t, -1)
+        ctx = self._encode(images[:, :, -1], state, batch, use_cache)
+        ctx.history = history
+        return ctx
+
+    def _encode(self, images: Tensor, state: Tensor | None, batch: dict[str, Any], use_cache: bool) -> Context:
         b, v = images.shape[:2]
         pixels = self.normalize_images(images).flatten(0, 1).to(self.dtype)
-        feats = self.embed_images(pixels).view(b, v, -1, self.hidden_size)  # (B, V, n, D)
+        feats = self.embed_images(pixels)
+        feats, image_extra = feats if isinstance(feats, tuple) else (feats, {})
+        feats = feats.view(b, v, feats.shape[1], feats.shape[2])
         emb = self.embed_tokens
         pre, suf = emb(self._view_prefix), emb(self._view_suffix)
-        parts = [emb(self._bos).expand(b, -1, -1)]
+        parts, spans, n = [emb(self._start).expand(b, -1, -1)], [], len(self._start)
         for i in range(v):
             parts += [pre.expand(b, -1, -1), feats[:, i], suf.expand(b, -1, -1)]
+            spans.append((n + len(self._view_prefix), feats.shape[2]))
+            n += pre.shape[0] + feats.shape[2] + suf.shape[0]
+        extra = self._proprio_embeds(state)
         if extra is not None:
-            parts.append(extra.to(self.dtype))
+            parts.append(extra.to(feats.dtype))
+        parts.append(emb(self._prompt_prefix).expand(b, -1, -1))
         fixed = torch.cat(parts, 1)
         ids, text_mask = batch[INPUT_IDS], batch[ATTENTION_MASK]
-        x = torch.cat([fixed, emb(ids)], 1)
-        mask = torch.cat([text_mask.new_ones(b, fixed.shape[1]), text_mask], 1)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        seq = [fixed, emb(ids)]
+        masks = [text_mask.new_ones(b, fixed.shape[1]), text_mask]
+        if self.act_token is not None:
+            seq.append(self.act_token.to(fixed.dtype).expand(b, 1, -1))
+            masks.append(text_mask.new_ones(b, 1))
+        x, mask = torch.cat(seq, 1), torch.cat(masks, 1)
+        pos = self.positions(mask, spans)
         cache = DynamicCache() if use_cache else None
-        out = self.lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                      use_cache=use_cache)
-        hidden = out.last_hidden_state
-        if self.cfg.readout == "last":
+        hidden = self.lm_forward(x, mask, pos, cache, PrefixInfo(spans, image_extra))
+        if self.cfg.readout == "act":
+            pooled = hidden[:, -1]
+        elif self.cfg.readout == "last":
             pooled = hidden[torch.arange(b, device=hidden.device), mask.sum(1) - 1]
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1)
-        return Context(hidden=hidden, mask=mask, kv_cache=out.past_key_values if use_cache else None,
-                       pooled=pooled, prefix_len=x.shape[1], lm=self)
+        last_pos = pos.amax(dim=(0, 2)) if pos.dim() == 3 else pos.amax(1)  # (3, B, L) multimodal RoPE ids
+        return Context(hidden=hidden, mask=mask, kv_cache=cache, pooled=pooled, state=state, prefix_len=x.shape[1],
+                       lm=self, extras={"next_position": last_pos + 1, "prefix_next_position": last_pos + 1})
 
     def extend(self, ctx: Context, embeds: Tensor, mask: Tensor) -> Tensor:
         """Run suffix embeddings (B, K, D) through the LM on ``ctx.kv_cache``; the cache grows by K."""
         if ctx.kv_cache is None:
             raise ValueError("extend() needs a prefix encoded with use_cache=True")
+        mask = mask.to(ctx.mask.dtype)
         prev = ctx.extras.get("suffix_mask")
-        full = torch.cat([ctx.mask] + ([prev] if prev is not None else []) + [mask.to(ctx.mask.dtype)], 1)
-        pos = (full.cumsum(1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
-        out = self.lm(inputs_embeds=embeds.to(self.dtype), attention_mask=full, position_ids=pos,
-                      past_key_values=ctx.kv_cache, use_cache=True)
+        full = torch.cat([ctx.mask] + ([prev] if prev is not None else []) + [mask], 1)
+        pos = self.suffix_positions(ctx, mask)
+        hidden = self.lm_forward(embeds.to(self.dtype), full, pos, ctx.kv_cache, None)
         ctx.extras["suffix_mask"] = full[:, ctx.mask.shape[1]:]
-        return out.last_hidden_state
+        ctx.extras["next_position"] = ctx.extras["next_position"] + mask.sum(1)
+        return hidden
 
     def reset(self, ctx: Context) -> None:
         """Drop everything ``extend`` appended, keeping the encoded prefix."""
@@ -191,3 +410,42 @@ class Backbone(nn.Module):
             if extra > 0:
                 ctx.kv_cache.crop(-extra)
         ctx.extras.pop("suffix_mask", None)
+        ctx.extras["next_position"] = ctx.extras["prefix_next_position"]
+
+
+def read_image_stats(path: Path, default: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple, tuple]:
+    """Image mean/std from a ``preprocessor_config.json`` written by an HF image processor, if present."""
+    proc = path / "preprocessor_config.json"
+    if not proc.is_file():
+        warnings.warn(f"{path} has no preprocessor_config.json; using the family's default image normalization",
+                      stacklevel=3)
+        return default
+    p = json.loads(proc.read_text())
+    return tuple(p.get("image_mean", default[0])), tuple(p.get("image_std", default[1]))
+
+
+def load_hf(cfg: BackboneConfig, assets: Path | None, model_cls: Any, config_cls: Any, tiny: Any,
+            default_stats: tuple[tuple[float, ...], tuple[float, ...]], build_tokenizer: Any) -> Built:
+    """The common three-way loader for families that are one HF ``PreTrainedModel``.
+
+    ``tiny(cfg, tokenizer) -> config`` builds a random-init architecture for ``cfg.size``;
+    ``build_tokenizer()`` makes the in-code tokenizer used with it.
+    """
+    dtype = DTYPES[cfg.dtype]
+    if assets is not None:
+        if cfg.arch is None:
+            raise ValueError("backbone config has no 'arch'; cannot rebuild from a checkpoint")
+        tokenizer = AutoTokenizer.from_pretrained(str(assets))
+        model = model_cls(config_cls.from_dict(cfg.arch["hf_config"])).to(dtype)
+        return Built(model, tokenizer, tuple(cfg.arch["image_mean"]), tuple(cfg.arch["image_std"]))
+    if cfg.pretrained is not None:
+        path = Path(cfg.pretrained)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"backbone.pretrained: {path} has no config.json (expected a directory written "
+                                    f"by save_pretrained)")
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = model_cls.from_pretrained(str(path), dtype=dtype)
+        mean, std = read_image_stats(path, default_stats)
+        return Built(model, tokenizer, mean, std)
+    tokenizer = build_tokenizer()
+    return Built(model_cls(tiny(cfg, tokenizer)).to(dtype), tokenizer, *default_stats)

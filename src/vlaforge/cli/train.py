@@ -15,7 +15,7 @@ from vlaforge.train.config import TrainConfig
 
 ALIASES = {"data": "data.path", "lr": "optim.lr"}
 PREFIXES = {"head": "policy.head", "backbone": "policy.backbone", "chunk": "policy.chunk",
-            "history": "policy.history", "proprio": "policy.proprio"}
+            "history": "policy.history", "exec_steps": "policy.exec_steps"}
 
 
 def main(argv: list[str]) -> int:

@@ -15,8 +15,8 @@ QUICKSTART_TASKS = ("drawer-open", "drawer-close", "button-press-topdown", "door
 
 
 def _quickstart(head: str, **head_options: object) -> TrainConfig:
-    policy = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny"), head=HEADS.get(head)(**head_options),
-                          chunk=8, exec_steps=2, proprio="mlp")
+    policy = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", proprio="mlp"),
+                          head=HEADS.get(head)(**head_options), chunk=8, exec_steps=2)
     return TrainConfig(policy=policy, data=DataConfig(shift_pad=4), optim=OptimConfig(lr=3e-4, warmup_steps=100),
                        steps=2000, batch_size=32, save_every=500, log_every=10)
 

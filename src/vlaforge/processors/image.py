@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vlaforge.processors.base import AUG_SEED, STEPS, Step
-from vlaforge.types import image_key
+from vlaforge.types import STITCHED_CAMERA, image_key
 
 
 def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
@@ -28,21 +28,52 @@ def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
     return x.reshape(*lead, 3, size, size).numpy()
 
 
+def stitch(images: list[np.ndarray]) -> np.ndarray:
+    """LLaVA-VLA's multi-view layout: 2 views stacked vertically, 3-4 views in a 2x2 grid (black fill).
+
+    Views are first padded to a common (H, W); works on (..., H, W, 3) with any leading (history) axes.
+    """
+    if not 1 <= len(images) <= 4:
+        raise ValueError(f"stitch: 1 to 4 camera views are supported, got {len(images)}")
+    h = max(i.shape[-3] for i in images)
+    w = max(i.shape[-2] for i in images)
+    lead = images[0].shape[:-3]
+    padded = []
+    for img in images:
+        canvas = np.zeros((*lead, h, w, 3), dtype=img.dtype)
+        canvas[..., : img.shape[-3], : img.shape[-2], :] = img
+        padded.append(canvas)
+    if len(padded) <= 2:
+        return np.concatenate(padded, axis=-3)
+    while len(padded) < 4:
+        padded.append(np.zeros_like(padded[0]))
+    top, bottom = np.concatenate(padded[:2], axis=-2), np.concatenate(padded[2:], axis=-2)
+    return np.concatenate([top, bottom], axis=-3)
+
+
 @STEPS.register("images")
 @dataclass
 class ImageStep(Step):
-    """Convert every camera to float (3, size, size) in [0, 1]."""
+    """Convert every camera to float (3, size, size) in [0, 1]; with ``stitch`` into one image first."""
 
     cameras: list[str]
     size: int
+    stitch: bool = False
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        raw = {}
         for cam in self.cameras:
             key = image_key(cam)
             img = np.asarray(item[key])
             if img.dtype != np.uint8:
                 raise TypeError(f"'{key}': expected uint8 pixels (H, W, 3), got {img.dtype}")
-            item[key] = resize_with_pad(img, self.size)
+            raw[key] = img
+        if self.stitch:
+            for key in raw:
+                del item[key]
+            item[image_key(STITCHED_CAMERA)] = resize_with_pad(stitch(list(raw.values())), self.size)
+        else:
+            item.update({key: resize_with_pad(img, self.size) for key, img in raw.items()})
         return item
 
 
