@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
 from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text
 from vlaforge.data.stats import Stats
-from vlaforge.heads.base import HEADS, HeadConfig
+from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.processors.base import Pipeline, Step, collate
 from vlaforge.processors.features import CheckFeatures
 from vlaforge.processors.image import ImageStep, RandomShift
@@ -86,8 +86,8 @@ class VLAPolicy(nn.Module):
                               (cfg.cameras, cfg.action_dim))
         self.cfg = cfg
         self.backbone: Backbone = cfg.backbone.build(list(cfg.cameras), cfg.state_dim, assets)
-        self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk,
-                                   hidden_size=self.backbone.hidden_size, state_dim=cfg.state_dim)
+        self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk, state_dim=cfg.state_dim,
+                                   lm=self.backbone.lm_spec())
         self.robot: RobotSpec | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
@@ -111,6 +111,20 @@ class VLAPolicy(nn.Module):
         self.inputs.steps[-1].bind(tokenizer=self.backbone.tokenizer)
         self.outputs = Pipeline([Unnormalize.from_stats({ACTION: modes[ACTION]}, stats)])
 
+    def fit(self, reader: Any, max_samples: int = 4096, seed: int = 0) -> None:
+        """Let heads that learn from the data (quantile bins, FAST) see normalized training action chunks."""
+        heads = [m for m in self.modules() if isinstance(m, ActionHead) and m.needs_fit]
+        if not heads:
+            return
+        if self.inputs is None:
+            raise RuntimeError("make_pipelines() first")
+        norm = next(s for s in self.inputs.steps if isinstance(s, Normalize))
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(reader), size=min(len(reader), max_samples), replace=False)
+        chunks = np.stack([norm({ACTION: reader[int(i)][ACTION]})[ACTION] for i in idx])
+        for head in heads:
+            head.fit(chunks)
+
     def train_pipeline(self, shift_pad: int = 0) -> Pipeline:
         """The inputs pipeline with train-only augmentation in front (never saved, never used at inference)."""
         if self.inputs is None:
@@ -123,13 +137,17 @@ class VLAPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def _use_cache(self) -> bool:
+        return self.head.in_sequence or self.head.uses_kv_cache
+
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.head.loss(self.backbone.encode(batch, use_cache=self.head.in_sequence), batch)
+        return self.head.loss(self.backbone.encode(batch, use_cache=self._use_cache), batch)
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], generator: torch.Generator | None = None, **options: Any) -> Tensor:
         """Normalized action chunks (B, H, Da); the prefix is encoded once."""
-        ctx = self.backbone.encode(batch, use_cache=self.head.in_sequence)
+        ctx = self.backbone.encode(batch, use_cache=self._use_cache)
         return self.head.sample(ctx, batch, generator=generator, **options)
 
     # ------------------------------------------------------------ inference API

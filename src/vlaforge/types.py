@@ -114,6 +114,17 @@ class FeatureMismatchError(ValueError):
         super().__init__(f"{context or 'feature mismatch'}:\n{lines}")
 
 
+@dataclass(frozen=True)
+class LMSpec:
+    """The decoder's shape, for heads that build on it (pi0's action expert attends to its KV cache)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
 @dataclass
 class Context:
     """What a backbone hands a head (DESIGN §3)."""
@@ -124,6 +135,7 @@ class Context:
     pooled: Tensor | None = None  # (B, D) readout vector
     state: Tensor | None = None  # (B, Ds) normalized proprio, for heads that condition on it
     history: Tensor | None = None  # (B, T, D) per-frame readouts (history="per_frame"), oldest first
+    last_index: Tensor | None = None  # (B,) position of each row's last real prefix token (what predicts next)
     prefix_len: int = 0
     lm: SequenceModel | None = None  # the backbone, for in-sequence heads
     extras: dict[str, Any] = field(default_factory=dict)

@@ -27,7 +27,7 @@ from transformers import AutoTokenizer, DynamicCache
 
 from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
 from vlaforge.registry import Registry
-from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, image_key
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, LMSpec, image_key
 
 BACKBONES: Registry[type[BackboneConfig]] = Registry("backbones", lazy={
     name: f"vlaforge.backbones.{module}" for name, module in {
@@ -268,6 +268,15 @@ class Backbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def lm_spec(self) -> LMSpec:
+        """Layers, heads and head size of the decoder (read from its config)."""
+        c = self._lm[0].config
+        layers = getattr(c, "num_hidden_layers", None) or c.layers
+        heads = getattr(c, "num_attention_heads", None) or c.attention_heads
+        kv = getattr(c, "num_key_value_heads", None) or heads
+        head_dim = getattr(c, "head_dim", None) or self.hidden_size // heads
+        return LMSpec(self.hidden_size, layers, heads, kv, head_dim)
+
     @property
     def vocab_size(self) -> int:
         return self._lm_head[0].weight.shape[0]
@@ -379,29 +388,53 @@ class Backbone(nn.Module):
         pos = self.positions(mask, spans)
         cache = DynamicCache() if use_cache else None
         hidden = self.lm_forward(x, mask, pos, cache, PrefixInfo(spans, image_extra))
-        if self.cfg.readout == "act":
-            pooled = hidden[:, -1]
-        elif self.cfg.readout == "last":
-            pooled = hidden[torch.arange(b, device=hidden.device), mask.sum(1) - 1]
+        rows = torch.arange(b, device=hidden.device)
+        last = torch.full((b,), x.shape[1] - 1, device=hidden.device) if self.act_token is not None \
+            else mask.sum(1) - 1  # the ACT token sits after the pads; otherwise the last real prompt token
+        if self.cfg.readout in ("act", "last"):
+            pooled = hidden[rows, last]
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1)
         last_pos = pos.amax(dim=(0, 2)) if pos.dim() == 3 else pos.amax(1)  # (3, B, L) multimodal RoPE ids
+        nxt = last_pos + 1
         return Context(hidden=hidden, mask=mask, kv_cache=cache, pooled=pooled, state=state, prefix_len=x.shape[1],
-                       lm=self, extras={"next_position": last_pos + 1, "prefix_next_position": last_pos + 1})
+                       last_index=last, lm=self, extras={"next_position": nxt, "prefix_next_position": nxt})
 
-    def extend(self, ctx: Context, embeds: Tensor, mask: Tensor) -> Tensor:
-        """Run suffix embeddings (B, K, D) through the LM on ``ctx.kv_cache``; the cache grows by K."""
+    def extend(self, ctx: Context, embeds: Tensor, mask: Tensor, hide_prefix: Tensor | None = None) -> Tensor:
+        """Run suffix embeddings (B, K, D) through the LM on ``ctx.kv_cache``; the cache grows by K.
+
+        ``hide_prefix`` (B,) bool: those rows' suffix tokens cannot attend to the prefix (the unconditional pass
+        of classifier-free guidance, without a second prefix encode).
+        """
         if ctx.kv_cache is None:
             raise ValueError("extend() needs a prefix encoded with use_cache=True")
         mask = mask.to(ctx.mask.dtype)
         prev = ctx.extras.get("suffix_mask")
-        full = torch.cat([ctx.mask] + ([prev] if prev is not None else []) + [mask], 1)
+        prefix_mask = ctx.mask if hide_prefix is None else ctx.mask * (~hide_prefix[:, None]).to(ctx.mask.dtype)
+        full = torch.cat([prefix_mask] + ([prev] if prev is not None else []) + [mask], 1)
         pos = self.suffix_positions(ctx, mask)
         hidden = self.lm_forward(embeds.to(self.dtype), full, pos, ctx.kv_cache, None)
         ctx.extras["suffix_mask"] = full[:, ctx.mask.shape[1]:]
         ctx.extras["next_position"] = ctx.extras["next_position"] + mask.sum(1)
         return hidden
+
+    def repeat_context(self, ctx: Context, k: int) -> Context:
+        """A context with every row repeated ``k`` times in blocks (row ``i`` of block ``j`` is row ``i``), with
+        its own copy of the prefix KV cache — for several noise draws per prefix encode."""
+        if k == 1:
+            return ctx
+        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+        cache = None
+        if ctx.kv_cache is not None:
+            self.reset(ctx)
+            cache = DynamicCache()
+            for i, layer in enumerate(ctx.kv_cache.layers):
+                cache.update(rep(layer.keys), rep(layer.values), i)
+        extras = {key: rep(v) for key, v in ctx.extras.items() if torch.is_tensor(v)}
+        return Context(hidden=rep(ctx.hidden), mask=rep(ctx.mask), kv_cache=cache, pooled=rep(ctx.pooled),
+                       state=rep(ctx.state), history=rep(ctx.history), last_index=rep(ctx.last_index),
+                       prefix_len=ctx.prefix_len, lm=self, extras=extras)
 
     def reset(self, ctx: Context) -> None:
         """Drop everything ``extend`` appended, keeping the encoded prefix."""

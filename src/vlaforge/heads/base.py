@@ -1,10 +1,11 @@
 """The action-head contract (DESIGN §3): ``loss(ctx, batch)`` and ``sample(ctx, batch)`` in normalized units.
 
-Two kinds, told apart by the ``in_sequence`` flag that generic code reads:
+Generic code reads these capability flags, never a head's name:
 
-* readout heads (``in_sequence = False``) read ``ctx.hidden`` / ``ctx.pooled`` / ``ctx.state`` only;
-* in-sequence heads (``in_sequence = True``) extend the LLM sequence through ``ctx.lm.extend`` on the prefix
-  KV cache, so the prefix is encoded once per ``sample`` call.
+* ``in_sequence``: the head extends the LLM sequence through ``ctx.lm.extend`` on the prefix KV cache (action
+  tokens, HybridVLA's in-LLM diffusion), so the prefix is encoded once per ``sample``;
+* ``uses_kv_cache``: the head reads the prefix KV cache without extending the LLM (pi0's action expert);
+* ``needs_fit``: the head learns something from the training actions before training (quantile bins, FAST).
 """
 
 from __future__ import annotations
@@ -12,27 +13,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vlaforge.config import Choice, ChoiceType
 from vlaforge.registry import Registry
-from vlaforge.types import ACTION, ACTION_IS_PAD, Context
+from vlaforge.types import ACTION, ACTION_IS_PAD, Context, LMSpec
 
-HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={"tokens": "vlaforge.heads.tokens",
-                                                            "dit": "vlaforge.heads.dit"})
+HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
+    "tokens": "vlaforge.heads.tokens", "dit": "vlaforge.heads.dit", "unet1d": "vlaforge.heads.unet1d",
+    "mlp": "vlaforge.heads.regression", "lstm": "vlaforge.heads.regression", "gpt": "vlaforge.heads.regression",
+    "flow": "vlaforge.heads.flow", "inllm_diffusion": "vlaforge.heads.inllm_diffusion",
+    "hybrid": "vlaforge.heads.hybrid",
+})
 
 
 @dataclass(frozen=True)
 class HeadConfig(Choice, ChoiceType):
     registry: ClassVar[Registry] = HEADS
 
-    def build(self, *, action_dim: int, chunk: int, hidden_size: int, state_dim: int) -> ActionHead:
+    def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> ActionHead:
         raise NotImplementedError
 
 
 class ActionHead(nn.Module):
     in_sequence: ClassVar[bool] = False
+    uses_kv_cache: ClassVar[bool] = False
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, cfg: HeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__()
@@ -45,6 +53,9 @@ class ActionHead(nn.Module):
                **options: Any) -> Tensor:
         raise NotImplementedError
 
+    def fit(self, actions: np.ndarray) -> None:
+        """Learn from normalized training action chunks (N, H, Da); only called when ``needs_fit``."""
+
 
 def target_and_mask(batch: dict[str, Any], chunk: int, action_dim: int) -> tuple[Tensor, Tensor]:
     """The normalized action chunk (B, H, Da) and its validity mask (B, H), with shape checks."""
@@ -54,3 +65,28 @@ def target_and_mask(batch: dict[str, Any], chunk: int, action_dim: int) -> tuple
     pad = batch.get(ACTION_IS_PAD)
     valid = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device) if pad is None else ~pad.bool()
     return a.float(), valid
+
+
+def masked_mean(err: Tensor, valid: Tensor) -> Tensor:
+    """Mean of per-step errors (B, H) over valid steps."""
+    w = valid.to(err.dtype)
+    return (err * w).sum() / w.sum().clamp(min=1)
+
+
+def drop_mask(batch_size: int, p: float, device: torch.device, training: bool) -> Tensor | None:
+    """Rows whose condition is dropped (classifier-free guidance training), or None."""
+    if not training or p <= 0:
+        return None
+    return torch.rand(batch_size, device=device) < p
+
+
+def guided(fn: Any, x: Tensor, cfg_scale: float) -> Tensor:
+    """Classifier-free guidance: ``fn(x, drop)``; with ``cfg_scale > 0`` returns ``u + s * (c - u)``.
+
+    ``cfg_scale`` is the guidance weight ``s``; 0 (or 1) means the conditional prediction alone.
+    """
+    cond = fn(x, None)
+    if cfg_scale in (0.0, 1.0):
+        return cond
+    uncond = fn(x, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+    return uncond + cfg_scale * (cond - uncond)

@@ -1,11 +1,12 @@
-"""Discrete action tokens decoded by the VLM itself (RT-2 / OpenVLA / LLaVA-VLA style).
+"""Discrete action tokens decoded by the VLM itself (RT-2 / OpenVLA / LLaVA-VLA / pi0-FAST style).
 
-Each normalized action dimension is cut into ``n_bins`` uniform bins over ``[low, high]`` (256 over [-1, 1] by
-default); bin ``k`` is written with the vocabulary id ``vocab_size - n_bins + k`` (the last ids, as OpenVLA and
-LLaVA-VLA reuse them). A chunk of H steps is H*Da tokens, trained with teacher forcing and decoded greedily on
-the prefix KV cache. Differences from OpenVLA: bin centres are the midpoints of ``n_bins`` equal bins (OpenVLA
-uses 255 centres between 256 edges), the softmax is restricted to the action-token rows of the LM head, and
-decoding emits a whole chunk rather than one step.
+The chunk is turned into tokens by an action tokenizer (``binning``): ``uniform`` — 256 equal bins per
+dimension over the normalized range; ``quantile`` — bins with equal training mass; ``fast`` — pi0-FAST's DCT +
+BPE (variable length, ended by an end-of-sequence token). Token ``k`` is written with the backbone's k-th
+reserved action id (the last vocabulary ids, or added tokens). Training is teacher-forced cross-entropy over the
+action-token rows of the LM head; sampling decodes greedily on the prefix KV cache, one prefix encode per call.
+Differences from OpenVLA: bin centres are the midpoints of ``n_bins`` equal bins (OpenVLA uses 255 centres
+between 256 edges), the softmax is restricted to action tokens, and a whole chunk is decoded per call.
 """
 
 from __future__ import annotations
@@ -13,43 +14,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vlaforge.heads.action_tokenizers import FastTokenizer, QuantileBinner, UniformBinner
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, target_and_mask
-from vlaforge.types import Context
+from vlaforge.types import Context, LMSpec
 
-
-class UniformBinner:
-    """``n_bins`` equal bins over ``[low, high]``; encode clips, decode returns bin centres (error <= half a bin)."""
-
-    def __init__(self, n_bins: int = 256, low: float = -1.0, high: float = 1.0) -> None:
-        if n_bins < 2 or not high > low:
-            raise ValueError(f"binner: need n_bins >= 2 and high > low, got n_bins={n_bins}, [{low}, {high}]")
-        self.n_bins, self.low, self.high = n_bins, low, high
-        self.width = (high - low) / n_bins
-
-    def encode(self, x: Tensor) -> Tensor:
-        idx = torch.floor((x.float() - self.low) / self.width).long()
-        return idx.clamp(0, self.n_bins - 1)
-
-    def decode(self, idx: Tensor) -> Tensor:
-        return self.low + (idx.float() + 0.5) * self.width
+BINNINGS = ("uniform", "quantile", "fast")
 
 
 @HEADS.register("tokens")
 @dataclass(frozen=True)
 class TokenHeadConfig(HeadConfig):
-    n_bins: int = 256
-    low: float = -1.0
+    """Discrete action tokens on the VLM's vocabulary: uniform (256 bins) | quantile bins | FAST (DCT + BPE)."""
+
+    binning: str = "uniform"
+    n_bins: int = 256  # bins per dimension, or the FAST vocabulary size (BPE tokens + end-of-sequence)
+    low: float = -1.0  # uniform bins cover [low, high] of the normalized range
     high: float = 1.0
+    fast_scale: float = 10.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10)
+    max_tokens: int = 0  # FAST: longest decoded sequence (0: 2 x chunk x action_dim)
 
     def validate(self) -> None:
+        self.check(self.binning in BINNINGS, "binning", f"one of {BINNINGS}")
         self.check(self.n_bins >= 2, "n_bins", ">= 2")
         self.check(self.high > self.low, "high", f"> low ({self.low})")
+        self.check(self.fast_scale > 0, "fast_scale", "> 0")
 
-    def build(self, *, action_dim: int, chunk: int, hidden_size: int, state_dim: int) -> TokenHead:
+    def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> TokenHead:
         return TokenHead(self, action_dim, chunk)
 
 
@@ -58,24 +53,61 @@ class TokenHead(ActionHead):
 
     def __init__(self, cfg: TokenHeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__(cfg, action_dim, chunk)
-        self.binner = UniformBinner(cfg.n_bins, cfg.low, cfg.high)
+        self.needs_fit = cfg.binning != "uniform"
+        if cfg.binning == "uniform":
+            self.tokenizer: Any = UniformBinner(cfg.n_bins, cfg.low, cfg.high)
+        elif cfg.binning == "quantile":  # starts uniform; fit() moves the edges to the data's quantiles
+            self.register_buffer("edges", torch.linspace(-1, 1, cfg.n_bins + 1)[:, None].repeat(1, action_dim))
+            self.tokenizer = QuantileBinner(lambda: self.edges)
+        else:
+            self.tokenizer = FastTokenizer(cfg.n_bins, chunk, action_dim, cfg.fast_scale)
+        self.max_tokens = cfg.max_tokens or 2 * chunk * action_dim
+
+    # ------------------------------------------------------------ fitting and state
+    def fit(self, actions: np.ndarray) -> None:
+        if self.cfg.binning == "quantile":
+            edges = QuantileBinner.fit_edges(actions.reshape(-1, self.action_dim), self.cfg.n_bins)
+            self.edges.copy_(torch.from_numpy(edges).float())
+        elif self.cfg.binning == "fast":
+            self.tokenizer.fit(actions)
+
+    def get_extra_state(self) -> Tensor:  # the FAST BPE travels inside model.safetensors as bytes
+        data = self.tokenizer.state() if self.cfg.binning == "fast" else b""
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        if self.cfg.binning == "fast":
+            self.tokenizer.load_state(bytes(state.to(torch.uint8).cpu().numpy().tobytes()))
+
+    # ------------------------------------------------------------ tokens
+    def _targets(self, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Token indices (B, K) and a weight per token."""
+        if self.tokenizer.fixed_length:
+            bins = self.tokenizer.encode(target).flatten(1)
+            return bins, valid.repeat_interleave(self.action_dim, 1).float()
+        seqs = self.tokenizer.encode_chunks(target.cpu().numpy())
+        k = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), k), self.tokenizer.eos, dtype=torch.long)
+        w = torch.zeros(len(seqs), k)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            w[i, : len(s)] = 1.0
+        return ids.to(target.device), w.to(target.device)
 
     @staticmethod
     def _last_prefix_hidden(ctx: Context) -> Tensor:
-        b = ctx.hidden.shape[0]
-        return ctx.hidden[torch.arange(b, device=ctx.hidden.device), ctx.mask.sum(1) - 1]
+        return ctx.hidden[torch.arange(ctx.hidden.shape[0], device=ctx.hidden.device), ctx.last_index]
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
         lm = ctx.lm
         target, valid = target_and_mask(batch, self.chunk, self.action_dim)
-        bins = self.binner.encode(target).flatten(1)  # (B, H*Da)
-        vocab = lm.action_token_ids(self.cfg.n_bins)
-        emb = lm.embed_tokens(vocab[bins])
-        hidden = lm.extend(ctx, emb[:, :-1], torch.ones_like(bins[:, :-1]))
+        bins, weight = self._targets(target, valid)
+        vocab = lm.action_token_ids(self.tokenizer.vocab)
+        emb = lm.embed_tokens(vocab[bins[:, :-1]])
+        hidden = lm.extend(ctx, emb, torch.ones_like(bins[:, :-1]))
         lm.reset(ctx)
         inputs = torch.cat([self._last_prefix_hidden(ctx)[:, None], hidden], 1)  # position j predicts token j
-        logits = lm.token_logits(inputs, vocab).float()  # (B, H*Da, n_bins)
-        weight = valid.repeat_interleave(self.action_dim, 1).float()
+        logits = lm.token_logits(inputs, vocab).float()  # (B, K, vocab)
         ce = F.cross_entropy(logits.transpose(1, 2), bins, reduction="none")
         loss = (ce * weight).sum() / weight.sum().clamp(min=1)
         acc = ((logits.argmax(-1) == bins).float() * weight).sum() / weight.sum().clamp(min=1)
@@ -85,22 +117,30 @@ class TokenHead(ActionHead):
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
                temperature: float = 0.0) -> Tensor:
         lm = ctx.lm
-        vocab = lm.action_token_ids(self.cfg.n_bins)
-        b, k = ctx.hidden.shape[0], self.chunk * self.action_dim
+        vocab = lm.action_token_ids(self.tokenizer.vocab)
+        b = ctx.hidden.shape[0]
+        fixed = self.tokenizer.fixed_length
+        k = self.chunk * self.action_dim if fixed else self.max_tokens
         h = self._last_prefix_hidden(ctx)
-        bins, conf = [], []
+        toks, conf = [], []
         ones = torch.ones(b, 1, dtype=ctx.mask.dtype, device=ctx.mask.device)
         for step in range(k):
             probs = lm.token_logits(h, vocab).float().softmax(-1)
             if temperature > 0:
-                p = (probs.log() / temperature).softmax(-1)
-                tok = torch.multinomial(p, 1, generator=generator).squeeze(1)
+                tok = torch.multinomial((probs.log() / temperature).softmax(-1), 1, generator=generator).squeeze(1)
             else:
                 tok = probs.argmax(-1)
-            bins.append(tok)
+            toks.append(tok)
             conf.append(probs.gather(1, tok[:, None]).squeeze(1))
+            if not fixed and bool((torch.stack(toks, 1) == self.tokenizer.eos).any(1).all()):
+                break
             if step + 1 < k:
                 h = lm.extend(ctx, lm.embed_tokens(vocab[tok])[:, None], ones)[:, -1]
         lm.reset(ctx)
-        ctx.extras["token_confidence"] = torch.stack(conf, 1).view(b, self.chunk, self.action_dim)
-        return self.binner.decode(torch.stack(bins, 1)).view(b, self.chunk, self.action_dim)
+        ids = torch.stack(toks, 1)
+        if fixed:
+            ctx.extras["token_confidence"] = torch.stack(conf, 1).view(b, self.chunk, self.action_dim)
+            return self.tokenizer.decode(ids).view(b, self.chunk, self.action_dim)
+        chunks = [self.tokenizer.decode_ids(row.tolist()) for row in ids.cpu()]
+        ctx.extras["token_confidence"] = torch.stack(conf, 1)
+        return torch.from_numpy(np.stack(chunks)).to(ctx.hidden.device)

@@ -56,9 +56,11 @@ def _prepare(cfg: TrainConfig) -> tuple[LeRobotDataset, VLAPolicy]:
     if cfg.init_from:  # fine-tune: the checkpoint fixes the architecture; the new data brings its statistics
         policy = VLAPolicy.from_pretrained(cfg.init_from)
         policy.check_compatible(robot, "dataset")
+        policy.make_pipelines(reader.meta.stats, robot)
     else:
         policy = VLAPolicy(cfg.policy.with_robot(robot))
-    policy.make_pipelines(reader.meta.stats, robot)
+        policy.make_pipelines(reader.meta.stats, robot)
+        policy.fit(reader, seed=cfg.seed)  # quantile bins / FAST tokenizers learn from the training actions
     return reader, policy
 
 

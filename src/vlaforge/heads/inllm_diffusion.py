@@ -1,0 +1,99 @@
+"""HybridVLA's diffusion inside the LLM: noisy action tokens denoised by the VLM's own decoder.
+
+Paper: HybridVLA (Liu et al., 2025); reference: ``models/vlas/hybridvla.py`` (``_prepare_multimodal_embeddings``,
+``ddim_sample_loop_progressive`` with ``past_key_values``). After the prefix, the sequence continues with
+``<BOD> [proprio] [timestep] [x_1 … x_H] <EOD>``: the proprio token and the noisy actions go through MLP
+embedders, the timestep through a sinusoidal embedder, and the LLM's hidden states at the ``x`` positions go
+through a final layer (zero-initialized output) that predicts the noise. Training tiles every sample
+``repeated_diffusion_steps`` times with independent noise and timesteps (the prefix cache is copied, not
+re-encoded); inference runs DDIM (4 steps by default) where every step extends the cached prefix and crops the
+cache back, so the prefix is encoded once. Differences from HybridVLA: ``<BOD>``/``<EOD>`` are learned embeddings
+rather than new vocabulary rows, the whole chunk is denoised (HybridVLA's cache handling is only correct for one
+action), and classifier-free guidance works: the unconditional pass hides the prefix from the suffix tokens
+(HybridVLA's ``forward_with_cfg`` does not exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import Tensor, nn
+
+from vlaforge.heads.base import HEADS, ActionHead, drop_mask, guided, masked_mean, target_and_mask
+from vlaforge.heads.diffusion import DiffusionHeadConfig, ddim_loop, make_schedulers
+from vlaforge.types import Context, LMSpec
+
+
+@HEADS.register("inllm_diffusion")
+@dataclass(frozen=True)
+class InLLMDiffusionHeadConfig(DiffusionHeadConfig):
+    """HybridVLA's in-LLM diffusion: proprio, timestep and noisy action tokens between <BOD> and <EOD>."""
+
+    num_steps: int = 4  # HybridVLA's DDIM default
+
+    def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> InLLMDiffusionHead:
+        return InLLMDiffusionHead(self, action_dim, chunk, state_dim, lm.hidden_size)
+
+
+def _mlp(i: int, d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+
+
+class InLLMDiffusionHead(ActionHead):
+    in_sequence = True
+
+    def __init__(self, cfg: InLLMDiffusionHeadConfig, action_dim: int, chunk: int, state_dim: int,
+                 hidden: int) -> None:
+        super().__init__(cfg, action_dim, chunk)
+        self.bod = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.eod = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.proprio = _mlp(state_dim, hidden) if state_dim > 0 else None
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_emb = TimestepEmbedding(256, hidden)
+        self.x_emb = _mlp(action_dim, hidden)
+        self.final = nn.Sequential(nn.RMSNorm(hidden, eps=1e-6), nn.Linear(hidden, hidden),
+                                   nn.GELU(approximate="tanh"), nn.Linear(hidden, action_dim))
+        nn.init.zeros_(self.final[-1].weight)
+        nn.init.zeros_(self.final[-1].bias)
+        self.train_scheduler, self.sample_scheduler = make_schedulers(cfg)
+
+    def _eps(self, ctx: Context, x: Tensor, t: Tensor, hide: Tensor | None) -> Tensor:
+        """Extend the prefix with the diffusion block, read the noise prediction, crop the cache back."""
+        lm, b = ctx.lm, x.shape[0]
+        dtype = self.bod.dtype
+        parts = [self.bod.expand(b, 1, -1)]
+        if self.proprio is not None and ctx.state is not None:
+            parts.append(self.proprio(ctx.state.to(dtype))[:, None])
+        parts += [self.time_emb(self.time_proj(t).to(dtype))[:, None], self.x_emb(x.to(dtype)),
+                  self.eod.expand(b, 1, -1)]
+        seq = torch.cat(parts, 1)
+        hidden = lm.extend(ctx, seq, torch.ones(seq.shape[:2], device=seq.device), hide_prefix=hide)
+        lm.reset(ctx)
+        start = len(parts) - 2
+        return self.final(hidden[:, start : start + self.chunk]).float()
+
+    def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
+        target, valid = target_and_mask(batch, self.chunk, self.action_dim)
+        k = self.cfg.repeated_diffusion_steps
+        ctx = ctx.lm.repeat_context(ctx, k)  # one prefix encode, k independent noise draws
+        target, valid = target.repeat(k, 1, 1), valid.repeat(k, 1)
+        noise = torch.randn_like(target)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), device=target.device)
+        hide = drop_mask(target.shape[0], self.cfg.cond_dropout, target.device, self.training)
+        pred = self._eps(ctx, self.train_scheduler.add_noise(target, noise, t), t, hide)
+        return {"loss": masked_mean(((pred - noise) ** 2).mean(-1), valid)}
+
+    @torch.no_grad()
+    def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
+               num_steps: int | None = None, cfg_scale: float | None = None) -> Tensor:
+        scale = self.cfg.cfg_scale if cfg_scale is None else cfg_scale
+
+        def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+            return guided(lambda z, hide: self._eps(ctx, z, t, hide), x, scale)
+
+        b = ctx.mask.shape[0]
+        return ddim_loop(self.sample_scheduler, eps_fn, (b, self.chunk, self.action_dim),
+                         num_steps or self.cfg.num_steps, generator, ctx.mask.device)
