@@ -9,8 +9,8 @@ through a final layer (zero-initialized output) that predicts the noise. Trainin
 re-encoded); inference runs DDIM (4 steps by default) where every step extends the cached prefix and crops the
 cache back, so the prefix is encoded once. Differences from HybridVLA: ``<BOD>``/``<EOD>`` are learned embeddings
 rather than new vocabulary rows, the whole chunk is denoised (HybridVLA's cache handling is only correct for one
-action), and classifier-free guidance works: the unconditional pass hides the prefix from the suffix tokens
-(HybridVLA's ``forward_with_cfg`` does not exist).
+action), and classifier-free guidance works: the unconditional pass hides the prefix from the suffix tokens and
+swaps the proprio token for a learned null (HybridVLA's ``forward_with_cfg`` does not exist).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class InLLMDiffusionHead(ActionHead):
         self.bod = nn.Parameter(torch.randn(hidden) * 0.02)
         self.eod = nn.Parameter(torch.randn(hidden) * 0.02)
         self.proprio = _mlp(state_dim, hidden) if state_dim > 0 else None
+        self.null_proprio = nn.Parameter(torch.zeros(hidden))  # the proprio token of the unconditional branch
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_emb = TimestepEmbedding(256, hidden)
         self.x_emb = _mlp(action_dim, hidden)
@@ -66,7 +67,10 @@ class InLLMDiffusionHead(ActionHead):
         dtype = self.bod.dtype
         parts = [self.bod.expand(b, 1, -1)]
         if self.proprio is not None and ctx.state is not None:
-            parts.append(self.proprio(ctx.state.to(dtype))[:, None])
+            prop = self.proprio(ctx.state.to(dtype))
+            if hide is not None:
+                prop = torch.where(hide[:, None], self.null_proprio.to(dtype).expand_as(prop), prop)
+            parts.append(prop[:, None])
         parts += [self.time_emb(self.time_proj(t).to(dtype))[:, None], self.x_emb(x.to(dtype)),
                   self.eod.expand(b, 1, -1)]
         seq = torch.cat(parts, 1)
