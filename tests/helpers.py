@@ -48,13 +48,18 @@ def features(cams: tuple[str, ...] = ("front", "wrist"), size: int = IMG, state_
 
 
 def write_dataset(root: Path, cams: tuple[str, ...] = ("front", "wrist"), state_dim: int = 4,
-                  action_dim: int = 4, **writer_kw) -> list[dict[str, np.ndarray]]:
+                  action_dim: int = 4, extra: dict | None = None, extra_values=None,
+                  **writer_kw) -> list[dict[str, np.ndarray]]:
+    """Write the 3-episode fixture; ``extra`` features get per-episode values from ``extra_values(ep, n)``."""
     from vlaforge.data.lerobot import LeRobotWriter
 
     episodes = []
-    with LeRobotWriter(root, 10, features(cams, IMG, state_dim, action_dim), overwrite=True, **writer_kw) as w:
+    feats = {**features(cams, IMG, state_dim, action_dim), **(extra or {})}
+    with LeRobotWriter(root, 10, feats, overwrite=True, **writer_kw) as w:
         for i, (n, task) in enumerate(zip(LENGTHS, TASKS, strict=True)):
             ep = make_episode(n, i, cams, IMG, state_dim, action_dim)
+            if extra_values is not None:
+                ep.update(extra_values(i, n))
             w.add_episode(ep, task)
             episodes.append({**ep, "task": task})
     return episodes

@@ -4,7 +4,8 @@ Checkpoint directory (DESIGN §4)::
 
     config.json        {"format_version", "vlaforge_version", "git_sha", "robot": {...}, "policy": {... "type" tags}}
     model.safetensors  all weights
-    processors/        inputs.json, outputs.json, *.safetensors (normalization statistics)
+    processors/        inputs.json, outputs.json, *.safetensors (normalization statistics),
+                       dataset_stats.json (mixtures: every dataset's statistics and the unnorm_key)
     tokenizer/         the backbone tokenizer, saved with save_pretrained
     train_state/       training checkpoints only (see vlaforge.train.checkpoint)
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,15 @@ from torch import Tensor, nn
 
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
 from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text
-from vlaforge.data.stats import Stats
+from vlaforge.data.stats import Stats, StatsError, stats_from_json, stats_to_json
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
+from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
 from vlaforge.processors.base import Pipeline, Step, collate
 from vlaforge.processors.features import CheckFeatures
-from vlaforge.processors.image import ImageStep, RandomShift
-from vlaforge.processors.normalize import Normalize, Unnormalize
+from vlaforge.processors.image import ImageStep
+from vlaforge.processors.normalize import Normalize, PerDataset, Unnormalize
 from vlaforge.processors.text import Tokenize
-from vlaforge.types import ACTION, OBS_STATE, TASK, FeatureMismatchError, RobotSpec, image_key
+from vlaforge.types import ACTION, DATASET, OBS_STATE, TASK, FeatureMismatchError, RobotSpec, image_key
 
 
 def _default_backbone() -> BackboneConfig:
@@ -50,10 +53,13 @@ class PolicyConfig(ConfigBase):
     exec_steps: int = 4  # actions of each chunk executed before re-planning (receding horizon); eval's default
     history: int = 1  # observation frames per sample (T); how they are encoded is backbone.history
     normalization: dict[str, str] = field(default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "q01_q99"})
+    # Dims left in raw units per feature, e.g. {"action": (-1,)} keeps the gripper unnormalized (HybridVLA).
+    normalize_skip: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # Filled from the training data; they fix the architecture and are checked whenever data meets the policy.
     cameras: tuple[str, ...] = ()
     state_dim: int = 0
     action_dim: int = 0
+    reasoning: ReasoningConfig | None = None  # DexVLA: generate sub-step reasoning, FiLM it into the condition
 
     def validate(self) -> None:
         self.check(self.chunk >= 1, "chunk", ">= 1")
@@ -62,9 +68,15 @@ class PolicyConfig(ConfigBase):
         for k, m in self.normalization.items():
             if m not in ("mean_std", "min_max", "q01_q99", "identity"):
                 raise ConfigError(f"normalization.{k}", "mean_std | min_max | q01_q99 | identity", m)
+        for k in self.normalize_skip:
+            if k not in self.normalization:
+                raise ConfigError(f"normalize_skip.{k}", f"a normalized feature {sorted(self.normalization)}", k)
 
     def with_robot(self, robot: RobotSpec) -> PolicyConfig:
         return self.replace(cameras=tuple(robot.cameras), state_dim=robot.state_dim, action_dim=robot.action_dim)
+
+
+DATASET_STATS = "dataset_stats.json"  # mixtures: every training dataset's statistics + the chosen unnorm_key
 
 
 def _git_sha() -> str | None:
@@ -88,49 +100,102 @@ class VLAPolicy(nn.Module):
         self.backbone: Backbone = cfg.backbone.build(list(cfg.cameras), cfg.state_dim, assets)
         self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk, state_dim=cfg.state_dim,
                                    lm=self.backbone.lm_spec())
+        self.reasoner = Reasoner(cfg.reasoning, self.backbone.hidden_size) if cfg.reasoning else None
         self.robot: RobotSpec | None = None
+        self.dataset_stats: dict[str, Stats] = {}  # mixtures: every training dataset's statistics
+        self.unnorm_key: str | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
 
     # ------------------------------------------------------------ pipelines
-    def make_pipelines(self, stats: Stats, robot: RobotSpec) -> None:
-        """Build the inputs/outputs pipelines from the training data's statistics and features."""
+    def make_pipelines(self, stats: Stats | None, robot: RobotSpec, *, dataset_stats: dict[str, Stats] | None = None,
+                       unnorm_key: str | None = None) -> None:
+        """Build the inputs/outputs pipelines from the training data's statistics and features.
+
+        For a mixture pass every dataset's statistics as ``dataset_stats`` (training normalizes each item with
+        its own dataset's) and name the dataset whose statistics the saved pipelines use as ``unnorm_key``.
+        """
         diffs = RobotSpec({c: robot.cameras.get(c, (0, 0)) for c in self.cfg.cameras}, self.cfg.state_dim,
                           self.cfg.action_dim).differences(robot, this="policy config", that="dataset")
         if diffs:
             raise FeatureMismatchError(diffs, "policy config does not match the dataset")
-        modes = {k: m for k, m in self.cfg.normalization.items() if k != OBS_STATE or self.cfg.state_dim}
+        if dataset_stats:
+            if unnorm_key not in dataset_stats:
+                raise KeyError(f"unnorm_key: expected one of {sorted(dataset_stats)}, got {unnorm_key!r}")
+            stats = dataset_stats[unnorm_key]
+        if stats is None:
+            raise StatsError("make_pipelines: no statistics (the dataset has no meta/stats.json; run `vlaforge "
+                             "stats DATASET`)")
+        self.dataset_stats, self.unnorm_key = dict(dataset_stats or {}), unnorm_key
+        self._modes = {k: m for k, m in self.cfg.normalization.items() if k != OBS_STATE or self.cfg.state_dim}
+        dims = {OBS_STATE: self.cfg.state_dim, ACTION: self.cfg.action_dim}
+        self._masks = {}
+        for key, skip in self.cfg.normalize_skip.items():
+            n = dims.get(key, 0)
+            bad = [d for d in skip if not -n <= d < n]
+            if bad:
+                raise ConfigError(f"normalize_skip.{key}", f"dims in [-{n}, {n})", list(skip))
+            mask = np.ones(n, dtype=bool)
+            mask[list(skip)] = False
+            self._masks[key] = mask.tolist()
         self.robot = robot
         self.inputs = Pipeline([
             CheckFeatures(robot=robot.to_json(), history=self.cfg.history),
-            Normalize.from_stats(modes, stats),
+            Normalize.from_stats(self._modes, stats, self._masks),
             ImageStep(cameras=list(self.cfg.cameras), size=self.backbone.image_size,
                       stitch=self.cfg.backbone.views == "stitch"),
             Tokenize(template=self.cfg.backbone.prompt_template, max_tokens=self.cfg.backbone.max_prompt_tokens),
         ])
         self.inputs.steps[-1].bind(tokenizer=self.backbone.tokenizer)
-        self.outputs = Pipeline([Unnormalize.from_stats({ACTION: modes[ACTION]}, stats)])
+        self.outputs = Pipeline([Unnormalize.from_stats({ACTION: self._modes[ACTION]}, stats,
+                                                        {k: v for k, v in self._masks.items() if k == ACTION})])
+
+    def _train_normalizer(self) -> Step:
+        """The normalization training applies: the saved one, or each item's own dataset's for a mixture."""
+        if self.inputs is None:
+            raise RuntimeError("make_pipelines() first")
+        norm = next(s for s in self.inputs.steps if isinstance(s, Normalize))
+        if len(self.dataset_stats) <= 1:
+            return norm
+        return PerDataset({name: Normalize.from_stats(norm.modes, st, norm.masks, clip=norm.clip,
+                                                      min_scale=norm.min_scale)
+                           for name, st in self.dataset_stats.items()})
 
     def fit(self, reader: Any, max_samples: int = 4096, seed: int = 0) -> None:
         """Let heads that learn from the data (quantile bins, FAST) see normalized training action chunks."""
         heads = [m for m in self.modules() if isinstance(m, ActionHead) and m.needs_fit]
         if not heads:
             return
-        if self.inputs is None:
-            raise RuntimeError("make_pipelines() first")
-        norm = next(s for s in self.inputs.steps if isinstance(s, Normalize))
+        norm = self._train_normalizer()
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(reader), size=min(len(reader), max_samples), replace=False)
-        chunks = np.stack([norm({ACTION: reader[int(i)][ACTION]})[ACTION] for i in idx])
+        chunks = []
+        for i in idx:
+            item = reader[int(i)]
+            chunks.append(norm({ACTION: item[ACTION], **({DATASET: item[DATASET]} if DATASET in item else {})})[ACTION])
         for head in heads:
-            head.fit(chunks)
+            head.fit(np.stack(chunks))
 
-    def train_pipeline(self, shift_pad: int = 0) -> Pipeline:
-        """The inputs pipeline with train-only augmentation in front (never saved, never used at inference)."""
+    def train_pipeline(self, augment: Sequence[Step] = ()) -> Pipeline:
+        """The inputs pipeline with train-only steps (augmentation, per-dataset normalization) in front of it.
+
+        The result is never saved and never used at inference, so augmentation is off there by construction.
+        """
         if self.inputs is None:
             raise RuntimeError("make_pipelines() first")
-        aug: list[Step] = [RandomShift(cameras=list(self.cfg.cameras), pad=shift_pad)] if shift_pad > 0 else []
-        return Pipeline(aug + self.inputs.steps)
+        steps = [self._train_normalizer() if isinstance(s, Normalize) else s for s in self.inputs.steps]
+        return Pipeline(list(augment) + steps)
+
+    def use_dataset_stats(self, unnorm_key: str) -> None:
+        """Switch the saved pipelines to another training dataset's statistics (mixture checkpoints)."""
+        if unnorm_key not in self.dataset_stats:
+            raise KeyError(f"unnorm_key: expected one of {sorted(self.dataset_stats) or '[] (not a mixture)'}, "
+                           f"got {unnorm_key!r}")
+        stats = self.dataset_stats[unnorm_key]
+        for pipe in (self.inputs, self.outputs):
+            pipe.steps = [type(s).from_stats(s.modes, stats, s.masks, clip=s.clip, min_scale=s.min_scale)
+                          if isinstance(s, Normalize | Unnormalize) else s for s in pipe.steps]
+        self.unnorm_key = unnorm_key
 
     # ------------------------------------------------------------ model
     @property
@@ -139,16 +204,33 @@ class VLAPolicy(nn.Module):
 
     @property
     def _use_cache(self) -> bool:
-        return self.head.in_sequence or self.head.uses_kv_cache
+        return self.head.in_sequence or self.head.uses_kv_cache or self.reasoner is not None
 
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.head.loss(self.backbone.encode(batch, use_cache=self._use_cache), batch)
+        ctx = self.backbone.encode(batch, use_cache=self._use_cache)
+        r = self.reasoner.train_step(ctx, batch) if self.reasoner is not None else None
+        out = self.head.loss(ctx, batch)
+        if r is not None:
+            out = {**out, "loss": out["loss"] + self.cfg.reasoning.loss_weight * r, "reasoning_loss": r.detach()}
+        return out
 
     @torch.no_grad()
-    def sample(self, batch: dict[str, Any], generator: torch.Generator | None = None, **options: Any) -> Tensor:
-        """Normalized action chunks (B, H, Da); the prefix is encoded once."""
+    def sample(self, batch: dict[str, Any], generator: torch.Generator | None = None, info: dict | None = None,
+               **options: Any) -> Tensor:
+        """Normalized action chunks (B, H, Da); the prefix is encoded once.
+
+        ``info``, if given, receives what the policy produced besides actions (generated reasoning text,
+        HybridVLA's per-row gate decision).
+        """
         ctx = self.backbone.encode(batch, use_cache=self._use_cache)
-        return self.head.sample(ctx, batch, generator=generator, **options)
+        if self.reasoner is not None:
+            ids = self.reasoner.generate(ctx, self.backbone.tokenizer.eos_token_id)
+            if info is not None:
+                info["reasoning"] = self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        actions = self.head.sample(ctx, batch, generator=generator, **options)
+        if info is not None and "hybrid_averaged" in ctx.extras:
+            info["hybrid_averaged"] = ctx.extras["hybrid_averaged"].tolist()
+        return actions
 
     # ------------------------------------------------------------ inference API
     def prepare(self, observations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,12 +284,18 @@ class VLAPolicy(nn.Module):
         save_model(self, str(directory / "model.safetensors"))
         self.inputs.save(directory / "processors", "inputs")
         self.outputs.save(directory / "processors", "outputs")
+        if self.dataset_stats:
+            atomic_write_text(directory / "processors" / DATASET_STATS, json.dumps(
+                {"unnorm_key": self.unnorm_key,
+                 "datasets": {k: stats_to_json(v) for k, v in self.dataset_stats.items()}}, indent=1))
         self.backbone.save_assets(directory / "tokenizer")
         atomic_write_text(directory / "config.json", json.dumps(meta, indent=2) + "\n")
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> VLAPolicy:
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
+                        unnorm_key: str | None = None) -> VLAPolicy:
+        """Load a checkpoint; ``unnorm_key`` picks which training dataset's statistics (de)normalize (mixtures)."""
         directory = Path(directory)
         cfg_path = directory / "config.json"
         if not cfg_path.is_file():
@@ -226,4 +314,11 @@ class VLAPolicy(nn.Module):
         policy.robot = RobotSpec.from_json(meta["robot"])
         policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
         policy.outputs = Pipeline.load(directory / "processors", "outputs")
+        ds_path = directory / "processors" / DATASET_STATS
+        if ds_path.is_file():
+            saved = json.loads(ds_path.read_text())
+            policy.dataset_stats = {k: stats_from_json(v) for k, v in saved["datasets"].items()}
+            policy.unnorm_key = saved["unnorm_key"]
+        if unnorm_key is not None and unnorm_key != policy.unnorm_key:
+            policy.use_dataset_stats(unnorm_key)
         return policy.to(map_location).eval()

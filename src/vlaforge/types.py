@@ -26,6 +26,7 @@ OBS_IMAGES = "observation.images"
 OBS_STATE = "observation.state"
 ACTION = "action"
 TASK = "task"
+DATASET = "dataset_name"  # which dataset of a mixture a training item came from
 PAD_SUFFIX = "_is_pad"
 ACTION_IS_PAD = ACTION + PAD_SUFFIX
 OBS_IS_PAD = "observation" + PAD_SUFFIX
@@ -33,6 +34,9 @@ STITCHED_CAMERA = "stitched"  # the one image made of all cameras when a backbon
 # Model-side keys produced by the text step.
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+REASONING = "reasoning"  # optional per-frame sub-step reasoning text (DexVLA)
+REASONING_IDS = "reasoning_ids"
+REASONING_MASK = "reasoning_mask"
 # Bookkeeping columns every LeRobot frame carries.
 INDEX_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 

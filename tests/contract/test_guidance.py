@@ -63,3 +63,46 @@ def test_cfg_scale_trains_and_steers_sampling(dataset, head):
     torch.testing.assert_close(plain, same)
     assert torch.isfinite(steered).all() and not torch.allclose(plain, steered)
     assert torch.equal(steered, policy.sample(batch, generator=g(), cfg_scale=3.0))
+
+
+def test_dexvla_reasoning_is_trained_generated_and_filmed_into_the_condition(tmp_path):
+    from helpers import write_dataset
+    from vlaforge.heads.reasoning import ReasoningConfig
+    from vlaforge.policy import VLAPolicy
+    from vlaforge.types import FeatureSpec
+
+    root = tmp_path / "reasoning"
+    write_dataset(root, extra={"reasoning": FeatureSpec("string", (1,))},
+                  extra_values=lambda ep, n: {"reasoning": ["reach the handle" if i < n // 2 else "pull it open"
+                                                            for i in range(n)]})
+    policy, reader = make_policy((root, None), "qwen2_vl", "dit")
+    cfg = policy.cfg.replace(reasoning=ReasoningConfig(max_tokens=8))
+    torch.manual_seed(0)
+    policy = VLAPolicy(cfg)
+    policy.make_pipelines(reader.meta.stats, reader.meta.robot_spec())
+    assert reader[0]["reasoning"] == "reach the handle"
+    batch = make_batch(policy, reader)
+    assert "reasoning_ids" in batch
+    ctx = policy.backbone.encode(batch, use_cache=True)
+    before = ctx.pooled.clone()
+    policy.reasoner.train_step(ctx, batch)
+    torch.testing.assert_close(ctx.pooled, before)  # zero-initialized FiLM: untrained, the condition is unchanged
+    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
+    first = None
+    for _ in range(60):
+        out = policy.loss(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["reasoning_loss"].item()
+    assert out["reasoning_loss"].item() < 0.2 * first
+    assert policy.reasoner.film.weight.abs().sum() > 0  # the FiLM layer learned something
+    policy.eval()
+    info: dict = {}
+    acts = policy.sample(batch, info=info)
+    assert acts.shape == (4, 4, 4) and len(info["reasoning"]) == 4
+    assert "reach the handle" in info["reasoning"] or "pull it open" in info["reasoning"]
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(policy.sample(batch, generator=g()), loaded.sample(batch, generator=g()))

@@ -45,7 +45,7 @@ def test_train_config_json_round_trip_with_type_tags(tmp_path):
 
 
 def test_validation_error_names_the_field():
-    with pytest.raises(ConfigError, match="'num_steps'.*>= 1.*0"):
+    with pytest.raises(ConfigError, match=r"'num_steps'.*\[1, .*got 0"):
         HEADS.get("dit")(num_steps=0)
     with pytest.raises(ValueError, match="num_stepz"):
         from vlaforge.heads.base import HeadConfig
@@ -72,3 +72,18 @@ def test_frozen_configs():
     cfg = HEADS.get("tokens")()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_bins = 3
+
+
+def test_cli_overrides_reach_inside_a_composite_head(capsys):
+    from vlaforge.cli.train import PREFIXES
+    from vlaforge.presets import get_preset
+
+    base = get_preset("quickstart_tokens")
+    cfg = parse_overrides(base, to_draccus(["--head.type=hybrid", "--head.continuous.type=dit",
+                                            "--head.continuous.num_steps=3", "--head.mode=ar"], prefixes=PREFIXES))
+    assert cfg.policy.head.type == "hybrid" and cfg.policy.head.mode == "ar"
+    assert cfg.policy.head.continuous.type == "dit" and cfg.policy.head.continuous.num_steps == 3
+    with pytest.raises(SystemExit):  # a composite head cannot nest inside another
+        parse_overrides(base, to_draccus(["--head.type=hybrid", "--head.continuous.type=hybrid"],
+                                         prefixes=PREFIXES))
+    assert "invalid choice: 'hybrid'" in capsys.readouterr().err

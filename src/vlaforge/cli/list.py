@@ -35,5 +35,10 @@ def main(argv: list[str]) -> int:
         table = Table(title=kind, show_header=False, title_justify="left")
         for name, entry in regs[kind].items():
             table.add_row(name, _describe(entry))
+        if kind == "formats":  # formats read through `vlaforge convert`
+            from vlaforge.data.convert import SOURCES
+
+            for name, entry in SOURCES.items():
+                table.add_row(name, f"(vlaforge convert {name}) {_describe(entry)}")
         console.print(table)
     return 0

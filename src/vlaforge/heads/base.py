@@ -32,9 +32,23 @@ HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
 @dataclass(frozen=True)
 class HeadConfig(Choice, ChoiceType):
     registry: ClassVar[Registry] = HEADS
+    composite: ClassVar[bool] = False  # a head made of other heads (cannot nest inside another composite)
 
     def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> ActionHead:
         raise NotImplementedError
+
+
+class ComponentHeadConfig(Choice, ChoiceType):
+    """Field type for a head nested inside a composite head: every registered head that is not composite.
+
+    Without the filter the CLI parser would expand ``hybrid.token`` into ``hybrid`` again, forever.
+    """
+
+    registry: ClassVar[Registry] = HEADS
+
+    @classmethod
+    def get_known_choices(cls) -> dict[str, Any]:
+        return {name: c for name, c in cls.registry.items() if not c.composite}
 
 
 class ActionHead(nn.Module):

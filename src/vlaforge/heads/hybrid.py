@@ -13,13 +13,13 @@ noise; any continuous head (in-LLM diffusion, DiT, UNet, flow, MLP) can be paire
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from vlaforge.config import ConfigError
-from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
+from vlaforge.heads.base import HEADS, ActionHead, ComponentHeadConfig, HeadConfig
 from vlaforge.types import Context, LMSpec
 
 MODES = ("ar", "diff", "diff+ar")
@@ -38,8 +38,10 @@ def _default_continuous() -> HeadConfig:
 class HybridHeadConfig(HeadConfig):
     """HybridVLA: a token head + a continuous head trained jointly; ar | diff | diff+ar (confidence gate)."""
 
-    token: HeadConfig = field(default_factory=_default_token)
-    continuous: HeadConfig = field(default_factory=_default_continuous)
+    composite: ClassVar[bool] = True
+
+    token: ComponentHeadConfig = field(default_factory=_default_token)
+    continuous: ComponentHeadConfig = field(default_factory=_default_continuous)
     token_weight: float = 1.0
     continuous_weight: float = 1.0
     mode: str = "diff+ar"

@@ -29,6 +29,7 @@ STEPS: Registry[type[Step]] = Registry("steps", lazy={
 })
 
 AUG_SEED = "_aug_seed"  # per-item seed for random train-time steps, set by the training data loader
+PADDED = ("input_ids", "attention_mask", "reasoning_ids", "reasoning_mask")  # 1-D, right-padded by collate
 
 
 class Step:
@@ -130,9 +131,9 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
         first = vals[0]
         if isinstance(first, str) or first is None:
             out[key] = vals
-        elif key in ("input_ids", "attention_mask"):
+        elif key in PADDED:
             width = max(len(v) for v in vals)
-            fill = pad_id if key == "input_ids" else 0
+            fill = pad_id if key in ("input_ids", "reasoning_ids") else 0
             arr = np.full((len(vals), width), fill, dtype=np.int64)
             for i, v in enumerate(vals):
                 arr[i, : len(v)] = v

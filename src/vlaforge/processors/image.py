@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from vlaforge.processors.base import AUG_SEED, STEPS, Step
 from vlaforge.types import STITCHED_CAMERA, image_key
@@ -99,4 +100,87 @@ class RandomShift(Step):
             padded = np.pad(img, widths, mode="edge")
             dy, dx = rng.integers(0, 2 * p + 1, size=2)
             item[key] = padded[..., dy : dy + h, dx : dx + w, :]
+        return item
+
+
+def _frames(img: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(..., H, W, 3) -> (N, H, W, 3) and the leading shape, so history windows share one random draw."""
+    lead = img.shape[:-3]
+    return img.reshape(-1, *img.shape[-3:]), lead
+
+
+@STEPS.register("random_resized_crop")
+@dataclass
+class RandomResizedCrop(Step):
+    """Crop a random window covering ``scale`` of the area (aspect kept) and resize it back. Training only."""
+
+    cameras: list[str]
+    scale: tuple[float, float] = (0.9, 1.0)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 1])
+        for cam in self.cameras:
+            key = image_key(cam)
+            frames, lead = _frames(np.asarray(item[key]))
+            h, w = frames.shape[1:3]
+            side = np.sqrt(rng.uniform(*self.scale))
+            ch, cw = max(1, round(h * side)), max(1, round(w * side))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            out = [np.asarray(Image.fromarray(f[y : y + ch, x : x + cw]).resize((w, h), Image.BILINEAR))
+                   for f in frames]
+            item[key] = np.stack(out).reshape(*lead, h, w, 3)
+        return item
+
+
+@STEPS.register("random_rotation")
+@dataclass
+class RandomRotation(Step):
+    """Rotate by a random angle in ``[-degrees, degrees]`` about the centre (edges filled black). Training only."""
+
+    cameras: list[str]
+    degrees: float = 5.0
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 2])
+        for cam in self.cameras:
+            key = image_key(cam)
+            frames, lead = _frames(np.asarray(item[key]))
+            angle = float(rng.uniform(-self.degrees, self.degrees))
+            out = [np.asarray(Image.fromarray(f).rotate(angle, resample=Image.BILINEAR)) for f in frames]
+            item[key] = np.stack(out).reshape(*lead, *frames.shape[1:])
+        return item
+
+
+@STEPS.register("color_jitter")
+@dataclass
+class ColorJitter(Step):
+    """Random brightness, contrast and saturation factors in ``[1 - x, 1 + x]`` and a hue shift in
+    ``[-hue, hue]`` (fraction of a turn), applied in that order as torchvision's ColorJitter does. Training only."""
+
+    cameras: list[str]
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 3])
+        for cam in self.cameras:
+            key = image_key(cam)
+            frames, lead = _frames(np.asarray(item[key]))
+            b, c, s = (rng.uniform(1 - v, 1 + v) for v in (self.brightness, self.contrast, self.saturation))
+            h = rng.uniform(-self.hue, self.hue)
+            x = frames.astype(np.float32) * b
+            gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            x = (x - gray.mean(axis=(1, 2), keepdims=True)[..., None]) * c + gray.mean(axis=(1, 2),
+                                                                                        keepdims=True)[..., None]
+            gray = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+            x = np.clip((x - gray) * s + gray, 0, 255).astype(np.uint8)
+            if h:
+                shift = round(h * 255)
+                hsv = [np.asarray(Image.fromarray(f).convert("HSV")) for f in x]
+                x = np.stack([np.asarray(Image.fromarray(
+                    np.concatenate([((f[..., :1].astype(np.int16) + shift) % 256).astype(np.uint8), f[..., 1:]], -1),
+                    mode="HSV").convert("RGB")) for f in hsv])
+            item[key] = x.reshape(*lead, *frames.shape[1:])
         return item

@@ -16,6 +16,7 @@ import numpy as np
 
 from vlaforge.data.stats import Stats, StatsError, check_finite
 from vlaforge.processors.base import STEPS, Step
+from vlaforge.types import DATASET
 
 MODES = ("mean_std", "min_max", "q01_q99", "identity")
 _BOUNDS = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "q01_q99": ("q01", "q99")}
@@ -122,3 +123,21 @@ class Normalize(_NormBase):
 class Unnormalize(_NormBase):
     def _transform(self, key: str, y: np.ndarray) -> np.ndarray:
         return y * self._scale[key] + self._center[key]
+
+
+@dataclass
+class PerDataset(Step):
+    """Normalize each item with the statistics of the dataset it came from (mixture training).
+
+    ``steps`` maps dataset name -> a :class:`Normalize`; the item's :data:`~vlaforge.types.DATASET` picks one.
+    Training only: at inference the saved pipeline normalizes with the ``unnorm_key`` dataset's statistics.
+    """
+
+    steps: dict[str, Normalize]
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        name = item.get(DATASET)
+        if name not in self.steps:
+            raise KeyError(f"per-dataset normalization: item from dataset {name!r}; have statistics for "
+                           f"{sorted(self.steps)}")
+        return self.steps[name](item)

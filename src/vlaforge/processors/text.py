@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlaforge.processors.base import STEPS, Step
-from vlaforge.types import ATTENTION_MASK, INPUT_IDS, TASK
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, REASONING, REASONING_IDS, REASONING_MASK, TASK
 
 
 def normalize_instruction(text: str) -> str:
@@ -49,4 +49,11 @@ class Tokenize(Step):
                 self._cache[task] = ids
         item[INPUT_IDS] = ids
         item[ATTENTION_MASK] = np.ones(len(ids), dtype=np.int64)
+        reasoning = item.pop(REASONING, None)
+        if isinstance(reasoning, str):  # DexVLA-style sub-step reasoning target, ended by EOS
+            r = self._tokenizer(normalize_instruction(reasoning), add_special_tokens=False)["input_ids"]
+            eos = self._tokenizer.eos_token_id
+            r = np.asarray([*r, eos] if eos is not None else r, dtype=np.int64)
+            item[REASONING_IDS] = r
+            item[REASONING_MASK] = np.ones(len(r), dtype=np.int64)
         return item

@@ -27,14 +27,25 @@ class OptimConfig(ConfigBase):
 
 @dataclass(frozen=True)
 class DataConfig(ConfigBase):
-    path: str = ""  # LeRobot v3 dataset directory (set by --data)
+    path: str = ""  # LeRobot v3 dataset directory (set by --data); with a named mixture, the folder holding them
+    mixture: dict[str, float] = field(default_factory=dict)  # dataset dir -> weight (names are the dir names)
+    mixture_name: str = ""  # a named mixture (vlaforge.data.rlds.MIXTURES); its datasets live in `path`/<name>
+    balance: bool = False  # mixture weights times dataset sizes (OpenVLA's balance_weights)
+    unnorm_key: str = ""  # mixtures: whose statistics the checkpoint uses (default: the heaviest dataset)
     shift_pad: int = 4  # random-shift image augmentation in pixels (0 = off)
+    crop_scale: float = 1.0  # random resized crop keeping this fraction of the area at least (1 = off)
+    rotate_deg: float = 0.0  # random rotation in [-deg, deg] (0 = off)
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1-x, 1+x], hue +-x/4 (0 = off)
     num_workers: int = 0
     video_cache: str = "auto"  # auto | preload | episode
 
     def validate(self) -> None:
         self.check(self.shift_pad >= 0, "shift_pad", ">= 0")
+        self.check(0 < self.crop_scale <= 1, "crop_scale", "in (0, 1]")
+        self.check(0 <= self.rotate_deg <= 180, "rotate_deg", "in [0, 180]")
+        self.check(0 <= self.color_jitter < 1, "color_jitter", "in [0, 1)")
         self.check(self.num_workers >= 0, "num_workers", ">= 0")
+        self.check(not (self.mixture and self.mixture_name), "mixture", "either mixture or mixture_name, not both")
         self.check(self.video_cache in ("auto", "preload", "episode"), "video_cache", "auto | preload | episode")
 
 

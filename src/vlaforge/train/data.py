@@ -8,7 +8,7 @@ loader workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlaforge.data.base import EpisodeReader
-from vlaforge.processors.base import AUG_SEED, Pipeline, collate
+from vlaforge.processors.base import AUG_SEED, Pipeline, Step, collate
+from vlaforge.processors.image import ColorJitter, RandomResizedCrop, RandomRotation, RandomShift
+
+
+def augmentation(cfg: Any, cameras: list[str]) -> list[Step]:
+    """Train-time image augmentation steps from a :class:`~vlaforge.train.config.DataConfig`."""
+    steps: list[Step] = []
+    if cfg.crop_scale < 1:
+        steps.append(RandomResizedCrop(cameras=cameras, scale=(cfg.crop_scale, 1.0)))
+    if cfg.rotate_deg > 0:
+        steps.append(RandomRotation(cameras=cameras, degrees=cfg.rotate_deg))
+    if cfg.shift_pad > 0:
+        steps.append(RandomShift(cameras=cameras, pad=cfg.shift_pad))
+    if cfg.color_jitter > 0:
+        x = cfg.color_jitter
+        steps.append(ColorJitter(cameras=cameras, brightness=x, contrast=x, saturation=x, hue=x / 4))
+    return steps
 
 
 class _Processed(Dataset):
@@ -34,8 +50,9 @@ class _Processed(Dataset):
 
 
 class _StreamSampler(Sampler):
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int,
+                 draw: Callable[[int, int], int] | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.draw = n, batch_size, seed, draw
         self.start_step, self.steps = start_step, steps
         self._perms: dict[int, np.ndarray] = {}
 
@@ -52,7 +69,8 @@ class _StreamSampler(Sampler):
             batch = []
             for i in range(self.batch_size):
                 pos = step * self.batch_size + i
-                batch.append((int(self._perm(pos // self.n)[pos % self.n]), pos))
+                index = self.draw(self.seed, pos) if self.draw else int(self._perm(pos // self.n)[pos % self.n])
+                batch.append((index, pos))
             yield batch
 
 
@@ -61,7 +79,8 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
     """Batches for steps ``start_step .. steps-1`` (see the module docstring for the ordering)."""
     if len(reader) == 0:
         raise ValueError("training data has no frames")
-    sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps)
+    # a mixture draws a weighted dataset per position; a single dataset walks seeded permutations
+    sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None))
     return DataLoader(_Processed(reader, pipeline, seed), batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=False,
                       generator=torch.Generator().manual_seed(seed))

@@ -13,16 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from vlaforge.config import Paths, atomic_write_text
 from vlaforge.data.lerobot import LeRobotDataset
+from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import VLAPolicy
 from vlaforge.train.checkpoint import load_train_state, save_checkpoint
 from vlaforge.train.config import TrainConfig
-from vlaforge.train.data import make_loader
+from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
 from vlaforge.utils import progress_bar, seed_everything
 
@@ -45,21 +47,47 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     return metrics
 
 
-def _prepare(cfg: TrainConfig) -> tuple[LeRobotDataset, VLAPolicy]:
-    if not cfg.data.path:
-        raise ValueError("no training data: pass --data DATASET_DIR")
-    reader = LeRobotDataset(cfg.data.path, history=cfg.policy.history, chunk=cfg.policy.chunk,
-                            video_cache=cfg.data.video_cache)
-    if reader.meta.stats is None:
-        raise StatsError(f"{cfg.data.path} has no meta/stats.json; run `vlaforge stats {cfg.data.path}`")
-    robot = reader.meta.robot_spec()
+def _mixture_paths(cfg: TrainConfig) -> dict[str, tuple[Path, float]]:
+    """name -> (dataset dir, weight) of the configured mixture; empty for a single dataset."""
+    if cfg.data.mixture_name:
+        from vlaforge.data.rlds import mixture
+
+        root = Path(cfg.data.path or ".")
+        return {name: (root / name, w) for name, w in mixture(cfg.data.mixture_name)}
+    out = {}
+    for path, w in cfg.data.mixture.items():
+        name = Path(path).name
+        if name in out:
+            raise ValueError(f"data.mixture: two datasets are named '{name}' (names are directory names)")
+        out[name] = (Path(path), float(w))
+    return out
+
+
+def _prepare(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
+    opts = {"history": cfg.policy.history, "chunk": cfg.policy.chunk, "video_cache": cfg.data.video_cache}
+    parts = _mixture_paths(cfg)
+    if parts:
+        reader = MixtureDataset({n: LeRobotDataset(p, **opts) for n, (p, _) in parts.items()},
+                                {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
+        dataset_stats = reader.stats
+        unnorm_key = cfg.data.unnorm_key or reader.names[int(np.argmax(reader.probabilities))]
+        if unnorm_key not in dataset_stats:
+            raise KeyError(f"data.unnorm_key: expected one of {reader.names}, got {unnorm_key!r}")
+        stats, robot = None, reader.robot
+    else:
+        if not cfg.data.path:
+            raise ValueError("no training data: pass --data DATASET_DIR (or --data.mixture)")
+        reader = LeRobotDataset(cfg.data.path, **opts)
+        if reader.meta.stats is None:
+            raise StatsError(f"{cfg.data.path} has no meta/stats.json; run `vlaforge stats {cfg.data.path}`")
+        dataset_stats, unnorm_key, stats, robot = None, None, reader.meta.stats, reader.meta.robot_spec()
     if cfg.init_from:  # fine-tune: the checkpoint fixes the architecture; the new data brings its statistics
         policy = VLAPolicy.from_pretrained(cfg.init_from)
         policy.check_compatible(robot, "dataset")
-        policy.make_pipelines(reader.meta.stats, robot)
+        policy.make_pipelines(stats, robot, dataset_stats=dataset_stats, unnorm_key=unnorm_key)
     else:
         policy = VLAPolicy(cfg.policy.with_robot(robot))
-        policy.make_pipelines(reader.meta.stats, robot)
+        policy.make_pipelines(stats, robot, dataset_stats=dataset_stats, unnorm_key=unnorm_key)
         policy.fit(reader, seed=cfg.seed)  # quantile bins / FAST tokenizers learn from the training actions
     return reader, policy
 
@@ -90,7 +118,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
     n_params = sum(p.numel() for p in policy.parameters())
-    loader = make_loader(reader, policy.train_pipeline(cfg.data.shift_pad), batch_size=cfg.batch_size,
+    pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
+    loader = make_loader(reader, pipeline, batch_size=cfg.batch_size,
                          seed=cfg.seed, start_step=start, steps=cfg.steps, num_workers=cfg.data.num_workers)
     from torch.utils.tensorboard import SummaryWriter
 
