@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q "torch==2.13.0" -e ".[metaworld,test]"
+	$(PIP) install -q --no-deps "openpi-client==0.1.2"
 	@touch $@ $(STAMP)
 
 install: $(STAMP)

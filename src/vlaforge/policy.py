@@ -103,17 +103,19 @@ class VLAPolicy(nn.Module):
         self.reasoner = Reasoner(cfg.reasoning, self.backbone.hidden_size) if cfg.reasoning else None
         self.robot: RobotSpec | None = None
         self.dataset_stats: dict[str, Stats] = {}  # mixtures: every training dataset's statistics
+        self.dataset_robots: dict[str, RobotSpec] = {}
         self.unnorm_key: str | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
 
     # ------------------------------------------------------------ pipelines
     def make_pipelines(self, stats: Stats | None, robot: RobotSpec, *, dataset_stats: dict[str, Stats] | None = None,
-                       unnorm_key: str | None = None) -> None:
+                       dataset_robots: dict[str, RobotSpec] | None = None, unnorm_key: str | None = None) -> None:
         """Build the inputs/outputs pipelines from the training data's statistics and features.
 
-        For a mixture pass every dataset's statistics as ``dataset_stats`` (training normalizes each item with
-        its own dataset's) and name the dataset whose statistics the saved pipelines use as ``unnorm_key``.
+        For a mixture pass every dataset's statistics (and robot specs, whose image sizes may differ) as
+        ``dataset_stats`` / ``dataset_robots``: training normalizes and checks each item with its own dataset's.
+        ``unnorm_key`` names the dataset whose statistics and image sizes the saved pipelines use.
         """
         diffs = RobotSpec({c: robot.cameras.get(c, (0, 0)) for c in self.cfg.cameras}, self.cfg.state_dim,
                           self.cfg.action_dim).differences(robot, this="policy config", that="dataset")
@@ -127,6 +129,9 @@ class VLAPolicy(nn.Module):
             raise StatsError("make_pipelines: no statistics (the dataset has no meta/stats.json; run `vlaforge "
                              "stats DATASET`)")
         self.dataset_stats, self.unnorm_key = dict(dataset_stats or {}), unnorm_key
+        self.dataset_robots = dict(dataset_robots or {})
+        if self.dataset_robots and unnorm_key in self.dataset_robots:
+            robot = self.dataset_robots[unnorm_key]
         self._modes = {k: m for k, m in self.cfg.normalization.items() if k != OBS_STATE or self.cfg.state_dim}
         dims = {OBS_STATE: self.cfg.state_dim, ACTION: self.cfg.action_dim}
         self._masks = {}
@@ -150,16 +155,23 @@ class VLAPolicy(nn.Module):
         self.outputs = Pipeline([Unnormalize.from_stats({ACTION: self._modes[ACTION]}, stats,
                                                         {k: v for k, v in self._masks.items() if k == ACTION})])
 
+    def _per_dataset(self, step: Step) -> Step:
+        """What training runs instead of a saved step: for a mixture, each item's own dataset's version."""
+        if len(self.dataset_stats) <= 1:
+            return step
+        if isinstance(step, Normalize):
+            return PerDataset({name: Normalize.from_stats(step.modes, st, step.masks, clip=step.clip,
+                                                          min_scale=step.min_scale)
+                               for name, st in self.dataset_stats.items()})
+        if isinstance(step, CheckFeatures) and self.dataset_robots:
+            return PerDataset({name: CheckFeatures(robot=r.to_json(), history=step.history)
+                               for name, r in self.dataset_robots.items()})
+        return step
+
     def _train_normalizer(self) -> Step:
-        """The normalization training applies: the saved one, or each item's own dataset's for a mixture."""
         if self.inputs is None:
             raise RuntimeError("make_pipelines() first")
-        norm = next(s for s in self.inputs.steps if isinstance(s, Normalize))
-        if len(self.dataset_stats) <= 1:
-            return norm
-        return PerDataset({name: Normalize.from_stats(norm.modes, st, norm.masks, clip=norm.clip,
-                                                      min_scale=norm.min_scale)
-                           for name, st in self.dataset_stats.items()})
+        return self._per_dataset(next(s for s in self.inputs.steps if isinstance(s, Normalize)))
 
     def fit(self, reader: Any, max_samples: int = 4096, seed: int = 0) -> None:
         """Let heads that learn from the data (quantile bins, FAST) see normalized training action chunks."""
@@ -183,7 +195,7 @@ class VLAPolicy(nn.Module):
         """
         if self.inputs is None:
             raise RuntimeError("make_pipelines() first")
-        steps = [self._train_normalizer() if isinstance(s, Normalize) else s for s in self.inputs.steps]
+        steps = [self._per_dataset(s) for s in self.inputs.steps]
         return Pipeline(list(augment) + steps)
 
     def use_dataset_stats(self, unnorm_key: str) -> None:
@@ -195,6 +207,10 @@ class VLAPolicy(nn.Module):
         for pipe in (self.inputs, self.outputs):
             pipe.steps = [type(s).from_stats(s.modes, stats, s.masks, clip=s.clip, min_scale=s.min_scale)
                           if isinstance(s, Normalize | Unnormalize) else s for s in pipe.steps]
+        if unnorm_key in self.dataset_robots:  # that robot's image sizes
+            self.robot = self.dataset_robots[unnorm_key]
+            self.inputs.steps = [CheckFeatures(robot=self.robot.to_json(), history=s.history)
+                                 if isinstance(s, CheckFeatures) else s for s in self.inputs.steps]
         self.unnorm_key = unnorm_key
 
     # ------------------------------------------------------------ model
@@ -287,7 +303,8 @@ class VLAPolicy(nn.Module):
         if self.dataset_stats:
             atomic_write_text(directory / "processors" / DATASET_STATS, json.dumps(
                 {"unnorm_key": self.unnorm_key,
-                 "datasets": {k: stats_to_json(v) for k, v in self.dataset_stats.items()}}, indent=1))
+                 "datasets": {k: stats_to_json(v) for k, v in self.dataset_stats.items()},
+                 "robots": {k: r.to_json() for k, r in self.dataset_robots.items()}}, indent=1))
         self.backbone.save_assets(directory / "tokenizer")
         atomic_write_text(directory / "config.json", json.dumps(meta, indent=2) + "\n")
         return directory
@@ -319,6 +336,7 @@ class VLAPolicy(nn.Module):
             saved = json.loads(ds_path.read_text())
             policy.dataset_stats = {k: stats_from_json(v) for k, v in saved["datasets"].items()}
             policy.unnorm_key = saved["unnorm_key"]
+            policy.dataset_robots = {k: RobotSpec.from_json(v) for k, v in saved.get("robots", {}).items()}
         if unnorm_key is not None and unnorm_key != policy.unnorm_key:
             policy.use_dataset_stats(unnorm_key)
         return policy.to(map_location).eval()

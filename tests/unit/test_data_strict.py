@@ -162,3 +162,27 @@ def test_augmentation_is_seeded_shape_preserving_and_never_in_the_saved_pipeline
     assert not any(isinstance(s, aug_types) for s in policy.inputs.steps)
     assert sum(isinstance(s, aug_types) for s in policy.train_pipeline(steps).steps) == 4
     assert OBS_STATE in policy.cfg.normalization
+
+
+def test_named_rlds_mixture_converts_trains_and_switches_unnorm_key(tmp_path):
+    from pathlib import Path
+
+    from vlaforge.cli.main import main
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "rlds"
+    for name, std in (("bridge_dataset", "bridge"), ("fractal20220817_data", "fractal")):
+        assert main(["convert", "rlds", str(fixtures / name), f"--standardize={std}", "--out",
+                     str(tmp_path / "data" / name)]) == 0
+    assert main(["train", "quickstart_dit", "--data", str(tmp_path / "data"), "--data.mixture_name=bridge_fractal",
+                 "--out", str(tmp_path / "run"), "--steps=2", "--batch_size=4", "--backbone.image_size=32",
+                 "--save_every=2", "--data.unnorm_key=fractal20220817_data"]) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    policy = VLAPolicy.from_pretrained(ckpt)
+    assert policy.unnorm_key == "fractal20220817_data" and policy.robot.cameras["primary"] == (16, 20)
+    bridge = VLAPolicy.from_pretrained(ckpt, unnorm_key="bridge_dataset")
+    assert bridge.robot.cameras["primary"] == (16, 16)  # that dataset's camera size is what the pipeline checks
+    obs = LeRobotDataset(tmp_path / "data" / "bridge_dataset")[0]
+    images = {"primary": obs[image_key("primary")]}
+    assert bridge.predict_action(images, obs["task"], obs[OBS_STATE], seed=0).shape == (8, 7)
+    with pytest.raises(FeatureMismatchError, match=r"expected shape \(16, 20, 3\), got \(16, 16, 3\)"):
+        policy.predict_action(images, obs["task"], obs[OBS_STATE], seed=0)

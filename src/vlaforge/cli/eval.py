@@ -1,6 +1,9 @@
-"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--out DIR]"""
+"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--out DIR]
+vlaforge eval [CHECKPOINT] --remote ws://HOST:PORT ...   (through `vlaforge serve`; API key from $VLAFORGE_API_KEY)"""
 
 from __future__ import annotations
+
+import os
 
 import draccus
 
@@ -11,5 +14,13 @@ from vlaforge.eval.runner import EvalConfig, run_eval
 def main(argv: list[str]) -> int:
     setup_logging()
     args = to_draccus(argv, positionals=["checkpoint"], aliases={"env": "env.type"}, flags=["expert"])
-    run_eval(draccus.parse(EvalConfig, args=args))
+    cfg = draccus.parse(EvalConfig, args=args)
+    if not cfg.remote:
+        run_eval(cfg)
+        return 0
+    from vlaforge.serve.client import RemotePolicy
+
+    # seed=0: the same sampling stream as the LocalPolicy a local `vlaforge eval` builds
+    with RemotePolicy(cfg.remote, api_key=os.environ.get("VLAFORGE_API_KEY"), seed=0) as policy:
+        run_eval(cfg, policy=policy)
     return 0

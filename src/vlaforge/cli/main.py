@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "collect": ("vlaforge.cli.collect", "scripted-expert demos -> a LeRobot v3 dataset"),
+    "convert": ("vlaforge.cli.convert", "hdf5 | rlds | calvin -> a LeRobot v3 dataset"),
     "stats": ("vlaforge.cli.stats", "(re)compute meta/stats.json of a dataset"),
     "train": ("vlaforge.cli.train", "train a preset on a dataset"),
     "eval": ("vlaforge.cli.eval", "evaluate a checkpoint in simulation"),
+    "serve": ("vlaforge.cli.serve", "serve a checkpoint (openpi-compatible websocket + HTTP)"),
     "quickstart": ("vlaforge.cli.quickstart", "collect -> train -> eval on CPU, with a report"),
     "list": ("vlaforge.cli.list", "list registered backbones, heads, formats, envs, presets"),
 }

@@ -56,6 +56,11 @@ class MixtureDataset:
         return first
 
     @property
+    def robots(self) -> dict[str, RobotSpec]:
+        """Each dataset's robot spec (same cameras and dims; image sizes may differ)."""
+        return {name: r.meta.robot_spec() for name, r in zip(self.names, self.readers, strict=True)}
+
+    @property
     def stats(self) -> dict[str, Stats]:
         """Each dataset's own statistics."""
         out = {}

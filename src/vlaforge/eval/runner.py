@@ -10,6 +10,7 @@ from typing import Any
 from vlaforge.config import ConfigBase, Paths
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize, write_summary
+from vlaforge.inference import InferencePolicy
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class EvalConfig(ConfigBase):
     expert: bool = True  # also run the scripted experts on the same seeds, for reference
     out: str = ""  # default: <run>/eval next to the checkpoint's run, else runs/eval
     device: str = "cpu"
+    remote: str = ""  # ws://HOST:PORT of `vlaforge serve`: evaluate through the server (checkpoint optional)
 
     def validate(self) -> None:
         self.check(self.episodes >= 1, "episodes", ">= 1")
@@ -39,23 +41,27 @@ def default_eval_dir(checkpoint: Path) -> Path:
     return ckpt.parent.parent / "eval" if ckpt.parent.name == "checkpoints" else Paths().run("eval")
 
 
-def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolicy | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint``, or ``policy`` when given (the CLI passes a RemotePolicy for ``cfg.remote``)."""
     from vlaforge.inference import LocalPolicy
 
-    if not cfg.checkpoint:
-        raise ValueError("eval: pass a checkpoint directory")
+    if not cfg.checkpoint and policy is None:
+        raise ValueError("eval: pass a checkpoint directory (or --remote ws://HOST:PORT)")
+    if cfg.remote and policy is None:
+        raise ValueError("eval: cfg.remote needs policy=RemotePolicy(cfg.remote) (vlaforge.cli.eval builds it)")
     if not cfg.tasks:
         raise ValueError("eval: pass --tasks (task names or a suite such as mt10)")
-    ckpt = Path(cfg.checkpoint)
-    out = Path(cfg.out) if cfg.out else default_eval_dir(ckpt)
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
+    out = Path(cfg.out) if cfg.out else default_eval_dir(ckpt) if ckpt else Paths().run("eval")
     tasks = cfg.env.task_names(cfg.tasks)
-    policy = LocalPolicy.load(ckpt, device=cfg.device)
+    policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device)
     results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
                        parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
                        videos_per_task=cfg.videos, show_progress=show_progress)
     summary = summarize(results)
     reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start)) if cfg.expert else None
-    print_table(summary, reference, title=f"{ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
-    write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt), config=cfg.to_dict())
+    print_table(summary, reference, title=f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
+    write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt) if ckpt else None,
+                  config=cfg.to_dict())
     log.info("wrote %s", out / "eval.json")
     return {"summary": summary, "expert": reference, "out": out}

@@ -127,17 +127,16 @@ class Unnormalize(_NormBase):
 
 @dataclass
 class PerDataset(Step):
-    """Normalize each item with the statistics of the dataset it came from (mixture training).
+    """Apply the step of the dataset each item came from (mixture training: its statistics, its image sizes).
 
-    ``steps`` maps dataset name -> a :class:`Normalize`; the item's :data:`~vlaforge.types.DATASET` picks one.
-    Training only: at inference the saved pipeline normalizes with the ``unnorm_key`` dataset's statistics.
+    ``steps`` maps dataset name -> a step; the item's :data:`~vlaforge.types.DATASET` picks one. Training only:
+    at inference the saved pipeline uses the ``unnorm_key`` dataset's step.
     """
 
-    steps: dict[str, Normalize]
+    steps: dict[str, Step]
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         name = item.get(DATASET)
         if name not in self.steps:
-            raise KeyError(f"per-dataset normalization: item from dataset {name!r}; have statistics for "
-                           f"{sorted(self.steps)}")
+            raise KeyError(f"per-dataset step: item from dataset {name!r}; have steps for {sorted(self.steps)}")
         return self.steps[name](item)

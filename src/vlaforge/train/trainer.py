@@ -74,20 +74,21 @@ def _prepare(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
         if unnorm_key not in dataset_stats:
             raise KeyError(f"data.unnorm_key: expected one of {reader.names}, got {unnorm_key!r}")
         stats, robot = None, reader.robot
+        mix = {"dataset_stats": dataset_stats, "dataset_robots": reader.robots, "unnorm_key": unnorm_key}
     else:
         if not cfg.data.path:
             raise ValueError("no training data: pass --data DATASET_DIR (or --data.mixture)")
         reader = LeRobotDataset(cfg.data.path, **opts)
         if reader.meta.stats is None:
             raise StatsError(f"{cfg.data.path} has no meta/stats.json; run `vlaforge stats {cfg.data.path}`")
-        dataset_stats, unnorm_key, stats, robot = None, None, reader.meta.stats, reader.meta.robot_spec()
+        mix, stats, robot = {}, reader.meta.stats, reader.meta.robot_spec()
     if cfg.init_from:  # fine-tune: the checkpoint fixes the architecture; the new data brings its statistics
         policy = VLAPolicy.from_pretrained(cfg.init_from)
         policy.check_compatible(robot, "dataset")
-        policy.make_pipelines(stats, robot, dataset_stats=dataset_stats, unnorm_key=unnorm_key)
+        policy.make_pipelines(stats, robot, **mix)
     else:
         policy = VLAPolicy(cfg.policy.with_robot(robot))
-        policy.make_pipelines(stats, robot, dataset_stats=dataset_stats, unnorm_key=unnorm_key)
+        policy.make_pipelines(stats, robot, **mix)
         policy.fit(reader, seed=cfg.seed)  # quantile bins / FAST tokenizers learn from the training actions
     return reader, policy
 

@@ -1,0 +1,430 @@
+"""The wire protocol of ``vlaforge serve``: openpi-compatible msgpack-numpy frames, the observation schema,
+request parsing and validation. numpy + msgpack only (no torch), so robot-side clients stay light.
+
+Encoding (the same bytes as openpi-client's ``msgpack_numpy``; the code is our own):
+
+* an ``np.ndarray`` travels as a map ``{b"__ndarray__": True, b"data": raw bytes, b"dtype": dtype.str,
+  b"shape": [dims]}``; a numpy scalar as ``{b"__npgeneric__": True, b"data": value, b"dtype": dtype.str}``;
+* everything else is plain msgpack (maps, lists, str, bytes, numbers); never pickle, never object arrays.
+
+Decoding untrusted frames is strict: only bool / int / uint / float dtypes, a shape that matches the byte
+count, at most 8 dimensions; arrays come back writable and in native byte order.
+
+Frames (client -> server; the server first sends its metadata, see ``vlaforge.serve.server``):
+
+* one observation (what openpi's ``WebsocketClientPolicy.infer`` sends): ``{"observation.images.<cam>": uint8
+  (H, W, 3), "observation.state": (Ds,), "task": str}``; aliases ``prompt`` / ``instruction`` -> ``task``,
+  ``state`` -> ``observation.state``, ``images: {cam: array}`` -> ``observation.images.<cam>``.
+  Reply ``{"actions": (H, Da), "server_timing": {...}}``.
+* a batch: ``{"observations": [obs, ...]}``; reply ``{"actions": (B, H, Da), ...}``, run as one policy call.
+* either may carry ``seed`` (int) or ``rng_state`` (bytes from a previous reply): the request then runs as its
+  own policy call with its own generator and the reply carries the generator's next ``rng_state``
+  (reproducible sampling, see ``RemotePolicy``).
+
+Errors come back as a text frame (openpi's client raises on ``str``) listing every problem as
+``field: expected ..., got ...``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from vlaforge.types import OBS_IMAGES, OBS_STATE, TASK, RobotSpec, image_key
+
+PROTOCOL = "vlaforge-serve"
+PROTOCOL_VERSION = 1
+MAX_NDIM = 8
+MAX_TASK_CHARS = 4096
+MAX_RNG_STATE_BYTES = 1 << 16
+SEED_KEY, RNG_STATE_KEY, BATCH_KEY = "seed", "rng_state", "observations"
+ALIASES = {"prompt": TASK, "instruction": TASK, "state": OBS_STATE}
+_ALLOWED_KINDS = "biuf"  # bool, int, uint, float; never object / void / complex / strings
+
+
+# ----------------------------------------------------------------------------------------------- errors
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a request: which field, what was expected, what came."""
+
+    field: str
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: expected {self.expected}, got {self.actual}"
+
+
+class ProtocolError(ValueError):
+    """A request the server refuses; ``problems`` lists every field at fault (the message shows them all)."""
+
+    def __init__(self, problems: list[Problem], title: str = "invalid request") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        n = len(problems)
+        super().__init__(f"{title} ({n} problem{'s' if n != 1 else ''}):\n{lines}")
+
+    @classmethod
+    def one(cls, field: str, expected: str, actual: str, title: str = "invalid request") -> ProtocolError:
+        return cls([Problem(field, expected, actual)], title)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": str(self), "problems": [p.__dict__ for p in self.problems]}
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for error messages (never its full contents)."""
+    if isinstance(value, np.ndarray):
+        return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"bytes of length {len(value)}"
+    if isinstance(value, str):
+        return f"str {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, (list, tuple)):
+        return f"list of length {len(value)}"
+    if isinstance(value, dict):
+        return f"map with keys {sorted(map(str, value))[:8]}"
+    return type(value).__name__
+
+
+# ----------------------------------------------------------------------------------------------- codec
+def _pack_default(obj: Any) -> Any:
+    if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in _ALLOWED_KINDS:
+        raise TypeError(f"cannot send numpy dtype {obj.dtype} (only bool, int, uint and float arrays)")
+    if isinstance(obj, np.ndarray):
+        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"cannot send a {type(obj).__name__} over the wire")
+
+
+def _get(obj: dict, key: str) -> Any:
+    return obj[key.encode()] if key.encode() in obj else obj.get(key)
+
+
+def _dtype(spec: Any) -> np.dtype:
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii")
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise ValueError(f"dtype: expected a short numpy dtype string such as '<f4', got {describe(spec)}")
+    dt = np.dtype(spec)
+    if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise ValueError(f"dtype: expected a bool/int/uint/float dtype, got {spec!r}")
+    return dt
+
+
+def _unpack_hook(obj: dict) -> Any:
+    if b"__ndarray__" in obj or "__ndarray__" in obj:
+        data, shape, dt = _get(obj, "data"), _get(obj, "shape"), _dtype(_get(obj, "dtype"))
+        if not isinstance(data, bytes):
+            raise ValueError(f"ndarray data: expected bytes, got {describe(data)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ValueError(f"ndarray shape: expected a list of <= {MAX_NDIM} non-negative ints, got {shape!r:.80}")
+        if math.prod(shape) * dt.itemsize != len(data):
+            raise ValueError(f"ndarray data: shape {tuple(shape)} of {dt} needs {math.prod(shape) * dt.itemsize} "
+                             f"bytes, got {len(data)}")
+        return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=True)
+    if b"__npgeneric__" in obj or "__npgeneric__" in obj:
+        data, dt = _get(obj, "data"), _dtype(_get(obj, "dtype"))
+        if isinstance(data, (bool, int, float)):
+            return np.array(data).astype(dt.newbyteorder("="))[()]
+        raise ValueError(f"numpy scalar data: expected a number, got {describe(data)}")
+    return obj
+
+
+def packb(obj: Any) -> bytes:
+    """msgpack-numpy encode (openpi-compatible)."""
+    return msgpack.packb(obj, default=_pack_default, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    """msgpack-numpy decode of untrusted bytes; raises :class:`ProtocolError` on anything malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError.one("frame", "a binary msgpack frame", f"a {type(data).__name__} frame")
+    try:
+        return msgpack.unpackb(data, object_hook=_unpack_hook, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError, StackError ...)
+        raise ProtocolError.one("frame", "valid msgpack-numpy", f"{type(e).__name__}: {e}"[:300]) from None
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class ObservationSchema:
+    """What one raw observation must look like for a policy: cameras, state, instruction."""
+
+    robot: RobotSpec
+    history: int = 1
+
+    def _lead(self) -> tuple[int, ...]:
+        return () if self.history == 1 else (self.history,)
+
+    def camera_shape(self, cam: str) -> tuple[int, ...]:
+        h, w = self.robot.cameras[cam]
+        return (*self._lead(), h, w, 3)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (*self._lead(), self.robot.state_dim)
+
+    @property
+    def keys(self) -> list[str]:
+        return [image_key(c) for c in self.robot.cameras] + ([OBS_STATE] if self.robot.state_dim else []) + [TASK]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {image_key(c): {"shape": list(self.camera_shape(c)), "dtype": "uint8"}
+                               for c in self.robot.cameras}
+        if self.robot.state_dim:
+            out[OBS_STATE] = {"shape": list(self.state_shape), "dtype": "float32", "finite": True}
+        out[TASK] = {"shape": [], "dtype": "string", "max_chars": MAX_TASK_CHARS}
+        return out
+
+    def example(self, task: str = "pick up the object") -> dict[str, Any]:
+        """An observation that passes validation (zeros), for clients to send back as is."""
+        obs: dict[str, Any] = {image_key(c): np.zeros(self.camera_shape(c), np.uint8) for c in self.robot.cameras}
+        if self.robot.state_dim:
+            obs[OBS_STATE] = np.zeros(self.state_shape, np.float32)
+        obs[TASK] = task
+        return obs
+
+    # --------------------------------------------------------------------------- validation
+    def _canonical(self, obs: dict, where: str, problems: list[Problem]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+
+        def put(key: str, value: Any, name: str) -> None:
+            if key in out:
+                problems.append(Problem(f"{where}{name}", f"'{key}' given once", f"both '{origin[key]}' and '{name}'"))
+            out[key], origin[key] = value, name
+
+        for k, v in obs.items():
+            if not isinstance(k, str):
+                problems.append(Problem(f"{where}<key>", "string keys", describe(k)))
+            elif k == "images":
+                if not isinstance(v, dict):
+                    problems.append(Problem(f"{where}images", "a map camera -> uint8 image", describe(v)))
+                    continue
+                for cam, img in v.items():
+                    put(image_key(str(cam)), img, f"images.{cam}")
+            else:
+                put(ALIASES.get(k, k), v, k)
+        return out
+
+    def _image(self, name: str, value: Any, want: tuple[int, ...], problems: list[Problem]) -> np.ndarray | None:
+        if isinstance(value, list):
+            try:
+                arr = np.asarray(value)
+            except Exception:  # ragged, too deep, mixed types
+                problems.append(Problem(name, f"uint8 array of shape {want}", "a ragged list"))
+                return None
+            in_range = arr.dtype.kind in "iu" and (not arr.size or (arr.min() >= 0 and arr.max() <= 255))
+            value = arr.astype(np.uint8) if in_range else arr
+        if not isinstance(value, np.ndarray):
+            problems.append(Problem(name, f"uint8 array of shape {want}", describe(value)))
+            return None
+        ok = True
+        if value.dtype != np.uint8:
+            problems.append(Problem(name, "dtype uint8", str(value.dtype)))
+            ok = False
+        if value.shape != want:
+            problems.append(Problem(name, f"shape {want}", str(tuple(value.shape))))
+            ok = False
+        return value if ok else None
+
+    def _state(self, name: str, value: Any, problems: list[Problem]) -> np.ndarray | None:
+        want = self.state_shape
+        if isinstance(value, list):
+            try:
+                value = np.asarray(value, dtype=np.float32)
+            except Exception:  # ragged, strings, too deep
+                problems.append(Problem(name, f"{want} numbers", "a list that is not numbers of one shape"))
+                return None
+        if not isinstance(value, np.ndarray):
+            problems.append(Problem(name, f"float array of shape {want}", describe(value)))
+            return None
+        if value.dtype.kind not in "iuf":
+            problems.append(Problem(name, "a numeric dtype (float32)", str(value.dtype)))
+        elif value.shape != want:
+            problems.append(Problem(name, f"shape {want}", str(tuple(value.shape))))
+        elif not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value))[0].tolist()
+            problems.append(Problem(name, "finite values", f"{value[tuple(bad)]} at index {bad}"))
+        else:
+            return value
+        return None
+
+    def validate(self, obs: Any, where: str = "") -> dict[str, Any]:
+        """Check one raw observation; return it with aliases resolved, or raise naming every problem."""
+        problems: list[Problem] = []
+        out = self.check(obs, where, problems)
+        if problems:
+            raise ProtocolError(problems, "observation does not match the policy")
+        return out
+
+    def check(self, obs: Any, where: str, problems: list[Problem]) -> dict[str, Any]:
+        """Like :meth:`validate` but appends to ``problems``; ``where`` prefixes field names (``observations[2].``)."""
+        if not isinstance(obs, dict):
+            problems.append(Problem(where.rstrip(".") or "observation", "a map of observation keys", describe(obs)))
+            return {}
+        obs = self._canonical(obs, where, problems)
+        out: dict[str, Any] = {}
+        for cam in self.robot.cameras:
+            key = image_key(cam)
+            if key not in obs:
+                problems.append(Problem(f"{where}{key}", f"uint8 image of shape {self.camera_shape(cam)}", "nothing"))
+                continue
+            img = self._image(f"{where}{key}", obs[key], self.camera_shape(cam), problems)
+            if img is not None:
+                out[key] = img
+        if self.robot.state_dim:
+            if OBS_STATE not in obs:
+                problems.append(Problem(f"{where}{OBS_STATE}", f"{self.state_shape} finite numbers", "nothing"))
+            else:
+                st = self._state(f"{where}{OBS_STATE}", obs[OBS_STATE], problems)
+                if st is not None:
+                    out[OBS_STATE] = st
+        task = obs.get(TASK)
+        if not isinstance(task, str):
+            problems.append(Problem(f"{where}{TASK}", "an instruction string", describe(task) if task is not None
+                                    else "nothing"))
+        elif len(task) > MAX_TASK_CHARS:
+            problems.append(Problem(f"{where}{TASK}", f"at most {MAX_TASK_CHARS} characters", f"{len(task)}"))
+        else:
+            out[TASK] = task
+        for k in obs:
+            if k not in self.keys:
+                problems.append(Problem(f"{where}{k}", f"one of {self.keys} (or seed / rng_state)", "unknown key"))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- requests
+@dataclass
+class Request:
+    """A parsed, validated request: observations plus optional reproducible-sampling controls."""
+
+    observations: list[dict[str, Any]]
+    batched: bool
+    seed: int | None = None
+    rng_state: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed is not None or self.rng_state is not None
+
+
+def _controls(msg: dict, where: str, problems: list[Problem]) -> tuple[int | None, bytes | None]:
+    seed, state = msg.pop(SEED_KEY, None), msg.pop(RNG_STATE_KEY, None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= int(seed) < 2**63):
+        problems.append(Problem(f"{where}{SEED_KEY}", "an int in [0, 2**63)", describe(seed)
+                                if not isinstance(seed, int) else str(seed)))
+        seed = None
+    if state is not None and (not isinstance(state, bytes) or not 0 < len(state) <= MAX_RNG_STATE_BYTES):
+        problems.append(Problem(f"{where}{RNG_STATE_KEY}", "the bytes of a previous reply's rng_state",
+                                describe(state)))
+        state = None
+    if seed is not None and state is not None:
+        problems.append(Problem(f"{where}{SEED_KEY}", "seed or rng_state, not both", "both"))
+    return (None if seed is None else int(seed)), state
+
+
+def parse_request(msg: Any, schema: ObservationSchema, max_rows: int = 256) -> Request:
+    """A decoded frame (or JSON body) -> :class:`Request`; raises :class:`ProtocolError` naming every problem."""
+    problems: list[Problem] = []
+    if not isinstance(msg, dict):
+        raise ProtocolError.one("frame", "a map (one observation, or {'observations': [...]})", describe(msg))
+    msg = dict(msg)
+    seed, state = _controls(msg, "", problems)
+    if BATCH_KEY in msg:
+        rows = msg.pop(BATCH_KEY)
+        for k in msg:
+            problems.append(Problem(str(k), f"only '{BATCH_KEY}', '{SEED_KEY}', '{RNG_STATE_KEY}' in a batch",
+                                    "unknown key"))
+        if not isinstance(rows, list) or not 1 <= len(rows) <= max_rows:
+            problems.append(Problem(BATCH_KEY, f"a list of 1..{max_rows} observations", describe(rows)))
+            rows = []
+        obs = [schema.check(o, f"{BATCH_KEY}[{i}].", problems) for i, o in enumerate(rows)]
+        batched = True
+    else:
+        obs, batched = [schema.check(msg, "", problems)], False
+    if problems:
+        raise ProtocolError(problems)
+    return Request(obs, batched, seed, state)
+
+
+def reply(actions: np.ndarray, batched: bool, timing: dict[str, float], rng_state: bytes | None) -> dict[str, Any]:
+    """The reply map for ``actions`` (B, H, Da) of one request."""
+    out: dict[str, Any] = {"actions": actions if batched else actions[0], "server_timing": timing}
+    if rng_state is not None:
+        out[RNG_STATE_KEY] = rng_state
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- JSON (HTTP)
+def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
+    """Base64 PNG/JPEG (optionally a data URL) -> uint8 array; lists pass through to validation."""
+    if not isinstance(value, str):
+        return value
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+        with Image.open(io.BytesIO(raw)) as im:
+            if (im.height, im.width) != tuple(want[-3:-1]):  # checked before decoding the pixels
+                raise ProtocolError.one(name, f"an image of {want[-2]}x{want[-3]} (WxH)", f"{im.width}x{im.height}")
+            return np.array(im.convert("RGB"))
+    except ProtocolError:
+        raise
+    except Exception as e:
+        raise ProtocolError.one(name, "a base64-encoded PNG/JPEG or a nested list of uint8",
+                                f"{type(e).__name__}: {e}"[:200]) from None
+
+
+def request_from_json(body: Any, schema: ObservationSchema, max_rows: int = 256) -> Request:
+    """HTTP ``POST /predict`` body -> :class:`Request` (LLaVA-VLA style ``{"images": {cam: base64}, "instruction",
+    "state"}``; also the canonical keys, and ``{"observations": [...]}`` batches)."""
+    if not isinstance(body, dict):
+        raise ProtocolError.one("body", "a JSON object", type(body).__name__)
+
+    def decode(obs: Any, where: str) -> Any:
+        if not isinstance(obs, dict):
+            return obs
+        obs = dict(obs)
+        images = obs.get("images")
+        if isinstance(images, dict):
+            obs["images"] = {c: _json_image(v, f"{where}images.{c}", schema.camera_shape(c))
+                             if c in schema.robot.cameras else v for c, v in images.items()}
+        for cam in schema.robot.cameras:
+            if image_key(cam) in obs:
+                obs[image_key(cam)] = _json_image(obs[image_key(cam)], f"{where}{image_key(cam)}",
+                                                  schema.camera_shape(cam))
+        if isinstance(obs.get(RNG_STATE_KEY), str):
+            try:
+                obs[RNG_STATE_KEY] = base64.b64decode(obs[RNG_STATE_KEY], validate=True)
+            except ValueError:
+                raise ProtocolError.one(f"{where}{RNG_STATE_KEY}", "base64 bytes", "invalid base64") from None
+        return obs
+
+    body = decode(body, "")
+    if isinstance(body.get(BATCH_KEY), list):
+        body[BATCH_KEY] = [decode(o, f"{BATCH_KEY}[{i}].") for i, o in enumerate(body[BATCH_KEY])]
+    return parse_request(body, schema, max_rows)
+
+
+def reply_to_json(out: dict[str, Any]) -> dict[str, Any]:
+    acts = np.asarray(out["actions"])
+    res = {"actions": acts.tolist(), "shape": list(acts.shape), "server_timing": out["server_timing"]}
+    if RNG_STATE_KEY in out:
+        res[RNG_STATE_KEY] = base64.b64encode(out[RNG_STATE_KEY]).decode()
+    return res
+
+
+__all__ = ["ALIASES", "OBS_IMAGES", "PROTOCOL", "PROTOCOL_VERSION", "ObservationSchema", "Problem", "ProtocolError",
+           "Request", "describe", "packb", "parse_request", "reply", "reply_to_json", "request_from_json", "unpackb"]
