@@ -71,4 +71,4 @@ def tiny_policy_config(head: str = "tokens", chunk: int = 4, **head_kw):
     from vlaforge.policy import PolicyConfig
 
     return PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", image_size=IMG),
-                        head=HEADS.get(head)(**head_kw), chunk=chunk)
+                        head=HEADS.get(head)(**head_kw), chunk=chunk, exec_steps=min(4, chunk))

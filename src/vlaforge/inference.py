@@ -45,8 +45,11 @@ class LocalPolicy:
             self._generator.manual_seed(seed)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "cpu", **options: Any) -> LocalPolicy:
-        return cls(VLAPolicy.from_pretrained(checkpoint, map_location=device), **options)
+    def load(cls, checkpoint: str | Path, device: str = "cpu", unnorm_key: str | None = None,
+             **options: Any) -> LocalPolicy:
+        """``unnorm_key``: for a mixture checkpoint, whose statistics and image sizes to use (default: its own)."""
+        return cls(VLAPolicy.from_pretrained(checkpoint, map_location=device, unnorm_key=unnorm_key or None),
+                   **options)
 
     @torch.no_grad()
     def infer_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:

@@ -222,6 +222,10 @@ class VLAPolicy(nn.Module):
     def _use_cache(self) -> bool:
         return self.head.in_sequence or self.head.uses_kv_cache or self.reasoner is not None
 
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The training loss (so that DDP/FSDP wrappers, which hook ``forward``, see the whole computation)."""
+        return self.loss(batch)
+
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         ctx = self.backbone.encode(batch, use_cache=self._use_cache)
         r = self.reasoner.train_step(ctx, batch) if self.reasoner is not None else None
@@ -286,6 +290,12 @@ class VLAPolicy(nn.Module):
         diffs = self.robot.differences(robot, this="checkpoint", that=what)
         if diffs:
             raise FeatureMismatchError(diffs, f"checkpoint does not match the {what}")
+
+    def merge_lora(self, inplace: bool = False) -> VLAPolicy:
+        """Fold the LoRA adapters into the base weights: a policy with ``backbone.lora = None`` (vlaforge.lora)."""
+        from vlaforge.lora import merge_lora
+
+        return merge_lora(self, inplace=inplace)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         from vlaforge import __version__

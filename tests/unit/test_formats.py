@@ -196,3 +196,18 @@ def test_convert_cli_rejects_unknown_options(act_dir, tmp_path, capsys):
                  "--state_keys=qpos"]) == 0
     ds = LeRobotDataset(tmp_path / "y")
     assert ds.meta.camera_keys == [image_key("top")]
+
+
+def test_calvin_annotations_refuse_a_tampered_dtype_state(tmp_path):
+    """numpy trusts a pickled dtype's itemsize/offsets; a crafted state must be refused, not rebuilt."""
+    write_calvin(tmp_path / "training")
+
+    class Tampered:
+        def __reduce__(self):
+            return (np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("f8"), 1 << 40)}, 8, 1, 0))
+
+    arr = np.empty(1, dtype=object)
+    arr[0] = Tampered()
+    np.save(tmp_path / "training" / ANNOTATIONS, arr, allow_pickle=True)
+    with pytest.raises(SourceError, match="non-canonical pickled state"):
+        CalvinSource(tmp_path / "training")

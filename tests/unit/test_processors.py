@@ -47,6 +47,21 @@ def test_tiny_range_warns_and_stays_finite():
     assert np.isfinite(y).all() and np.allclose(y[:, 2], 0)
 
 
+def test_constant_dims_stay_finite_after_save_and_load(tmp_path):
+    from vlaforge.processors.base import Pipeline
+
+    x = X.copy()
+    x[:, 1] = 0.0  # e.g. the bridge transform's always-zero state pad
+    for mode in ("mean_std", "min_max", "q01_q99"):
+        with pytest.warns(UserWarning):
+            pipe = Pipeline([Normalize.from_stats({ACTION: mode}, {ACTION: numeric_stats(x)})])
+        pipe.save(tmp_path, mode)
+        loaded = Pipeline.load(tmp_path, mode)
+        y = loaded({ACTION: x.copy()})[ACTION]
+        assert np.isfinite(y).all()
+        np.testing.assert_array_equal(y, pipe({ACTION: x.copy()})[ACTION])
+
+
 def test_non_finite_or_missing_stats_are_errors():
     bad = {ACTION: {k: v.copy() for k, v in STATS[ACTION].items()}}
     bad[ACTION]["std"][1] = np.nan

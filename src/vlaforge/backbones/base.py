@@ -40,18 +40,34 @@ READOUTS = ("last", "mean", "act")
 COMPONENTS = ("vision", "projector", "lm")
 
 
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+
+
 @dataclass(frozen=True)
 class LoraConfig(ConfigBase):
-    """LoRA on the language model through peft; the head and the proprio/readout parts always train fully."""
+    """LoRA on the language model through peft.
+
+    The whole VLM is frozen except the adapters (and the components named in ``full``); the action head and the
+    proprio/readout parts outside the VLM always train fully (OpenVLA, RoboVLMs, DexVLA). ``init`` is peft's
+    ``init_lora_weights``: "default" (B = 0), "gaussian", or the SVD/QR ones "pissa" / "olora", which also rewrite
+    the base weights (the checkpoint stores them). ``vlaforge.lora.merge_lora`` folds the adapters back in.
+    QLoRA (a 4-bit base through bitsandbytes) is not offered: bitsandbytes needs a GPU build.
+    """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     targets: tuple[str, ...] = ()  # module-name suffixes; empty: the family's attention + MLP projections
+    init: str = "default"
+    full: tuple[str, ...] = ()  # VLM components still trained fully next to the adapters: "vision", "projector"
 
     def validate(self) -> None:
         self.check(self.r >= 1, "r", ">= 1")
         self.check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+        if self.init not in LORA_INITS:
+            raise ConfigError("backbone.lora.init", f"one of {LORA_INITS}", self.init)
+        if any(c not in ("vision", "projector") for c in self.full):
+            raise ConfigError("backbone.lora.full", "a subset of ('vision', 'projector')", self.full)
 
 
 @dataclass(frozen=True)
@@ -223,19 +239,22 @@ class Backbone(nn.Module):
     def _apply_training_options(self) -> None:
         cfg = self.cfg
         parts = self.components()
-        for name in cfg.freeze:
-            for p in parts[name].parameters():
-                p.requires_grad_(False)
         if cfg.lora is not None:
             from peft import LoraConfig as PeftLoraConfig
             from peft import inject_adapter_in_model
 
             targets = list(cfg.lora.targets or self.default_lora_targets)
-            lm = parts["lm"]
-            inject_adapter_in_model(PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                   lora_dropout=cfg.lora.dropout, target_modules=targets), lm)
-            for name, p in lm.named_parameters():
+            init = True if cfg.lora.init == "default" else cfg.lora.init
+            inject_adapter_in_model(PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, init_lora_weights=init,
+                                                   lora_dropout=cfg.lora.dropout, target_modules=targets),
+                                    parts["lm"])
+            for name, p in self.model.named_parameters():  # the whole VLM, not only the LM, is frozen
                 p.requires_grad_("lora_" in name)
+            for name in cfg.lora.full:
+                parts[name].requires_grad_(True)
+        for name in cfg.freeze:
+            for p in parts[name].parameters():
+                p.requires_grad_(False)
         if cfg.gradient_checkpointing:
             enable = getattr(self.model, "activation_checkpointing_enable", None)
             if enable is None:

@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("vlaforge.cli.train", "train a preset on a dataset"),
     "eval": ("vlaforge.cli.eval", "evaluate a checkpoint in simulation"),
     "serve": ("vlaforge.cli.serve", "serve a checkpoint (openpi-compatible websocket + HTTP)"),
+    "export": ("vlaforge.cli.export", "re-save a checkpoint for inference (--merge_lora folds LoRA adapters)"),
     "quickstart": ("vlaforge.cli.quickstart", "collect -> train -> eval on CPU, with a report"),
     "list": ("vlaforge.cli.list", "list registered backbones, heads, formats, envs, presets"),
 }

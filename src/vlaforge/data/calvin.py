@@ -21,7 +21,7 @@ import pickle
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,12 +42,40 @@ _ALLOWED = {
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-class _ArraysOnly(pickle.Unpickler):
+_MAX_ELEMENTS = 10**8  # no annotation array is anywhere near this; a crafted shape cannot force a huge allocation
+
+
+class _ArraysOnly(pickle._Unpickler):  # the pure-Python unpickler, so BUILD can be inspected
+    """Rebuilds numpy arrays (of plain numeric, string or object dtypes) and containers; refuses the rest.
+
+    ``find_class`` admits only numpy's array/dtype/scalar reconstructors, and every BUILD of a dtype must carry
+    exactly the canonical state of that dtype (numpy trusts a dtype's pickled itemsize/offsets/flags, so a
+    tampered state could corrupt memory); array shapes are capped.
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and plain containers "
                                      f"are accepted in {ANNOTATIONS}")
+
+    def _checked_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            if inst.kind not in "biufOUS" or state != inst.__reduce__()[2]:
+                raise pickle.UnpicklingError(f"refusing a dtype {inst!r} with a non-canonical pickled state")
+        elif isinstance(inst, np.ndarray):
+            shape = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+            if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
+                    int(np.prod(shape, dtype=np.float64)) > _MAX_ELEMENTS:
+                raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}")
+        else:
+            raise pickle.UnpicklingError(f"refusing to set the state of a {type(inst).__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _checked_build
 
 
 def load_object_npy(path: Path) -> Any:

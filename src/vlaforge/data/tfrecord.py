@@ -52,6 +52,7 @@ def masked_crc(data: bytes) -> int:
 def read_records(path: str | Path, *, verify: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record in ``path``, in file order, checking both CRCs unless ``verify=False``."""
     path = Path(path)
+    size = path.stat().st_size
     with path.open("rb") as f:
         index = 0
         while True:
@@ -65,6 +66,9 @@ def read_records(path: str | Path, *, verify: bool = True) -> Iterator[bytes]:
             if verify and masked_crc(header[:8]) != length_crc:
                 raise TFRecordError(path, index, f"length checksum mismatch (stored {length_crc:#010x}, "
                                                  f"computed {masked_crc(header[:8]):#010x}): corrupt file")
+            left = size - f.tell()
+            if length > left:  # checked before reading: a corrupt length must not allocate terabytes
+                raise TFRecordError(path, index, f"truncated data: expected {length} bytes, the file has {left} left")
             data = f.read(length)
             if len(data) < length:
                 raise TFRecordError(path, index, f"truncated data: expected {length} bytes, "

@@ -28,6 +28,7 @@ class EvalConfig(ConfigBase):
     expert: bool = True  # also run the scripted experts on the same seeds, for reference
     out: str = ""  # default: <run>/eval next to the checkpoint's run, else runs/eval
     device: str = "cpu"
+    unnorm_key: str = ""  # mixture checkpoints: which training dataset's statistics / image sizes (default: saved)
     remote: str = ""  # ws://HOST:PORT of `vlaforge serve`: evaluate through the server (checkpoint optional)
 
     def validate(self) -> None:
@@ -54,7 +55,8 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     out = Path(cfg.out) if cfg.out else default_eval_dir(ckpt) if ckpt else Paths().run("eval")
     tasks = cfg.env.task_names(cfg.tasks)
-    policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device)
+    policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device,
+                                                                      unnorm_key=cfg.unnorm_key)
     results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
                        parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
                        videos_per_task=cfg.videos, show_progress=show_progress)

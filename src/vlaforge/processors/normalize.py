@@ -84,7 +84,7 @@ class _NormBase(Step):
                 warnings.warn(f"normalization of '{key}': dims {np.flatnonzero(tiny).tolist()} have "
                               f"{'std' if mode == 'mean_std' else 'range'} < {self.min_scale}; they are only "
                               f"centered, not scaled", stacklevel=2)
-                scale = np.where(tiny, 1.0, scale)
+            scale = np.where(tiny, 1.0, scale)  # at every load, not only when warning (a loaded checkpoint too)
             mask = self.masks.get(key)
             if mask is not None:
                 if len(mask) != len(center):

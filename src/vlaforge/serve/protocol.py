@@ -376,7 +376,7 @@ def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
 
     try:
         raw = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
-        with Image.open(io.BytesIO(raw)) as im:
+        with Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as im:  # no EPS/TIFF/... on untrusted input
             if (im.height, im.width) != tuple(want[-3:-1]):  # checked before decoding the pixels
                 raise ProtocolError.one(name, f"an image of {want[-2]}x{want[-3]} (WxH)", f"{im.width}x{im.height}")
             return np.array(im.convert("RGB"))

@@ -61,6 +61,7 @@ API_KEY_ENV = "VLAFORGE_API_KEY"
 @dataclass(frozen=True)
 class ServeConfig(ConfigBase):
     checkpoint: str = ""
+    unnorm_key: str = ""  # mixture checkpoints: which training dataset's statistics / image sizes (default: saved)
     host: str = "127.0.0.1"  # only this machine; --host 0.0.0.0 to accept other machines
     port: int = 8000  # websocket + GET /healthz; 0 picks a free port
     http: bool = True  # also serve POST /predict (JSON) on http_port
@@ -227,7 +228,7 @@ class PolicyServer:
     def load(cls, cfg: ServeConfig) -> PolicyServer:
         if not cfg.checkpoint:
             raise ValueError("serve: pass a checkpoint directory")
-        return cls(LocalPolicy.load(cfg.checkpoint, device=cfg.device, seed=cfg.seed), cfg)
+        return cls(LocalPolicy.load(cfg.checkpoint, device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed), cfg)
 
     # --------------------------------------------------------------------------- inference (worker thread)
     def _infer(self, rows: list[dict[str, Any]], request: P.Request | None) -> tuple[np.ndarray, bytes | None]:
@@ -478,6 +479,10 @@ class _HTTPHandler(BaseHTTPRequestHandler):
             size = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._error(HTTPStatus.LENGTH_REQUIRED, P.ProtocolError.one("Content-Length", "a byte count", "nothing"))
+            return
+        if size < 0:  # rfile.read(-1) would read until the client closes: unbounded memory
+            self.close_connection = True
+            self._error(HTTPStatus.BAD_REQUEST, P.ProtocolError.one("Content-Length", "a byte count >= 0", size))
             return
         if size > app.cfg.max_bytes:
             self.close_connection = True

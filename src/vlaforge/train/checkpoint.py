@@ -5,6 +5,8 @@ A training checkpoint is a policy checkpoint (loadable for inference as it is) p
     train_state/optimizer.safetensors   AdamW moments, one tensor per (param index, name)
     train_state/state.json              step, optimizer param groups, scheduler state, data position
     train_state/rng.safetensors         torch / numpy / python RNG states
+    train_state/raw_model.safetensors   with EMA on: the raw (non-averaged) weights; model.safetensors then holds
+                                        the EMA weights, which evaluation and serving use
 
 It is written into a hidden temporary directory and renamed into place, then the ``last`` symlink is swapped
 atomically, so a crash (even ``kill -9``) leaves either the previous or the new checkpoint, never half of one.
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from vlaforge.config import Paths
 from vlaforge.policy import VLAPolicy
@@ -69,16 +71,23 @@ def _set_rng_state(t: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    step: int, extra: dict[str, Any] | None = None, keep_last: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and point ``last`` at it; prune older periodic checkpoints."""
+                    step: int, extra: dict[str, Any] | None = None, keep_last: int = 2, ema: Any = None) -> Path:
+    """Write checkpoint ``step`` atomically and point ``last`` at it; prune older periodic checkpoints.
+
+    With ``ema`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``policy``) the checkpoint's model is the EMA
+    and the raw weights go to ``train_state/`` for resuming.
+    """
     root = Paths.checkpoints(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = Paths.checkpoint(run_dir, step)
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
+    (ema.module if ema is not None else policy).save_pretrained(tmp)
     ts = tmp / "train_state"
     ts.mkdir()
+    if ema is not None:
+        save_model(policy, str(ts / "raw_model.safetensors"))
+        extra = {**(extra or {}), "ema_n_averaged": int(ema.n_averaged)}
     tensors, groups = _optimizer_tensors(optimizer)
     save_file(tensors, str(ts / "optimizer.safetensors"))
     save_file(_rng_state(), str(ts / "rng.safetensors"))
@@ -103,18 +112,27 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Opt
     return final
 
 
-def load_train_state(ckpt: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer,
-                     scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from a training checkpoint; returns ``state.json``."""
-    from safetensors.torch import load_model
+def _load_weights(model: torch.nn.Module, path: Path, ckpt: Path) -> None:
+    missing, unexpected = load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+
+def load_train_state(ckpt: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, ema: Any = None) -> dict[str, Any]:
+    """Restore weights (and EMA), optimizer, scheduler and RNG from a training checkpoint; returns ``state.json``."""
     ts = ckpt / "train_state"
     if not (ts / "state.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a training checkpoint (no train_state/state.json)")
-    missing, unexpected = load_model(policy, str(ckpt / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{ckpt}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     state = json.loads((ts / "state.json").read_text())
+    raw = ts / "raw_model.safetensors"
+    if (ema is None) != (not raw.is_file()):
+        raise ValueError(f"{ckpt}: the checkpoint was written with{'out' if not raw.is_file() else ''} EMA; resume "
+                         f"with the same --ema setting")
+    _load_weights(policy, raw if ema is not None else ckpt / "model.safetensors", ckpt)
+    if ema is not None:
+        _load_weights(ema.module, ckpt / "model.safetensors", ckpt)
+        ema.n_averaged.fill_(state["ema_n_averaged"])
     tensors = load_file(str(ts / "optimizer.safetensors"))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():

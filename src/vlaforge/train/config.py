@@ -16,9 +16,17 @@ class OptimConfig(ConfigBase):
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
+    # Separate learning rates (None: `lr`). The groups: the VLM (vision tower + LM), the projector (the
+    # vision->LM projector and the proprio encoder) and the head (action head, reasoning FiLM).
+    lr_backbone: float | None = None
+    lr_projector: float | None = None
+    lr_head: float | None = None
 
     def validate(self) -> None:
         self.check(self.lr > 0, "lr", "> 0")
+        for name in ("lr_backbone", "lr_projector", "lr_head"):
+            v = getattr(self, name)
+            self.check(v is None or v >= 0, name, ">= 0 or None")
         self.check(self.weight_decay >= 0, "weight_decay", ">= 0")
         self.check(self.warmup_steps >= 0, "warmup_steps", ">= 0")
         self.check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
@@ -66,6 +74,13 @@ class TrainConfig(ConfigBase):
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     max_minutes: float | None = None  # wall-clock budget; training saves and stops when it runs out
     stop_at: int | None = None  # save and stop after this step (the schedule still spans `steps`); --resume later
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer state stay fp32)
+    grad_accum: int = 1  # micro-batches of `batch_size` per optimizer step
+    ema: float = 0.0  # EMA decay of the weights (DexVLA: 0.9999); when on, checkpoints and eval use the EMA
+    distributed: str = "none"  # none | ddp | fsdp | deepspeed (launch with `accelerate launch` or `torchrun`)
+    deepspeed_config: str = ""  # a DeepSpeed JSON (ZeRO-2/3) for distributed=deepspeed
+    wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works without network)
+    wandb_project: str = "vlaforge"
 
     def validate(self) -> None:
         self.check(self.steps >= 1, "steps", ">= 1")
@@ -74,3 +89,10 @@ class TrainConfig(ConfigBase):
         self.check(self.log_every >= 1, "log_every", ">= 1")
         self.check(self.keep_last >= 1, "keep_last", ">= 1")
         self.check(self.stop_at is None or 1 <= self.stop_at <= self.steps, "stop_at", f"in [1, steps={self.steps}]")
+        self.check(self.precision in ("fp32", "bf16"), "precision", "fp32 | bf16")
+        self.check(self.grad_accum >= 1, "grad_accum", ">= 1")
+        self.check(0 <= self.ema < 1, "ema", "in [0, 1)")
+        self.check(self.distributed in ("none", "ddp", "fsdp", "deepspeed"), "distributed",
+                   "none | ddp | fsdp | deepspeed")
+        self.check(self.distributed != "deepspeed" or bool(self.deepspeed_config), "deepspeed_config",
+                   "a DeepSpeed JSON file when distributed=deepspeed")

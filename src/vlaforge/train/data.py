@@ -51,8 +51,9 @@ class _Processed(Dataset):
 
 class _StreamSampler(Sampler):
     def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int,
-                 draw: Callable[[int, int], int] | None = None) -> None:
+                 draw: Callable[[int, int], int] | None = None, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.draw = n, batch_size, seed, draw
+        self.rank, self.world = rank, world
         self.start_step, self.steps = start_step, steps
         self._perms: dict[int, np.ndarray] = {}
 
@@ -68,19 +69,24 @@ class _StreamSampler(Sampler):
         for step in range(self.start_step, self.steps):
             batch = []
             for i in range(self.batch_size):
-                pos = step * self.batch_size + i
+                pos = (step * self.world + self.rank) * self.batch_size + i
                 index = self.draw(self.seed, pos) if self.draw else int(self._perm(pos // self.n)[pos % self.n])
                 batch.append((index, pos))
             yield batch
 
 
 def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, seed: int, start_step: int,
-                steps: int, num_workers: int = 0) -> DataLoader:
-    """Batches for steps ``start_step .. steps-1`` (see the module docstring for the ordering)."""
+                steps: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
+    """Micro-batches ``start_step .. steps-1`` of process ``rank`` of ``world`` (see the module docstring).
+
+    Process ``r`` takes positions ``[(s·world + r)·B, (s·world + r + 1)·B)`` of micro-step ``s``, so the union of
+    all processes' micro-batches is exactly the global batch a single process with batch ``world·B`` would see.
+    """
     if len(reader) == 0:
         raise ValueError("training data has no frames")
     # a mixture draws a weighted dataset per position; a single dataset walks seeded permutations
-    sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None))
+    sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None),
+                             rank, world)
     return DataLoader(_Processed(reader, pipeline, seed), batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=False,
                       generator=torch.Generator().manual_seed(seed))

@@ -7,9 +7,11 @@ directory holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl``, `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +28,50 @@ from vlaforge.train.checkpoint import load_train_state, save_checkpoint
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
+from vlaforge.train.runtime import SingleProcess, make_runtime, peak_memory_gb
 from vlaforge.utils import progress_bar, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: dict[str, Any],
-               grad_clip: float) -> dict[str, float]:
-    """One optimizer update; returns the loss parts, the gradient norm (before clipping) and the lr."""
-    policy.train()
-    out = policy.loss(batch)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batches: list[dict[str, Any]],
+               grad_clip: float, runtime: Any = None, ema: Any = None) -> dict[str, float]:
+    """One optimizer update over ``len(batches)`` accumulated micro-batches.
+
+    Returns the loss parts (mean over micro-batches), the gradient norm before clipping and each group's lr.
+    """
+    runtime = runtime or SingleProcess("fp32")
+    model.train()
     optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        with runtime.no_sync(model) if not last else contextlib.nullcontext(), runtime.autocast():
+            out = model(batch)
+            runtime.backward(out["loss"] / len(batches))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
+    grad_norm = runtime.clip_grad_norm(model, grad_clip)
     optimizer.step()
     scheduler.step()
-    metrics = {k: float(v.detach()) for k, v in out.items()}
+    if ema is not None:
+        ema.update_parameters(runtime.unwrap(model))
+    metrics = dict(sums)
     metrics["grad_norm"] = float(grad_norm)
     metrics["lr"] = optimizer.param_groups[0]["lr"]
+    for g in optimizer.param_groups:
+        if "name" in g and not g["name"].endswith("_no_decay"):
+            metrics[f"lr/{g['name']}"] = g["lr"]
     return metrics
+
+
+def _micro_batches(loader: Any, n: int) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
 
 
 def _mixture_paths(cfg: TrainConfig) -> dict[str, tuple[Path, float]]:
@@ -93,6 +120,42 @@ def _prepare(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     return reader, policy
 
 
+class _Logger:
+    """metrics.jsonl + TensorBoard always; Weights & Biases when ``cfg.wandb`` (WANDB_MODE=offline works)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, start: int, resume: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Paths.tensorboard(out)), purge_step=start if resume else None)
+        path = out / "metrics.jsonl"
+        if resume and path.exists():  # drop lines logged after the checkpoint we resume from
+            kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= start]
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+        self.file = open(path, "a")  # noqa: SIM115 - closed in close()
+        self.wandb = None
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("--wandb=true needs the wandb package: pip install wandb") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(out), config=cfg.to_dict(),
+                                    name=out.name, resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.tb.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
 def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
     """Train ``cfg`` into its run directory ``cfg.out``; returns the final checkpoint directory."""
     if not cfg.out:
@@ -105,59 +168,68 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    seed_everything(cfg.seed)
+    runtime = make_runtime(cfg.distributed, cfg.precision, cfg.deepspeed_config)
+    seed_everything(cfg.seed + runtime.rank)  # different noise per process; the data stream is shared
     reader, policy = _prepare(cfg)
     cfg = cfg.replace(policy=policy.cfg)
     from vlaforge.train.optim import make_optimizer
 
     optimizer, scheduler = make_optimizer(policy, cfg.optim, cfg.steps)
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     start = 0
     if resume:
-        start = load_train_state(last.resolve(), policy, optimizer, scheduler)["step"]
+        start = load_train_state(last.resolve(), policy, optimizer, scheduler, ema=ema)["step"]
         log.info("resuming %s at step %d", out, start)
-    else:
+    elif runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
+    runtime.barrier()
+    model, optimizer = runtime.prepare(policy, optimizer)
     n_params = sum(p.numel() for p in policy.parameters())
     pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
-    loader = make_loader(reader, pipeline, batch_size=cfg.batch_size,
-                         seed=cfg.seed, start_step=start, steps=cfg.steps, num_workers=cfg.data.num_workers)
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(str(Paths.tensorboard(out)), purge_step=start if resume else None)
-    metrics_path = out / "metrics.jsonl"
-    if resume and metrics_path.exists():  # drop lines logged after the checkpoint we resume from
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start]
-        atomic_write_text(metrics_path, "".join(k + "\n" for k in kept))
+    accum = cfg.grad_accum
+    loader = make_loader(reader, pipeline, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start * accum,
+                         steps=cfg.steps * accum, num_workers=cfg.data.num_workers, rank=runtime.rank,
+                         world=runtime.world)
+    global_batch = cfg.batch_size * accum * runtime.world
+    logger = _Logger(cfg, out, start, resume) if runtime.is_main else None
     t0, step, stopped_early = time.time(), start, False
     window_t, window_n = time.time(), 0
-    with progress_bar(show_progress) as bar, open(metrics_path, "a") as mlog:
+    with progress_bar(show_progress and runtime.is_main) as bar:
         job = bar.add_task(f"train ({n_params / 1e6:.1f}M params)", total=cfg.steps, completed=start)
-        for batch in loader:
-            m = train_step(policy, optimizer, scheduler, batch, cfg.optim.grad_clip)
+        for batches in _micro_batches(loader, accum):
+            m = train_step(model, optimizer, scheduler, batches, cfg.optim.grad_clip, runtime, ema)
             step += 1
-            window_n += cfg.batch_size
+            window_n += global_batch
             if step % cfg.log_every == 0 or step == cfg.steps:
+                m["loss"] = runtime.reduce_mean(m["loss"])
                 m["samples_per_s"] = window_n / max(time.time() - window_t, 1e-9)
+                m["peak_mem_gb"] = peak_memory_gb(runtime.device)
                 window_t, window_n = time.time(), 0
-                for k, v in m.items():
-                    tb.add_scalar(f"train/{k}", v, step)
-                mlog.write(json.dumps({"step": step, **m}) + "\n")
-                mlog.flush()
+                if logger is not None:
+                    logger.log(step, m)
                 bar.update(job, description=f"train loss {m['loss']:.4f}")
             bar.update(job, completed=step)
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
             stop = out_of_time or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == cfg.steps or stop:
-                save_checkpoint(out, policy, optimizer, scheduler, step, keep_last=cfg.keep_last,
-                                extra={"samples_seen": step * cfg.batch_size})
+                if runtime.is_main:
+                    save_checkpoint(out, runtime.unwrap(model), optimizer, scheduler, step, keep_last=cfg.keep_last,
+                                    extra={"samples_seen": step * global_batch}, ema=ema)
+                runtime.barrier()
             if stop:
                 stopped_early = True
                 log.warning("stopping at step %d of %d (%s); continue with --resume", step, cfg.steps,
                             f"the {cfg.max_minutes}-minute budget is spent" if out_of_time else "stop_at")
                 break
-    tb.close()
-    plot_losses(metrics_path, out / "loss.png")
+    if logger is None:
+        return Paths.last_checkpoint(out).resolve()
+    logger.close()
+    plot_losses(out / "metrics.jsonl", out / "loss.png")
     summary = {"steps": step, "planned_steps": cfg.steps, "stopped_early": stopped_early,
                "minutes": (time.time() - t0) / 60, "params": n_params}
     atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")

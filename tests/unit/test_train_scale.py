@@ -1,0 +1,186 @@
+"""Training at scale on CPU: DDP over gloo equals one process, gradient accumulation equals a big batch, bf16
+autocast, EMA checkpoints with exact resume, per-part learning rates, and kill -9 in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import tiny_policy_config
+from vlaforge.policy import VLAPolicy
+from vlaforge.train.config import DataConfig, OptimConfig, TrainConfig
+from vlaforge.train.optim import make_optimizer, parameter_parts
+from vlaforge.train.trainer import train
+
+# Same global batch, different layouts: float32 reductions in another order differ in the last bits. Chunk 1
+# keeps padded actions out of the equivalence tests: a masked mean over a micro-batch is not the mean over the
+# global batch when the micro-batches hold different numbers of padded actions (true for every framework).
+PARAM_ATOL = 1e-4  # Adam turns float noise in near-zero gradients into up to ~lr-sized steps
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(policy=tiny_policy_config("mlp", chunk=1), data=DataConfig(path=str(data), shift_pad=0), out=str(out),
+                steps=4, batch_size=8, save_every=4, log_every=1, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grad_accumulation_equals_the_big_batch(dataset, tmp_path):
+    root, _ = dataset
+    big = train(_cfg(root, tmp_path / "big"), show_progress=False)
+    acc = train(_cfg(root, tmp_path / "acc", batch_size=4, grad_accum=2), show_progress=False)
+    assert _max_diff(_weights(big), _weights(acc)) < PARAM_ATOL
+    np.testing.assert_allclose(_losses(tmp_path / "big"), _losses(tmp_path / "acc"), rtol=1e-4)
+    assert json.loads((tmp_path / "acc" / "train_summary.json").read_text())["steps"] == 4
+
+
+def test_accumulated_gradients_equal_the_big_batch_gradient(dataset):
+    """Adam is scale-invariant, so parameters alone would not catch a missing 1/accum: compare gradients."""
+    from vlaforge.data.lerobot import LeRobotDataset
+    from vlaforge.processors.base import collate
+    from vlaforge.train.trainer import train_step
+
+    root, _ = dataset
+    ds = LeRobotDataset(root, chunk=1)
+    policy = VLAPolicy(tiny_policy_config("mlp", chunk=1).with_robot(ds.meta.robot_spec()))
+    policy.make_pipelines(ds.meta.stats, ds.meta.robot_spec())
+    pipe = policy.train_pipeline()
+    items = [pipe(dict(ds[i])) for i in range(8)]
+    grads = []
+    for batches in ([collate(items)], [collate(items[:4]), collate(items[4:])]):
+        opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        train_step(policy, opt, sched, batches, grad_clip=1e9)
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_ddp_on_two_cpu_processes_equals_one_process(dataset, tmp_path):
+    """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters within PARAM_ATOL."""
+    from vlaforge.cli.main import main
+
+    root, _ = dataset
+    common = ["train", "quickstart_tokens", "--data", str(root), "--head.type=mlp", "--backbone.image_size=32",
+              "--chunk=1", "--exec_steps=1", "--steps=4", "--save_every=4", "--log_every=1", "--data.shift_pad=0",
+              "--optim.lr=1e-3", "--optim.warmup_steps=0"]
+    assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAFORGE_NO_PROGRESS": "1"}
+    import socket
+
+    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "vlaforge.cli.main", *common, "--out", str(tmp_path / "two"), "--batch_size=4", "--distributed=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
+    assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL
+    assert _max_diff(_weights(one), _weights(tmp_path / "one" / "checkpoints" / "0000004")) == 0
+    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-4)
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert summary["steps"] == 4
+
+
+def test_bf16_autocast_trains_with_fp32_master_weights(dataset, tmp_path):
+    root, _ = dataset
+    ckpt = train(_cfg(root, tmp_path / "bf16", precision="bf16", steps=6, save_every=6), show_progress=False)
+    train(_cfg(root, tmp_path / "fp32", steps=6, save_every=6), show_progress=False)
+    bf16, fp32 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
+    assert all(np.isfinite(bf16))
+    assert bf16 != fp32  # autocast really ran in bfloat16 ...
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05)  # ... and follows the float32 run closely
+    assert all(t.dtype == torch.float32 for t in _weights(ckpt).values())
+    metrics = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["peak_mem_gb"] > 0 and metrics["samples_per_s"] > 0 and "lr/head" in metrics
+
+
+def test_ema_checkpoints_hold_the_average_and_resume_exactly(dataset, tmp_path):
+    root, _ = dataset
+    full = train(_cfg(root, tmp_path / "full", ema=0.9, steps=6, save_every=3), show_progress=False)
+    state = json.loads((full / "train_state" / "state.json").read_text())
+    assert state["ema_n_averaged"] == 6
+    ema_w, raw_w = _weights(full), load_file(str(full / "train_state" / "raw_model.safetensors"))
+    assert _max_diff(ema_w, raw_w) > 0  # the served model is the average, not the last iterate
+    train(_cfg(root, tmp_path / "cut", ema=0.9, steps=6, save_every=3, stop_at=3), show_progress=False)
+    resumed = train(_cfg(root, tmp_path / "cut", ema=0.9, steps=6, save_every=3, resume=True), show_progress=False)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    assert _max_diff(_weights(resumed), ema_w) == 0
+    assert VLAPolicy.from_pretrained(full) is not None
+    with pytest.raises(ValueError, match="EMA"):
+        train(_cfg(root, tmp_path / "cut", steps=6, save_every=3, resume=True), show_progress=False)
+
+
+def test_per_part_learning_rates(dataset):
+    root, _ = dataset
+    from vlaforge.data.lerobot import LeRobotDataset
+
+    ds = LeRobotDataset(root)
+    policy = VLAPolicy(tiny_policy_config("mlp").with_robot(ds.meta.robot_spec()))
+    parts = parameter_parts(policy)
+    assert {parts[n] for n in parts if n.startswith("head.")} == {"head"}
+    assert {"backbone", "projector", "head"} <= set(parts.values())
+    opt, _ = make_optimizer(policy, OptimConfig(lr=1e-3, lr_backbone=1e-5, lr_head=1e-2), 10)
+    lrs = {g["name"]: g["initial_lr"] for g in opt.param_groups}  # before warmup scales them
+    assert lrs["backbone"] == 1e-5 and lrs["head"] == 1e-2 and lrs["projector"] == 1e-3
+    n = sum(len(g["params"]) for g in opt.param_groups)
+    assert n == sum(1 for p in policy.parameters() if p.requires_grad)
+
+
+def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
+    root, _ = dataset
+    args = ["train", "quickstart_tokens", "--data", str(root), "--backbone.image_size=32", "--head.type=mlp",
+            "--chunk=4", "--exec_steps=2", "--steps=40", "--batch_size=4", "--save_every=4", "--log_every=1",
+            "--keep_last=100", "--optim.warmup_steps=0"]
+    ref = tmp_path / "ref"
+    from vlaforge.cli.main import main
+
+    assert main([*args, "--out", str(ref)]) == 0
+    run = tmp_path / "run"
+    env = {**os.environ, "VLAFORGE_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlaforge.cli.main", *args, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts.exists() and any(p.name >= "0000012" for p in ckpts.iterdir()
+                                                                  if p.name.isdigit())):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    steps_done = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert steps_done and steps_done[-1] < 40, "the run finished before it could be killed"
+    for p in ckpts.iterdir():  # every visible checkpoint is whole: it loads, and `last` points at one
+        if p.name.isdigit():
+            VLAPolicy.from_pretrained(p)
+            assert (p / "train_state" / "state.json").is_file()
+    assert (ckpts / "last").resolve().name == f"{steps_done[-1]:07d}"
+    shutil.rmtree(run / "tb", ignore_errors=True)
+    assert main([*args, "--out", str(run), "--resume"]) == 0
+    assert _losses(run) == _losses(ref)
+    assert _max_diff(_weights(ckpts / "last"), _weights(ref / "checkpoints" / "last")) == 0
