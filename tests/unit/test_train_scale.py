@@ -184,3 +184,11 @@ def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
     assert main([*args, "--out", str(run), "--resume"]) == 0
     assert _losses(run) == _losses(ref)
     assert _max_diff(_weights(ckpts / "last"), _weights(ref / "checkpoints" / "last")) == 0
+
+
+def test_unverified_sharding_engines_are_refused_clearly(dataset, tmp_path):
+    root, _ = dataset
+    for kind in ("fsdp", "deepspeed"):
+        cfg = _cfg(root, tmp_path / kind, distributed=kind, deepspeed_config="ds.json")
+        with pytest.raises(NotImplementedError, match=f"--distributed={kind} is not available yet.*ddp"):
+            train(cfg, show_progress=False)

@@ -17,6 +17,22 @@ if TYPE_CHECKING:
 PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
     "quickstart_tokens": "vlaforge.presets.quickstart",
     "quickstart_dit": "vlaforge.presets.quickstart",
+    "hybridvla": "vlaforge.presets.seeds",
+    "hybridvla_tiny": "vlaforge.presets.seeds",
+    "dexvla_stage2": "vlaforge.presets.seeds",
+    "dexvla_stage2_tiny": "vlaforge.presets.seeds",
+    "dexvla_stage3": "vlaforge.presets.seeds",
+    "dexvla_stage3_tiny": "vlaforge.presets.seeds",
+    "divla": "vlaforge.presets.seeds",
+    "divla_tiny": "vlaforge.presets.seeds",
+    "llava_vla": "vlaforge.presets.seeds",
+    "llava_vla_tiny": "vlaforge.presets.seeds",
+    "robovlms": "vlaforge.presets.seeds",
+    "robovlms_tiny": "vlaforge.presets.seeds",
+    "pi0_like": "vlaforge.presets.seeds",
+    "pi0_like_tiny": "vlaforge.presets.seeds",
+    "openvla_oft_like": "vlaforge.presets.seeds",
+    "openvla_oft_like_tiny": "vlaforge.presets.seeds",
 })
 
 
