@@ -160,9 +160,17 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
     """Train ``cfg`` into its run directory ``cfg.out``; returns the final checkpoint directory."""
     if not cfg.out:
         raise ValueError("no run directory: pass --out DIR")
-    out, resume = Path(cfg.out), cfg.resume
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, show_progress)
+    finally:
+        torch.set_num_threads(threads)  # cfg.threads is this run's setting, not the caller's
+
+
+def _train(cfg: TrainConfig, show_progress: bool) -> Path:
+    out, resume = Path(cfg.out), cfg.resume
     last = Paths.last_checkpoint(out)
     if resume and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
