@@ -46,3 +46,11 @@ def test_console_script_lists_registries():
                          check=True).stdout
     for name in ("smolvlm", "tokens", "dit", "lerobot", "metaworld", "quickstart_tokens", "quickstart_dit"):
         assert name in out
+
+
+def test_bench_command_finds_the_scripts(capsys):
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in ("inference", "train", "data", "serve", "backbones"))
+    assert main(["bench", "nope"]) == 1
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err

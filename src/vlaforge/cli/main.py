@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": ("vlaforge.cli.eval", "evaluate a checkpoint in simulation"),
     "serve": ("vlaforge.cli.serve", "serve a checkpoint (openpi-compatible websocket + HTTP)"),
     "export": ("vlaforge.cli.export", "re-save a checkpoint for inference (--merge_lora folds LoRA adapters)"),
+    "bench": ("vlaforge.cli.bench", "run a benchmark of bench/ (inference, train, data, serve, backbones)"),
     "quickstart": ("vlaforge.cli.quickstart", "collect -> train -> eval on CPU, with a report"),
     "list": ("vlaforge.cli.list", "list registered backbones, heads, formats, envs, presets"),
 }
