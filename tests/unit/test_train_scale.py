@@ -98,8 +98,15 @@ def test_ddp_on_two_cpu_processes_equals_one_process(dataset, tmp_path):
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "vlaforge.cli.main", *common, "--out", str(tmp_path / "two"), "--batch_size=4", "--distributed=ddp"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too, not just the launcher
+        _, err = proc.communicate()
+        pytest.fail(f"DDP run timed out:\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
     one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
     assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL
     assert _max_diff(_weights(one), _weights(tmp_path / "one" / "checkpoints" / "0000004")) == 0
