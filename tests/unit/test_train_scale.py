@@ -81,8 +81,12 @@ def test_accumulated_gradients_equal_the_big_batch_gradient(dataset):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7, msg=n)
 
 
-def test_ddp_on_two_cpu_processes_equals_one_process(dataset, tmp_path):
-    """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters within PARAM_ATOL."""
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_cpu_processes_equal_one_process(dataset, tmp_path, engine):
+    """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters within PARAM_ATOL.
+
+    ddp: accelerate's DDP; fsdp: torch's fully_shard (FSDP2) over every decoder layer / block, gathered to save.
+    """
     from vlaforge.cli.main import main
 
     root, _ = dataset
@@ -97,7 +101,8 @@ def test_ddp_on_two_cpu_processes_equals_one_process(dataset, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "vlaforge.cli.main", *common, "--out", str(tmp_path / "two"), "--batch_size=4", "--distributed=ddp"]
+           "-m", "vlaforge.cli.main", *common, "--out", str(tmp_path / "two"), "--batch_size=4",
+           f"--distributed={engine}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -113,6 +118,11 @@ def test_ddp_on_two_cpu_processes_equals_one_process(dataset, tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-4)
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["steps"] == 4
+    assert VLAPolicy.from_pretrained(two).cfg.head.type == "mlp"
+    if engine == "fsdp":  # gathered weights, but no sharded optimizer state: loadable, not resumable
+        with pytest.raises(ValueError, match="cannot be resumed"):
+            main([*common, "--out", str(tmp_path / "two"), "--batch_size=4", "--resume", "--distributed=none",
+                  "--traceback"])
 
 
 def test_bf16_autocast_trains_with_fp32_master_weights(dataset, tmp_path):
@@ -193,9 +203,30 @@ def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
     assert _max_diff(_weights(ckpts / "last"), _weights(ref / "checkpoints" / "last")) == 0
 
 
-def test_unverified_sharding_engines_are_refused_clearly(dataset, tmp_path):
+def test_unverified_engine_and_unsupported_fsdp_options_are_refused_clearly(dataset, tmp_path):
     root, _ = dataset
-    for kind in ("fsdp", "deepspeed"):
-        cfg = _cfg(root, tmp_path / kind, distributed=kind, deepspeed_config="ds.json")
-        with pytest.raises(NotImplementedError, match=f"--distributed={kind} is not available yet.*ddp"):
-            train(cfg, show_progress=False)
+    cfg = _cfg(root, tmp_path / "ds", distributed="deepspeed", deepspeed_config="ds.json")
+    with pytest.raises(NotImplementedError, match="--distributed=deepspeed is not available yet.*ddp"):
+        train(cfg, show_progress=False)
+    # a one-process FSDP group (torchrun-style env) refuses EMA rather than checkpointing unsharded averages
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with pytest.raises(NotImplementedError, match="fsdp does not support --resume or --ema"):
+            train(_cfg(root, tmp_path / "fsdp", distributed="fsdp", ema=0.9), show_progress=False)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

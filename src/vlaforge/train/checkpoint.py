@@ -70,12 +70,13 @@ def _set_rng_state(t: dict[str, torch.Tensor]) -> None:
     random.setstate((int(pm[0]), tuple(int(x) for x in t["python"].tolist()), pm[1] if len(pm) > 1 else None))
 
 
-def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer, scheduler: Any,
+def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer | None, scheduler: Any,
                     step: int, extra: dict[str, Any] | None = None, keep_last: int = 2, ema: Any = None) -> Path:
     """Write checkpoint ``step`` atomically and point ``last`` at it; prune older periodic checkpoints.
 
     With ``ema`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``policy``) the checkpoint's model is the EMA
-    and the raw weights go to ``train_state/`` for resuming.
+    and the raw weights go to ``train_state/`` for resuming. Without ``optimizer`` (sharded runs) the checkpoint
+    holds the weights and the step but cannot be resumed.
     """
     root = Paths.checkpoints(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -88,10 +89,13 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Opt
     if ema is not None:
         save_model(policy, str(ts / "raw_model.safetensors"))
         extra = {**(extra or {}), "ema_n_averaged": int(ema.n_averaged)}
-    tensors, groups = _optimizer_tensors(optimizer)
-    save_file(tensors, str(ts / "optimizer.safetensors"))
+    state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": optimizer is not None}
+    if optimizer is not None:
+        tensors, groups = _optimizer_tensors(optimizer)
+        save_file(tensors, str(ts / "optimizer.safetensors"))
+        state["optimizer"] = groups
     save_file(_rng_state(), str(ts / "rng.safetensors"))
-    state = {"step": step, "optimizer": groups, "scheduler": scheduler.state_dict(), **(extra or {})}
+    state.update(extra or {})
     (ts / "state.json").write_text(json.dumps(state, indent=2))
     for f in [*tmp.rglob("*")]:
         if f.is_file():
@@ -125,6 +129,9 @@ def load_train_state(ckpt: Path, policy: VLAPolicy, optimizer: torch.optim.Optim
     if not (ts / "state.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a training checkpoint (no train_state/state.json)")
     state = json.loads((ts / "state.json").read_text())
+    if not state.get("resumable", True):
+        raise ValueError(f"{ckpt} was written by a sharded (fsdp) run without optimizer state; it loads for "
+                         f"inference and fine-tuning (--init_from) but cannot be resumed")
     raw = ts / "raw_model.safetensors"
     if (ema is None) != (not raw.is_file()):
         raise ValueError(f"{ckpt}: the checkpoint was written with{'out' if not raw.is_file() else ''} EMA; resume "

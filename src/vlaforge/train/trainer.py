@@ -8,6 +8,7 @@ directory holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl``, `
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -177,8 +178,10 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     runtime = make_runtime(cfg.distributed, cfg.precision, cfg.deepspeed_config)
-    seed_everything(cfg.seed + runtime.rank)  # different noise per process; the data stream is shared
+    seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
     reader, policy = _prepare(cfg)
+    if runtime.rank > 0:
+        seed_everything(cfg.seed + runtime.rank)  # then different noise per process; the data stream is shared
     cfg = cfg.replace(policy=policy.cfg)
     from vlaforge.train.optim import make_optimizer
 
@@ -196,7 +199,16 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
     runtime.barrier()
-    model, optimizer = runtime.prepare(policy, optimizer)
+    shadow = None
+    if runtime.shards:  # FSDP: parameters become shards, so the optimizer is built on them
+        if resume or ema is not None:
+            raise NotImplementedError("--distributed=fsdp does not support --resume or --ema yet (sharded optimizer "
+                                      "and EMA state are not checkpointed); use --distributed=ddp")
+        shadow = copy.deepcopy(policy) if runtime.is_main else None  # full weights are gathered into it to save
+        model = runtime.shard(policy)
+        optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.steps)
+    else:
+        model, optimizer = runtime.prepare(policy, optimizer)
     n_params = sum(p.numel() for p in policy.parameters())
     pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
     accum = cfg.grad_accum
@@ -225,9 +237,14 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
             stop = out_of_time or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == cfg.steps or stop:
+                full = runtime.full_state_dict(model)  # a collective under FSDP: every rank takes part
                 if runtime.is_main:
-                    save_checkpoint(out, runtime.unwrap(model), optimizer, scheduler, step, keep_last=cfg.keep_last,
-                                    extra={"samples_seen": step * global_batch}, ema=ema)
+                    target = runtime.unwrap(model)
+                    if full is not None:
+                        shadow.load_state_dict(full)
+                        target = shadow
+                    save_checkpoint(out, target, optimizer if full is None else None, scheduler, step,
+                                    keep_last=cfg.keep_last, extra={"samples_seen": step * global_batch}, ema=ema)
                 runtime.barrier()
             if stop:
                 stopped_early = True
