@@ -65,7 +65,7 @@ class SingleProcess:
         return None  # the module itself holds full weights
 
 
-class TorchFSDP:
+class TorchFSDP(SingleProcess):
     """Fully sharded data parallel with torch's own ``fully_shard`` (FSDP2): gloo on CPU, NCCL on GPUs.
 
     Every block of every ``nn.ModuleList`` that trains (decoder layers, vision layers, DiT blocks, expert
@@ -106,16 +106,7 @@ class TorchFSDP:
         return model
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        return model, optimizer
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        return model, optimizer  # shard() already placed it
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module) -> Iterator[None]:
@@ -161,7 +152,6 @@ class Accelerated:
         self.acc = Accelerator(cpu=not torch.cuda.is_available(),
                                mixed_precision="bf16" if precision == "bf16" else "no",
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        self.kind = kind
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.device = self.acc.device
@@ -197,7 +187,7 @@ class Accelerated:
         return None  # DDP replicas hold full weights
 
 
-def make_runtime(distributed: str, precision: str, deepspeed_config: str = "") -> SingleProcess | Accelerated:
+def make_runtime(distributed: str, precision: str) -> SingleProcess | Accelerated:
     if distributed == "none":
         import os
 

@@ -177,7 +177,10 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    runtime = make_runtime(cfg.distributed, cfg.precision, cfg.deepspeed_config)
+    runtime = make_runtime(cfg.distributed, cfg.precision)
+    if runtime.shards and (resume or cfg.ema > 0):
+        raise NotImplementedError("--distributed=fsdp does not support --resume or --ema yet (sharded optimizer "
+                                  "and EMA state are not checkpointed); use --distributed=ddp")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
     reader, policy = _prepare(cfg)
     if runtime.rank > 0:
@@ -185,6 +188,10 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     cfg = cfg.replace(policy=policy.cfg)
     from vlaforge.train.optim import make_optimizer
 
+    shadow = None
+    if runtime.shards:  # FSDP: parameters become shards, so the optimizer is built on them
+        shadow = copy.deepcopy(policy) if runtime.is_main else None  # full weights are gathered into it to save
+        runtime.shard(policy)
     optimizer, scheduler = make_optimizer(policy, cfg.optim, cfg.steps)
     ema = None
     if cfg.ema > 0:
@@ -199,16 +206,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
     runtime.barrier()
-    shadow = None
-    if runtime.shards:  # FSDP: parameters become shards, so the optimizer is built on them
-        if resume or ema is not None:
-            raise NotImplementedError("--distributed=fsdp does not support --resume or --ema yet (sharded optimizer "
-                                      "and EMA state are not checkpointed); use --distributed=ddp")
-        shadow = copy.deepcopy(policy) if runtime.is_main else None  # full weights are gathered into it to save
-        model = runtime.shard(policy)
-        optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.steps)
-    else:
-        model, optimizer = runtime.prepare(policy, optimizer)
+    model, optimizer = runtime.prepare(policy, optimizer)
     n_params = sum(p.numel() for p in policy.parameters())
     pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
     accum = cfg.grad_accum
