@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -103,84 +103,89 @@ class RandomShift(Step):
         return item
 
 
-def _frames(img: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """(..., H, W, 3) -> (N, H, W, 3) and the leading shape, so history windows share one random draw."""
-    lead = img.shape[:-3]
-    return img.reshape(-1, *img.shape[-3:]), lead
+class _FrameAugment(Step):
+    """Base of the train-only image augmentations: one seeded draw per camera, shared by its history frames.
+
+    Subclasses set ``salt`` (so that two augmentations of one item draw independently) and implement
+    :meth:`augment` on frames ``(N, H, W, 3)``; a history window ``(T, H, W, 3)`` is augmented as one draw.
+    """
+
+    salt: ClassVar[int]
+    cameras: list[str]
+
+    def augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), self.salt])
+        for cam in self.cameras:
+            key = image_key(cam)
+            img = np.asarray(item[key])
+            frames = img.reshape(-1, *img.shape[-3:])
+            item[key] = self.augment(frames, rng).reshape(img.shape)
+        return item
 
 
 @STEPS.register("random_resized_crop")
 @dataclass
-class RandomResizedCrop(Step):
+class RandomResizedCrop(_FrameAugment):
     """Crop a random window covering ``scale`` of the area (aspect kept) and resize it back. Training only."""
 
+    salt: ClassVar[int] = 1
     cameras: list[str]
     scale: tuple[float, float] = (0.9, 1.0)
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 1])
-        for cam in self.cameras:
-            key = image_key(cam)
-            frames, lead = _frames(np.asarray(item[key]))
-            h, w = frames.shape[1:3]
-            side = np.sqrt(rng.uniform(*self.scale))
-            ch, cw = max(1, round(h * side)), max(1, round(w * side))
-            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            out = [np.asarray(Image.fromarray(f[y : y + ch, x : x + cw]).resize((w, h), Image.BILINEAR))
-                   for f in frames]
-            item[key] = np.stack(out).reshape(*lead, h, w, 3)
-        return item
+    def augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = frames.shape[1:3]
+        side = np.sqrt(rng.uniform(*self.scale))
+        ch, cw = max(1, round(h * side)), max(1, round(w * side))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        return np.stack([np.asarray(Image.fromarray(f[y : y + ch, x : x + cw]).resize((w, h), Image.BILINEAR))
+                         for f in frames])
 
 
 @STEPS.register("random_rotation")
 @dataclass
-class RandomRotation(Step):
+class RandomRotation(_FrameAugment):
     """Rotate by a random angle in ``[-degrees, degrees]`` about the centre (edges filled black). Training only."""
 
+    salt: ClassVar[int] = 2
     cameras: list[str]
     degrees: float = 5.0
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 2])
-        for cam in self.cameras:
-            key = image_key(cam)
-            frames, lead = _frames(np.asarray(item[key]))
-            angle = float(rng.uniform(-self.degrees, self.degrees))
-            out = [np.asarray(Image.fromarray(f).rotate(angle, resample=Image.BILINEAR)) for f in frames]
-            item[key] = np.stack(out).reshape(*lead, *frames.shape[1:])
-        return item
+    def augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        angle = float(rng.uniform(-self.degrees, self.degrees))
+        return np.stack([np.asarray(Image.fromarray(f).rotate(angle, resample=Image.BILINEAR)) for f in frames])
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @STEPS.register("color_jitter")
 @dataclass
-class ColorJitter(Step):
+class ColorJitter(_FrameAugment):
     """Random brightness, contrast and saturation factors in ``[1 - x, 1 + x]`` and a hue shift in
     ``[-hue, hue]`` (fraction of a turn), applied in that order as torchvision's ColorJitter does. Training only."""
 
+    salt: ClassVar[int] = 3
     cameras: list[str]
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.05
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng([int(item.get(AUG_SEED, 0)), 3])
-        for cam in self.cameras:
-            key = image_key(cam)
-            frames, lead = _frames(np.asarray(item[key]))
-            b, c, s = (rng.uniform(1 - v, 1 + v) for v in (self.brightness, self.contrast, self.saturation))
-            h = rng.uniform(-self.hue, self.hue)
-            x = frames.astype(np.float32) * b
-            gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            x = (x - gray.mean(axis=(1, 2), keepdims=True)[..., None]) * c + gray.mean(axis=(1, 2),
-                                                                                        keepdims=True)[..., None]
-            gray = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-            x = np.clip((x - gray) * s + gray, 0, 255).astype(np.uint8)
-            if h:
-                shift = round(h * 255)
-                hsv = [np.asarray(Image.fromarray(f).convert("HSV")) for f in x]
-                x = np.stack([np.asarray(Image.fromarray(
-                    np.concatenate([((f[..., :1].astype(np.int16) + shift) % 256).astype(np.uint8), f[..., 1:]], -1),
-                    mode="HSV").convert("RGB")) for f in hsv])
-            item[key] = x.reshape(*lead, *frames.shape[1:])
-        return item
+    def augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        b, c, s = (rng.uniform(1 - v, 1 + v) for v in (self.brightness, self.contrast, self.saturation))
+        h = rng.uniform(-self.hue, self.hue)
+        x = frames.astype(np.float32) * b
+        mean_gray = (x @ _LUMA).mean(axis=(1, 2), keepdims=True)[..., None]
+        x = (x - mean_gray) * c + mean_gray
+        gray = (x @ _LUMA)[..., None]
+        x = np.clip((x - gray) * s + gray, 0, 255).astype(np.uint8)
+        if h:
+            shift = round(h * 255)
+            hsv = [np.asarray(Image.fromarray(f).convert("HSV")) for f in x]
+            x = np.stack([np.asarray(Image.fromarray(
+                np.concatenate([((f[..., :1].astype(np.int16) + shift) % 256).astype(np.uint8), f[..., 1:]], -1),
+                mode="HSV").convert("RGB")) for f in hsv])
+        return x
