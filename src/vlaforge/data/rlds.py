@@ -382,33 +382,35 @@ def rel2abs_gripper(actions: np.ndarray) -> np.ndarray:
 
 
 def _bridge(steps: Steps) -> Standardized:
-    n = len(steps)
-    if n < 3:  # drop-first + relabel (drop-last) leave nothing
-        return Standardized(np.zeros((0, 8), np.float32), np.zeros((0, 7), np.float32), np.zeros(0, np.int64))
+    if len(steps) < 3:  # drop-first + relabel (drop-last) leave nothing
+        return _empty_bridge()
     state = steps["observation/state"][1:].astype(np.float32)
     action = steps["action"][1:].astype(np.float32)
     if state.shape[1] != 7 or action.shape[1] != 7:
         raise ValueError(f"bridge: expected 7-d 'observation/state' and 'action', got {state.shape[1]} and "
                          f"{action.shape[1]}")
-    gripper = binarize_gripper(action[:, 6])
-    move = state[1:, :6] - state[:-1, :6]
-    new_action = np.concatenate([move, gripper[:-1, None]], axis=1)
-    s = state[:-1]
-    new_state = np.concatenate([s[:, :6], np.zeros((len(s), 1), np.float32), s[:, 6:7]], axis=1)
-    return Standardized(new_state, new_action, np.arange(1, n - 1))
+    return _bridge_relabel(state, binarize_gripper(action[:, 6]))
 
 
 def _bridge_oxe(steps: Steps) -> Standardized:
-    n = len(steps)
-    if n < 3:
-        return Standardized(np.zeros((0, 8), np.float32), np.zeros((0, 7), np.float32), np.zeros(0, np.int64))
+    if len(steps) < 3:
+        return _empty_bridge()
     state = steps["observation/state"][1:].astype(np.float32)
-    gripper = steps["action/open_gripper"][1:].reshape(-1).astype(np.float32)
+    return _bridge_relabel(state, steps["action/open_gripper"][1:].reshape(-1).astype(np.float32))
+
+
+def _empty_bridge() -> Standardized:
+    return Standardized(np.zeros((0, 8), np.float32), np.zeros((0, 7), np.float32), np.zeros(0, np.int64))
+
+
+def _bridge_relabel(state: np.ndarray, gripper: np.ndarray) -> Standardized:
+    """Shared tail of both Bridge layouts (steps already without the first): action = next state - state for
+    xyz/rpy plus the gripper command, state = [xyz, rpy, 0 pad, gripper]; the last step has no successor."""
     move = state[1:, :6] - state[:-1, :6]
     new_action = np.concatenate([move, gripper[:-1, None]], axis=1)
     s = state[:-1]
     new_state = np.concatenate([s[:, :6], np.zeros((len(s), 1), np.float32), s[:, 6:7]], axis=1)
-    return Standardized(new_state, new_action, np.arange(1, n - 1))
+    return Standardized(new_state, new_action, np.arange(1, len(state)))
 
 
 def _fractal(steps: Steps) -> Standardized:
