@@ -465,6 +465,12 @@ class Backbone(nn.Module):
         ctx.extras["next_position"] = ctx.extras["prefix_next_position"]
 
 
+def with_token_ids(text_config: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:
+    """A random-init LM config with the code-built tokenizer's pad/bos/eos ids (every family's tiny sizes)."""
+    return dict(text_config, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, **extra)
+
+
 def read_image_stats(path: Path, default: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple, tuple]:
     """Image mean/std from a ``preprocessor_config.json`` written by an HF image processor, if present."""
     proc = path / "preprocessor_config.json"

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, PrefixInfo, load_hf
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, PrefixInfo, load_hf, with_token_ids
 from vlaforge.backbones.sizes import VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
@@ -49,8 +49,7 @@ class Kosmos2BackboneConfig(BackboneConfig):
 def _tiny(cfg: Kosmos2BackboneConfig, tokenizer: Any) -> Kosmos2Config:
     size = cfg.sizes[cfg.size]
     vision = dict(size["vision"], image_size=cfg.image_size or size["vision"]["image_size"])
-    text = dict(size["text"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
+    text = with_token_ids(size["text"], tokenizer)
     return Kosmos2Config(vision_config=vision, text_config=text, latent_query_num=size["latent_query_num"])
 
 

@@ -22,7 +22,7 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
 )
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf, with_token_ids
 from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
@@ -84,8 +84,7 @@ class LlavaOnevisionBackboneConfig(_LlavaConfig):
 def _tiny(cfg: _LlavaConfig, tokenizer: Any) -> Any:
     size = cfg.sizes[cfg.size]
     vision = dict(size["vision"], image_size=cfg.image_size or size["vision"]["image_size"])
-    text = dict(size["text"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
+    text = with_token_ids(size["text"], tokenizer)
     return cfg.model_classes[1](vision_config=vision, text_config=text, projector_hidden_act="gelu",
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"), **size["extra"])
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf, with_token_ids
 from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
@@ -52,8 +52,7 @@ class PaliGemmaBackboneConfig(BackboneConfig):
 def _tiny(cfg: PaliGemmaBackboneConfig, tokenizer: Any) -> PaliGemmaConfig:
     size = cfg.sizes[cfg.size]
     vision = dict(size["vision"], image_size=cfg.image_size or size["vision"]["image_size"])
-    text = dict(size["text"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
+    text = with_token_ids(size["text"], tokenizer)
     return PaliGemmaConfig(vision_config={"model_type": "siglip_vision_model", **vision,
                                           "projection_dim": text["hidden_size"]},
                            text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

@@ -23,7 +23,7 @@ from safetensors.torch import load_model
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
 
-from vlaforge.backbones.base import BACKBONES, DTYPES, Backbone, BackboneConfig, Built
+from vlaforge.backbones.base import BACKBONES, DTYPES, Backbone, BackboneConfig, Built, with_token_ids
 from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
@@ -120,8 +120,7 @@ class PrismaticBackbone(Backbone):
         size = cfg.sizes[cfg.size]
         tokenizer = build_tokenizer()
         image = {"image_size": cfg.image_size} if cfg.image_size else {}
-        llm = dict(size["llm"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                   eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        llm = with_token_ids(size["llm"], tokenizer, tie_word_embeddings=True)
         model = PrismaticModel.from_configs({**size["dino"], **image}, {**size["siglip"], **image}, llm)
         return Built(model.to(dtype), tokenizer, *identity)
 

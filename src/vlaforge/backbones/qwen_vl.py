@@ -26,7 +26,7 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, PrefixInfo, load_hf
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, PrefixInfo, load_hf, with_token_ids
 from vlaforge.backbones.sizes import LM_135M, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 from vlaforge.config import ConfigError
@@ -103,8 +103,7 @@ class Qwen3VLBackboneConfig(_QwenConfig):
 
 def _tiny(cfg: _QwenConfig, tokenizer: Any) -> Any:
     size = cfg.sizes[cfg.size]
-    text = dict(size["text"], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
+    text = with_token_ids(size["text"], tokenizer)
     vision = dict(size["vision"])
     vision["hidden_size" if "embed_dim" in vision else "out_hidden_size"] = text["hidden_size"]  # ViT output dim
     ids = tokenizer.convert_tokens_to_ids

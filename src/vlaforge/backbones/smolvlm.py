@@ -24,7 +24,7 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf
+from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf, with_token_ids
 from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 from vlaforge.config import ConfigError
@@ -73,9 +73,8 @@ def _tiny(cfg: SmolVLMBackboneConfig, tokenizer: Any) -> Any:
         if cfg.image_size % step:
             raise ConfigError("backbone.image_size", f"a multiple of {step}", cfg.image_size)
         vision["image_size"] = cfg.image_size
-    text = {"model_type": "llama", **size["text"], "max_position_embeddings": 2048, "tie_word_embeddings": True,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
+    text = with_token_ids({"model_type": "llama", **size["text"]}, tokenizer, max_position_embeddings=2048,
+                          tie_word_embeddings=True)
     return cfg.model_classes[1](vision_config=vision, text_config=text, scale_factor=size["scale_factor"],
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
 
