@@ -46,7 +46,8 @@ def synthetic_dataset(root: Path, episodes: int, length: int, size: int) -> Path
                 t = np.arange(length, dtype=np.float32)[:, None, None]
                 cy, cx = size / 2 + size / 4 * np.sin(t / 9 + e + c), size / 2 + size / 4 * np.cos(t / 7 + e)
                 blob = 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size * 2))
-                img = np.stack([60 + 80 * xx / size + blob, 90 + blob * 0.5, 140 - 60 * yy / size + 0 * blob], -1)
+                img = np.stack([60 + 80 * xx / size + blob, 90 + blob * 0.5,
+                                np.broadcast_to(140 - 60 * yy / size, blob.shape)], -1)
                 frames[key] = np.clip(img, 0, 255).astype(np.uint8)
             frames[OBS_STATE] = np.cumsum(rng.normal(0, 0.05, (length, 4)), 0).astype(np.float32)
             frames[ACTION] = rng.uniform(-1, 1, (length, 4)).astype(np.float32)
