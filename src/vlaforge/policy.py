@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
@@ -86,6 +86,19 @@ def _git_sha() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def save_state_dict(weights: dict[str, Tensor], path: str | Path) -> None:
+    """Save a state dict with safetensors, keeping one name of each tied tensor (``load_model`` restores ties)."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    out = {}
+    for name, t in weights.items():
+        key = (t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(), tuple(t.shape))
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().cpu().contiguous()
+    save_file(out, str(path))
 
 
 class VLAPolicy(nn.Module):
@@ -297,7 +310,9 @@ class VLAPolicy(nn.Module):
 
         return merge_lora(self, inplace=inplace)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, weights: dict[str, Tensor] | None = None) -> Path:
+        """Write the checkpoint; ``weights`` (a full state dict, e.g. gathered from shards or an EMA) replaces this
+        module's own weights in ``model.safetensors``."""
         from vlaforge import __version__
 
         directory = Path(directory)
@@ -307,7 +322,10 @@ class VLAPolicy(nn.Module):
         resolved = self.cfg.replace(backbone=self.backbone.resolved_config())
         meta = {"format_version": FORMAT_VERSION, "vlaforge_version": __version__, "git_sha": _git_sha(),
                 "robot": self.robot.to_json(), "policy": resolved.to_dict()}
-        save_model(self, str(directory / "model.safetensors"))
+        if weights is None:
+            save_model(self, str(directory / "model.safetensors"))
+        else:
+            save_state_dict(weights, directory / "model.safetensors")
         self.inputs.save(directory / "processors", "inputs")
         self.outputs.save(directory / "processors", "outputs")
         if self.dataset_stats:

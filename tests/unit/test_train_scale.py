@@ -81,48 +81,65 @@ def test_accumulated_gradients_equal_the_big_batch_gradient(dataset):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7, msg=n)
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
-def test_two_cpu_processes_equal_one_process(dataset, tmp_path, engine):
-    """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters within PARAM_ATOL.
-
-    ddp: accelerate's DDP; fsdp: torch's fully_shard (FSDP2) over every decoder layer / block, gathered to save.
-    """
-    from vlaforge.cli.main import main
-
-    root, _ = dataset
-    common = ["train", "quickstart_tokens", "--data", str(root), "--head.type=mlp", "--backbone.image_size=32",
-              "--chunk=1", "--exec_steps=1", "--steps=4", "--save_every=4", "--log_every=1", "--data.shift_pad=0",
-              "--optim.lr=1e-3", "--optim.warmup_steps=0"]
-    assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAFORGE_NO_PROGRESS": "1"}
+def _torchrun(args: list[str], nproc: int = 2) -> None:
+    """``vlaforge`` under torchrun (gloo), killed as a process group if it hangs."""
     import socket
 
     with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "vlaforge.cli.main", *common, "--out", str(tmp_path / "two"), "--batch_size=4",
-           f"--distributed={engine}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAFORGE_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+           "-m", "vlaforge.cli.main", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too, not just the launcher
         _, err = proc.communicate()
-        pytest.fail(f"DDP run timed out:\n{err[-3000:]}")
+        pytest.fail(f"torchrun {args[:2]} timed out:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
+
+
+def _common(root: Path) -> list[str]:
+    return ["train", "quickstart_tokens", "--data", str(root), "--head.type=mlp", "--backbone.image_size=32",
+            "--chunk=1", "--exec_steps=1", "--steps=4", "--save_every=4", "--log_every=1", "--data.shift_pad=0",
+            "--optim.lr=1e-3", "--optim.warmup_steps=0", "--ema=0.5"]
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_path, engine):
+    """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters (raw and EMA) within
+    PARAM_ATOL. Then a 2-process run stopped at step 2 and resumed ends bit-identical to the uninterrupted one.
+
+    ddp: accelerate's DDP; fsdp: torch's fully_shard (FSDP2) over every decoder layer / block; checkpoints hold the
+    gathered weights, the gathered optimizer state (by parameter name) and every rank's RNG.
+    """
+    from vlaforge.cli.main import main
+
+    root, _ = dataset
+    common = _common(root)
+    assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
+    two_args = [*common, "--batch_size=4", f"--distributed={engine}"]
+    _torchrun([*two_args, "--out", str(tmp_path / "two")])
     one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
-    assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL
+    assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL  # the EMA
+    raw = "train_state/raw_model.safetensors"
+    assert _max_diff(load_file(str(one / raw)), load_file(str(two / raw))) < PARAM_ATOL
     assert _max_diff(_weights(one), _weights(tmp_path / "one" / "checkpoints" / "0000004")) == 0
     np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-4)
-    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
-    assert summary["steps"] == 4
+    assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["steps"] == 4
     assert VLAPolicy.from_pretrained(two).cfg.head.type == "mlp"
-    if engine == "fsdp":  # gathered weights, but no sharded optimizer state: loadable, not resumable
-        with pytest.raises(ValueError, match="cannot be resumed"):
-            main([*common, "--out", str(tmp_path / "two"), "--batch_size=4", "--resume", "--distributed=none",
-                  "--traceback"])
+    rng = load_file(str(two / "train_state" / "rng.safetensors"))
+    assert not torch.equal(rng["rank0/torch"], rng["rank1/torch"])  # each process's own stream is kept
+
+    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--stop_at=2"])
+    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--resume"])
+    cut = tmp_path / "cut" / "checkpoints" / "last"
+    assert _max_diff(_weights(cut), _weights(two)) == 0
+    assert _max_diff(load_file(str(cut / raw)), load_file(str(two / raw))) == 0
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "two")
 
 
 def test_bf16_autocast_trains_with_fp32_master_weights(dataset, tmp_path):
@@ -203,30 +220,25 @@ def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
     assert _max_diff(_weights(ckpts / "last"), _weights(ref / "checkpoints" / "last")) == 0
 
 
-def test_unverified_engine_and_unsupported_fsdp_options_are_refused_clearly(dataset, tmp_path):
-    root, _ = dataset
-    cfg = _cfg(root, tmp_path / "ds", distributed="deepspeed", deepspeed_config="ds.json")
-    with pytest.raises(NotImplementedError, match="--distributed=deepspeed is not available yet.*ddp"):
-        train(cfg, show_progress=False)
-    # a one-process FSDP group (torchrun-style env) refuses EMA rather than checkpointing unsharded averages
-    import socket
+def test_deepspeed_config_is_filled_from_the_training_config_and_checked(tmp_path):
+    from vlaforge.train.runtime import deepspeed_config
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with pytest.raises(NotImplementedError, match="fsdp does not support --resume or --ema"):
-            train(_cfg(root, tmp_path / "fsdp", distributed="fsdp", ema=0.9), show_progress=False)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+                                "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}))
+    ds = deepspeed_config(str(path), batch_size=4, grad_accum=2, world=2, grad_clip=0.5, precision="bf16")
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"],
+            ds["gradient_clipping"], ds["bf16"]["enabled"]) == (4, 2, 16, 0.5, True)
+    for bad, match in [({"train_micro_batch_size_per_gpu": 16}, r"train_micro_batch_size_per_gpu: expected 4"),
+                       ({"optimizer": {"type": "Adam"}}, r"optimizer: expected absent"),
+                       ({"fp16": {"enabled": True}}, r"fp16.enabled: expected false"),
+                       ({"bf16": {"enabled": False}}, r"bf16.enabled: expected true"),
+                       ({"zero_optimization": {"stage": 4}}, r"stage: expected 0, 1, 2 or 3, got 4")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            deepspeed_config(str(path), batch_size=4, grad_accum=2, world=2, grad_clip=0.5, precision="bf16")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        deepspeed_config(str(path), 4, 1, 1, 1.0, "fp32")
+    with pytest.raises(FileNotFoundError, match="deepspeed_config: no file"):
+        deepspeed_config(str(tmp_path / "missing.json"), 4, 1, 1, 1.0, "fp32")

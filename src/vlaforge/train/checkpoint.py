@@ -2,19 +2,23 @@
 
 A training checkpoint is a policy checkpoint (loadable for inference as it is) plus ``train_state/``::
 
-    train_state/optimizer.safetensors   AdamW moments, one tensor per (param index, name)
-    train_state/state.json              step, optimizer param groups, scheduler state, data position
-    train_state/rng.safetensors         torch / numpy / python RNG states
+    train_state/optimizer.safetensors   the full optimizer state, one tensor per ``{parameter name}/{state name}``
+    train_state/state.json              step, optimizer param groups (with parameter names), scheduler state, ...
+    train_state/rng.safetensors         every process's torch / numpy / python RNG states (``rank{r}/...``)
     train_state/raw_model.safetensors   with EMA on: the raw (non-averaged) weights; model.safetensors then holds
                                         the EMA weights, which evaluation and serving use
 
-It is written into a hidden temporary directory and renamed into place, then the ``last`` symlink is swapped
-atomically, so a crash (even ``kill -9``) leaves either the previous or the new checkpoint, never half of one.
+Weights and optimizer state are full (gathered from shards under FSDP / DeepSpeed) and keyed by parameter name,
+so a checkpoint resumes under any engine and number of processes. It is written into a hidden temporary directory
+and renamed into place, then the ``last`` symlink is swapped atomically, so a crash (even ``kill -9``) leaves
+either the previous or the new checkpoint, never half of one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import random
 import shutil
@@ -23,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file
 
 from vlaforge.config import Paths
-from vlaforge.policy import VLAPolicy
+from vlaforge.policy import VLAPolicy, save_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,65 +43,85 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     tensors = {}
-    for pid, st in sd["state"].items():
-        for name, v in st.items():
+    for name, st in state["state"].items():
+        for key, v in st.items():
             t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-            tensors[f"{pid}.{name}"] = t.detach().cpu().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
+            tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
+    return tensors, state["param_groups"]
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
     np_state = np.random.get_state()
     py_state = random.getstate()
-    return {
+    out = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.float64),
         "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
         "python": torch.tensor(list(py_state[1]), dtype=torch.int64),
-        "python_meta": torch.tensor([py_state[0]] + ([] if py_state[2] is None else [py_state[2]]),
+        # fixed length on every process (so it can be all-gathered): gauss_next None is NaN
+        "python_meta": torch.tensor([py_state[0], math.nan if py_state[2] is None else py_state[2]],
                                     dtype=torch.float64),
     }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
 
 
-def _set_rng_state(t: dict[str, torch.Tensor]) -> None:
+def gather_rng_states(runtime: Any) -> dict[str, torch.Tensor]:
+    """Every process's RNG states as ``rank{r}/{name}`` (a collective: every rank calls it)."""
+    out = {}
+    for name, t in _rng_state().items():
+        for r, part in enumerate(runtime.all_gather(t)):
+            out[f"rank{r}/{name}"] = part
+    return out
+
+
+def _set_rng_state(saved: dict[str, torch.Tensor], rank: int) -> None:
+    prefix = f"rank{rank}/"
+    if not any(k.startswith(prefix) for k in saved):
+        n = len({k.split("/", 1)[0] for k in saved})
+        log.warning("the checkpoint holds the RNG states of %d process(es), not of rank %d: it continues from "
+                    "rank 0's state (random draws will differ from an uninterrupted run)", n, rank)
+        prefix = "rank0/"
+    t = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
     torch.set_rng_state(t["torch"])
+    if "cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["cuda"])
     meta = t["numpy_meta"].tolist()
     np.random.set_state(("MT19937", t["numpy_keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]),
                          float(t["numpy_gauss"][0])))
-    pm = t["python_meta"].tolist()
-    random.setstate((int(pm[0]), tuple(int(x) for x in t["python"].tolist()), pm[1] if len(pm) > 1 else None))
+    version, gauss = t["python_meta"].tolist()
+    random.setstate((int(version), tuple(int(x) for x in t["python"].tolist()), None if math.isnan(gauss) else gauss))
 
 
-def save_checkpoint(run_dir: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer | None, scheduler: Any,
-                    step: int, extra: dict[str, Any] | None = None, keep_last: int = 2, ema: Any = None) -> Path:
+def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any, optimizer_state: dict[str, Any],
+                    rng: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None,
+                    raw_weights: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None,
+                    keep_last: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and point ``last`` at it; prune older periodic checkpoints.
 
-    With ``ema`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``policy``) the checkpoint's model is the EMA
-    and the raw weights go to ``train_state/`` for resuming. Without ``optimizer`` (sharded runs) the checkpoint
-    holds the weights and the step but cannot be resumed.
+    ``policy`` gives the config and pipelines, and its own weights unless ``weights`` (the full weights to publish:
+    gathered shards, or the EMA) is given; ``raw_weights`` are the non-averaged weights of an EMA run.
+    ``optimizer_state`` is :meth:`SingleProcess.optimizer_state`'s format, ``rng`` :func:`gather_rng_states`'.
     """
     root = Paths.checkpoints(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = Paths.checkpoint(run_dir, step)
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    (ema.module if ema is not None else policy).save_pretrained(tmp)
+    policy.save_pretrained(tmp, weights=weights)
     ts = tmp / "train_state"
     ts.mkdir()
-    if ema is not None:
-        save_model(policy, str(ts / "raw_model.safetensors"))
-        extra = {**(extra or {}), "ema_n_averaged": int(ema.n_averaged)}
-    state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": optimizer is not None}
-    if optimizer is not None:
-        tensors, groups = _optimizer_tensors(optimizer)
-        save_file(tensors, str(ts / "optimizer.safetensors"))
-        state["optimizer"] = groups
-    save_file(_rng_state(), str(ts / "rng.safetensors"))
-    state.update(extra or {})
+    if raw_weights is not None:
+        save_state_dict(raw_weights, ts / "raw_model.safetensors")
+    tensors, groups = _optimizer_tensors(optimizer_state)
+    save_file(tensors, str(ts / "optimizer.safetensors"))
+    save_file(rng, str(ts / "rng.safetensors"))
+    state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": True,
+                             "optimizer": {"param_groups": groups}, **(extra or {})}
     (ts / "state.json").write_text(json.dumps(state, indent=2))
     for f in [*tmp.rglob("*")]:
         if f.is_file():
@@ -122,17 +148,23 @@ def _load_weights(model: torch.nn.Module, path: Path, ckpt: Path) -> None:
         raise ValueError(f"{ckpt}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_train_state(ckpt: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, ema: Any = None) -> dict[str, Any]:
-    """Restore weights (and EMA), optimizer, scheduler and RNG from a training checkpoint; returns ``state.json``."""
+def read_train_state(ckpt: Path) -> dict[str, Any]:
+    """``train_state/state.json`` of a resumable training checkpoint (clear errors otherwise)."""
     ts = ckpt / "train_state"
     if not (ts / "state.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a training checkpoint (no train_state/state.json)")
     state = json.loads((ts / "state.json").read_text())
-    if not state.get("resumable", True):
-        raise ValueError(f"{ckpt} was written by a sharded (fsdp) run without optimizer state; it loads for "
-                         f"inference and fine-tuning (--init_from) but cannot be resumed")
-    raw = ts / "raw_model.safetensors"
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    if not state.get("resumable", True) or any(not isinstance(p, str) for g in groups for p in g["params"]):
+        raise ValueError(f"{ckpt} was written by an older vlaforge (optimizer state without parameter names); it "
+                         f"loads for inference and fine-tuning (--init_from) but cannot be resumed")
+    return state
+
+
+def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[str, Any]:
+    """Restore the weights (and the EMA's) into the unwrapped, unsharded modules; returns ``state.json``."""
+    state = read_train_state(ckpt)
+    raw = ckpt / "train_state" / "raw_model.safetensors"
     if (ema is None) != (not raw.is_file()):
         raise ValueError(f"{ckpt}: the checkpoint was written with{'out' if not raw.is_file() else ''} EMA; resume "
                          f"with the same --ema setting")
@@ -140,14 +172,22 @@ def load_train_state(ckpt: Path, policy: VLAPolicy, optimizer: torch.optim.Optim
     if ema is not None:
         _load_weights(ema.module, ckpt / "model.safetensors", ckpt)
         ema.n_averaged.fill_(state["ema_n_averaged"])
-    tensors = load_file(str(ts / "optimizer.safetensors"))
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        pid, name = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    return state
+
+
+def load_train_state(ckpt: Path, runtime: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any) -> dict[str, Any]:
+    """Restore optimizer (into a prepared, possibly sharded model), scheduler and this rank's RNG."""
+    state = read_train_state(ckpt)
+    ts = ckpt / "train_state"
+    per_param: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in load_file(str(ts / "optimizer.safetensors")).items():
+        name, field = key.rsplit("/", 1)
+        per_param.setdefault(name, {})[field] = v
+    runtime.load_optimizer_state(model, optimizer, {"state": per_param,
+                                                    "param_groups": state["optimizer"]["param_groups"]})
     sched = dict(state["scheduler"])
     sched.pop("lr_lambdas", None)
     scheduler.__dict__.update(sched)
-    _set_rng_state(load_file(str(ts / "rng.safetensors")))
+    _set_rng_state(load_file(str(ts / "rng.safetensors")), runtime.rank)
     return state

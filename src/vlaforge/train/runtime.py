@@ -29,6 +29,17 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
+def _retie(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Make the gathered copies of a tied parameter one tensor again (as in ``state_dict()``), so a checkpoint
+    keeps one name of it whichever engine gathered it."""
+    first: dict[int, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first and name in state and first[id(p)] in state:
+            state[name] = state[first[id(p)]]
+        first.setdefault(id(p), name)
+    return state
+
+
 class SingleProcess:
     rank, world, is_main = 0, 1, True
     shards = False
@@ -46,8 +57,9 @@ class SingleProcess:
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
+        """Back-propagate one of ``micro_batches`` accumulated micro-batches' mean loss."""
+        (loss / micro_batches).backward()
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -61,11 +73,59 @@ class SingleProcess:
     def reduce_mean(self, value: float) -> float:
         return value
 
-    def full_state_dict(self, model: nn.Module) -> None:
-        return None  # the module itself holds full weights
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """``t`` of every rank (same shape everywhere), on the CPU, in rank order."""
+        return [t]
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The full weights of ``module`` (a collective when sharded; only the main rank's result is complete)."""
+        return self.unwrap(module).state_dict()
+
+    def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The full optimizer state keyed by parameter name (``{"state": {name: {...}}, "param_groups": [...]}``), so
+        a checkpoint resumes under any engine and world size. A collective when sharded."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.unwrap(model), optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=self.shards))
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load :meth:`optimizer_state`'s format (every rank passes the full state; sharded runs keep their shard)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        module = self.unwrap(model)
+        # strict=False: parameters that never had a gradient (e.g. a guidance embedding while guidance is off) have
+        # no state; torch creates zeros for them with a zero-lr step, removed again so they stay as in the run saved
+        set_optimizer_state_dict(module, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
+        for name, param in module.named_parameters():
+            if name not in state["state"]:
+                optimizer.state.pop(param, None)
 
 
-class TorchFSDP(SingleProcess):
+class _ProcessGroup:
+    """Collectives over torch.distributed's default group (every multi-process runtime has one)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def reduce_mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world
+
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        local = t.to(self.device)
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, local)
+        return [p.cpu() for p in parts]
+
+
+class TorchFSDP(_ProcessGroup, SingleProcess):
     """Fully sharded data parallel with torch's own ``fully_shard`` (FSDP2): gloo on CPU, NCCL on GPUs.
 
     Every block of every ``nn.ModuleList`` that trains (decoder layers, vision layers, DiT blocks, expert
@@ -87,7 +147,6 @@ class TorchFSDP(SingleProcess):
                 raise RuntimeError("--distributed=fsdp needs a launcher: torchrun --nproc_per_node N -m "
                                    "vlaforge.cli.main train ... (or accelerate launch)")
             dist.init_process_group("nccl" if cuda else "gloo")
-        self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
@@ -120,22 +179,15 @@ class TorchFSDP(SingleProcess):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
-    def barrier(self) -> None:
-        self.dist.barrier()
-
-    def reduce_mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        self.dist.all_reduce(t)
-        return float(t) / self.world
-
-    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return _retie(module, full)
 
 
-class Accelerated:
-    """Many processes through accelerate. ``kind``: ddp (deepspeed is refused until verified)."""
+class Accelerated(_ProcessGroup, SingleProcess):
+    """Many processes through accelerate's DDP."""
 
     shards = False
 
@@ -144,10 +196,7 @@ class Accelerated:
         from accelerate.utils import DistributedDataParallelKwargs
 
         if kind != "ddp":
-            # DeepSpeed through accelerate needs GPUs and a gathered state dict for our checkpoints; it could not
-            # be verified on this project's CPU machines yet, so refuse rather than write checkpoints of shards.
-            raise NotImplementedError(f"--distributed={kind} is not available yet (it needs GPU verification); "
-                                      f"use --distributed=ddp")
+            raise ValueError(f"distributed: expected none | ddp | fsdp | deepspeed, got {kind!r}")
         # find_unused_parameters: heads may leave parts idle on a step (hybrid modes, guidance dropout)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(),
                                mixed_precision="bf16" if precision == "bf16" else "no",
@@ -165,8 +214,8 @@ class Accelerated:
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.acc.autocast()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)
+    def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
+        self.acc.backward(loss / micro_batches)
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module) -> Iterator[None]:
@@ -176,18 +225,161 @@ class Accelerated:
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         return self.acc.clip_grad_norm_(model.parameters(), max_norm)
 
-    def barrier(self) -> None:
-        self.acc.wait_for_everyone()
-
-    def reduce_mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        return float(self.acc.reduce(t, reduction="mean"))
-
-    def full_state_dict(self, model: nn.Module) -> None:
-        return None  # DDP replicas hold full weights
 
 
-def make_runtime(distributed: str, precision: str) -> SingleProcess | Accelerated:
+# DeepSpeed config fields that vlaforge's own training config decides
+_DS_FILLED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
+
+
+def deepspeed_config(path: str, batch_size: int, grad_accum: int, world: int, grad_clip: float,
+                     precision: str) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and fill the fields the training config decides ("auto" or absent).
+
+    A concrete value that contradicts the training config, an ``optimizer`` / ``scheduler`` section (vlaforge builds
+    AdamW and the schedule from ``--optim``) or fp16 (use ``--precision=bf16``) is an error naming the field.
+    """
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"deepspeed_config: no file at {path}")
+    try:
+        ds = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"deepspeed_config: {path} is not valid JSON ({e})") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"deepspeed_config: expected a JSON object in {path}, got {type(ds).__name__}")
+    for section in ("optimizer", "scheduler"):
+        if section in ds:
+            raise ValueError(f"deepspeed_config.{section}: expected absent (vlaforge builds AdamW and its schedule "
+                             f"from --optim), got {ds[section]!r}")
+    if ds.get("fp16", {}).get("enabled") not in (None, False, "auto"):
+        raise ValueError("deepspeed_config.fp16.enabled: expected false (use --precision=bf16), got true")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed_config.zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
+    ours = dict(zip(_DS_FILLED, (batch_size, grad_accum, batch_size * grad_accum * world, grad_clip), strict=True))
+    for key, value in ours.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and given != value:
+            raise ValueError(f"deepspeed_config.{key}: expected {value} (from the training config) or \"auto\", "
+                             f"got {given!r}")
+        ds[key] = value
+    bf16 = precision == "bf16"
+    given = ds.get("bf16", {}).get("enabled", "auto")
+    if given != "auto" and bool(given) != bf16:
+        raise ValueError(f"deepspeed_config.bf16.enabled: expected {str(bf16).lower()} (--precision={precision}) or "
+                         f"\"auto\", got {given!r}")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
+    ds.pop("fp16", None)
+    return ds
+
+
+class DeepSpeed(Accelerated):
+    """DeepSpeed ZeRO (stage 1, 2 or 3 from ``--deepspeed_config``) through accelerate's integration.
+
+    gloo on CPU, NCCL on GPUs. The engine clips gradients, steps the optimizer and scales the loss by
+    1/accumulation; vlaforge fills those fields of the JSON from the training config. Checkpoints gather the full
+    fp32 master weights and the full optimizer state with DeepSpeed's ``safe_get_full_*`` helpers (collectives), so
+    they are ordinary vlaforge checkpoints: they load for inference, and resume under any engine.
+    """
+
+    def __init__(self, precision: str, cfg: Any) -> None:
+        import os
+
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ImportError("--distributed=deepspeed needs DeepSpeed: pip install 'vlaforge[deepspeed]' "
+                              "(or pip install deepspeed)") from None
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+        if "RANK" not in os.environ:
+            raise RuntimeError("--distributed=deepspeed needs a launcher: torchrun --nproc_per_node N -m "
+                               "vlaforge.cli.main train ... (or accelerate launch)")
+        if cfg is None:
+            raise ValueError("the DeepSpeed runtime needs the training config")
+        self.accum = cfg.grad_accum
+        ds = deepspeed_config(cfg.deepspeed_config, cfg.batch_size, cfg.grad_accum, int(os.environ["WORLD_SIZE"]),
+                              cfg.optim.grad_clip, precision)
+        self.stage = ds.get("zero_optimization", {}).get("stage", 0)
+        self.acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds),
+                               mixed_precision="bf16" if precision == "bf16" else "no",
+                               gradient_accumulation_steps=cfg.grad_accum,
+                               kwargs_handlers=[InitProcessGroupKwargs(
+                                   backend="nccl" if torch.cuda.is_available() else "gloo")])
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.is_main = self.acc.is_main_process
+        self.device = self.acc.device
+        self.bf16 = precision == "bf16"
+        self._boundary = True
+        self._group_names: list[list[str]] = []
+
+    autocast = SingleProcess.autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+        self._base = optimizer  # DeepSpeed flattens its param groups into partitions; state stays in it
+        return self.acc.prepare(model, optimizer)
+
+    def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
+        if micro_batches != self.accum:
+            raise ValueError(f"DeepSpeed was configured for {self.accum} micro-batches per step, got {micro_batches}")
+        # the engine scales by 1/gradient_accumulation_steps itself and steps at the boundary
+        self.acc.deepspeed_engine_wrapped.backward(loss, sync_gradients=self._boundary)
+
+    @contextlib.contextmanager
+    def no_sync(self, model: nn.Module) -> Iterator[None]:
+        self._boundary = False
+        try:
+            yield
+        finally:
+            self._boundary = True
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        norm = self.acc.clip_grad_norm_(model.parameters(), max_norm)  # the engine's norm of the step it took
+        return torch.tensor(float("nan") if norm is None else float(norm))
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, t in self.unwrap(module).state_dict(keep_vars=True).items():
+            if isinstance(t, nn.Parameter):
+                full = safe_get_full_fp32_param(t)  # the fp32 master copy of a trained parameter
+                if full is None:  # frozen: not in the optimizer (gathered from its partitions under ZeRO-3)
+                    with deepspeed.zero.GatheredParameters([t]):
+                        full = t.detach().clone()
+                t = full
+            out[name] = t.detach().cpu()
+        return _retie(self.unwrap(module), out)
+
+    def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        steps = [float(st["step"]) for st in self._base.state.values() if "step" in st]
+        step = torch.tensor(max(steps, default=0.0))
+        state: dict[str, dict[str, torch.Tensor]] = {}
+        for name, p in self.unwrap(model).named_parameters():
+            if not p.requires_grad:
+                continue
+            st = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                v = safe_get_full_optimizer_state(p, key)
+                if v is not None:
+                    st[key] = v.detach().cpu()
+            if st:
+                state[name] = {"step": step.clone(), **st}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": names}
+                  for g, names in zip(self._base.param_groups, self._group_names, strict=True)]
+        return {"state": state, "param_groups": groups}
+
+def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:
+    """The runtime for ``--distributed``; ``cfg`` (the TrainConfig) fills DeepSpeed's batch and clipping fields."""
     if distributed == "none":
         import os
 
@@ -198,4 +390,6 @@ def make_runtime(distributed: str, precision: str) -> SingleProcess | Accelerate
         return SingleProcess(precision)
     if distributed == "fsdp":
         return TorchFSDP(precision)
+    if distributed == "deepspeed":
+        return DeepSpeed(precision, cfg)
     return Accelerated(distributed, precision)

@@ -8,7 +8,6 @@ directory holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl``, `
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import VLAPolicy
-from vlaforge.train.checkpoint import load_train_state, save_checkpoint
+from vlaforge.train.checkpoint import gather_rng_states, load_train_state, load_train_weights, save_checkpoint
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
@@ -49,7 +48,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
         last = i == len(batches) - 1
         with runtime.no_sync(model) if not last else contextlib.nullcontext(), runtime.autocast():
             out = model(batch)
-            runtime.backward(out["loss"] / len(batches))
+            runtime.backward(out["loss"], len(batches))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
     grad_norm = runtime.clip_grad_norm(model, grad_clip)
@@ -64,6 +63,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
         if "name" in g and not g["name"].endswith("_no_decay"):
             metrics[f"lr/{g['name']}"] = g["lr"]
     return metrics
+
+
+def _save(out: Path, runtime: Any, policy: VLAPolicy, model: nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: Any, ema: Any, step: int, keep_last: int, extra: dict[str, Any]) -> None:
+    """Gather everything a checkpoint holds (collectives: every rank calls this), then the main rank writes it."""
+    raw = runtime.full_state_dict(model)
+    weights = raw if ema is None else runtime.full_state_dict(ema.module)
+    opt_state = runtime.optimizer_state(model, optimizer)
+    rng = gather_rng_states(runtime)
+    if runtime.is_main:
+        if ema is not None:
+            extra = {**extra, "ema_n_averaged": int(ema.n_averaged)}
+        save_checkpoint(out, policy, step, scheduler, opt_state, rng, weights=weights,
+                        raw_weights=raw if ema is not None else None, extra=extra, keep_last=keep_last)
+    runtime.barrier()
 
 
 def _micro_batches(loader: Any, n: int) -> Iterator[list[dict[str, Any]]]:
@@ -177,10 +191,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    runtime = make_runtime(cfg.distributed, cfg.precision)
-    if runtime.shards and (resume or cfg.ema > 0):
-        raise NotImplementedError("--distributed=fsdp does not support --resume or --ema yet (sharded optimizer "
-                                  "and EMA state are not checkpointed); use --distributed=ddp")
+    runtime = make_runtime(cfg.distributed, cfg.precision, cfg)
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
     reader, policy = _prepare(cfg)
     if runtime.rank > 0:
@@ -188,25 +199,30 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     cfg = cfg.replace(policy=policy.cfg)
     from vlaforge.train.optim import make_optimizer
 
-    shadow = None
-    if runtime.shards:  # FSDP: parameters become shards, so the optimizer is built on them
-        shadow = copy.deepcopy(policy) if runtime.is_main else None  # full weights are gathered into it to save
-        runtime.shard(policy)
-    optimizer, scheduler = make_optimizer(policy, cfg.optim, cfg.steps)
     ema = None
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        # parameters only: vlaforge's buffers are constants (bins, ids, image stats), and under FSDP the buffers
+        # are plain tensors while the parameters are DTensor shards (one foreach update cannot mix them)
+        ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+    if resume:  # weights go into the full modules, before any sharding
+        load_train_weights(last.resolve(), policy, ema)
+    if runtime.shards:  # FSDP: parameters become shards (the EMA's alike), so the optimizer is built on them
+        runtime.shard(policy)
+        if ema is not None:
+            runtime.shard(ema.module)
+    optimizer, scheduler = make_optimizer(policy, cfg.optim, cfg.steps)
+    raw_optimizer = optimizer
+    model, optimizer = runtime.prepare(policy, optimizer)
     start = 0
     if resume:
-        start = load_train_state(last.resolve(), policy, optimizer, scheduler, ema=ema)["step"]
+        start = load_train_state(last.resolve(), runtime, model, raw_optimizer, scheduler)["step"]
         log.info("resuming %s at step %d", out, start)
     elif runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
     runtime.barrier()
-    model, optimizer = runtime.prepare(policy, optimizer)
     n_params = sum(p.numel() for p in policy.parameters())
     pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
     accum = cfg.grad_accum
@@ -235,15 +251,8 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
             stop = out_of_time or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == cfg.steps or stop:
-                full = runtime.full_state_dict(model)  # a collective under FSDP: every rank takes part
-                if runtime.is_main:
-                    target = runtime.unwrap(model)
-                    if full is not None:
-                        shadow.load_state_dict(full)
-                        target = shadow
-                    save_checkpoint(out, target, optimizer if full is None else None, scheduler, step,
-                                    keep_last=cfg.keep_last, extra={"samples_seen": step * global_batch}, ema=ema)
-                runtime.barrier()
+                _save(out, runtime, policy, model, raw_optimizer, scheduler, ema, step,
+                      keep_last=cfg.keep_last, extra={"samples_seen": step * global_batch})
             if stop:
                 stopped_early = True
                 log.warning("stopping at step %d of %d (%s); continue with --resume", step, cfg.steps,
