@@ -1,14 +1,15 @@
-"""Where training runs: one process, or many through accelerate (DDP, FSDP, DeepSpeed).
+"""Where training runs: one process, or many on torch.distributed (DDP through accelerate, FSDP2, DeepSpeed ZeRO).
 
-``vlaforge train`` is the same command in both cases; launch it with ``accelerate launch --num_processes N
+``vlaforge train`` is the same command in every case; launch it with ``accelerate launch --num_processes N
 -m vlaforge.cli.main train ...`` or ``torchrun --nproc_per_node N -m vlaforge.cli.main train ...`` and pass
-``--distributed=ddp`` (accelerate's DDP) or ``--distributed=fsdp`` (torch's ``fully_shard``). On CPU the
-process group uses gloo. ``deepspeed`` is accepted by the config but refused at start until it is verified on
-GPUs (with full-state-dict checkpointing).
+``--distributed=ddp`` (accelerate's DDP), ``--distributed=fsdp`` (torch's ``fully_shard``) or
+``--distributed=deepspeed --deepspeed_config=configs/deepspeed/zero2.json`` (accelerate's DeepSpeed integration).
+On CPU the process group uses gloo, on GPUs NCCL.
 
-:class:`SingleProcess` needs no process group (and no global accelerate state); :class:`Accelerated` wraps
-accelerate's :class:`~accelerate.Accelerator`: model wrapping, gradient synchronization, mixed precision and
-gradient clipping are accelerate's and torch.distributed's, not ours.
+Every runtime gathers full weights and the full optimizer state keyed by parameter name for checkpoints
+(collectives), so a checkpoint is the same files whatever engine wrote it, and resumes under any of them. Model
+wrapping, gradient synchronization, sharding, mixed precision and clipping are accelerate's, torch's and
+DeepSpeed's, not ours.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _retie(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch
 
 class SingleProcess:
     rank, world, is_main = 0, 1, True
-    shards = False
+    shards = False  # parameters become shards: the optimizer (and EMA) are built after shard()
+    supports_ema = True  # the unwrapped model's parameters are full, trainable weights an EMA can average
 
     def __init__(self, precision: str) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -305,11 +307,17 @@ class DeepSpeed(Accelerated):
         ds = deepspeed_config(cfg.deepspeed_config, cfg.batch_size, cfg.grad_accum, int(os.environ["WORLD_SIZE"]),
                               cfg.optim.grad_clip, precision)
         self.stage = ds.get("zero_optimization", {}).get("stage", 0)
-        self.acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds),
+        self.acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False),
                                mixed_precision="bf16" if precision == "bf16" else "no",
                                gradient_accumulation_steps=cfg.grad_accum,
                                kwargs_handlers=[InitProcessGroupKwargs(
                                    backend="nccl" if torch.cuda.is_available() else "gloo")])
+        # accelerate registers the ZeRO-3 config with transformers, which then builds every model inside
+        # deepspeed.zero.Init (already partitioned), which breaks the random init of from-config models: models are
+        # built whole and partitioned by deepspeed.initialize in prepare() instead
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.device = self.acc.device
@@ -317,6 +325,7 @@ class DeepSpeed(Accelerated):
         self._boundary = True
         self._group_names: list[list[str]] = []
 
+    supports_ema = False  # ZeRO-3 partitions the parameters and bf16 casts them: no full fp32 weights to average
     autocast = SingleProcess.autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
@@ -363,9 +372,24 @@ class DeepSpeed(Accelerated):
 
         steps = [float(st["step"]) for st in self._base.state.values() if "step" in st]
         step = torch.tensor(max(steps, default=0.0))
+        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
+        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2 link each parameter to its slice of the
+            # optimizer state once, after the first step: a group without state then (no gradient yet) stays unlinked
+            from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+            for lp, hp in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
+                if hp in zero.optimizer.state:
+                    lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
+            local = torch.tensor([float(hp in zero.optimizer.state) for hp in zero.single_partition_of_fp32_groups])
+        else:  # ZeRO-3 creates the state of every group when it starts
+            local = torch.tensor([float(bool(self._base.state))] * len(self._group_names))
+        # a group whose parameters never had a gradient has no state (as in torch); every rank must agree before
+        # the gathers, since a rank may hold no piece of a parameter
+        stepped = torch.stack(self.all_gather(local)).amax(0)
+        live = {n for names, ok in zip(self._group_names, stepped.tolist(), strict=True) if ok for n in names}
         state: dict[str, dict[str, torch.Tensor]] = {}
         for name, p in self.unwrap(model).named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or name not in live:
                 continue
             st = {}
             for key in ("exp_avg", "exp_avg_sq"):
@@ -377,6 +401,43 @@ class DeepSpeed(Accelerated):
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": names}
                   for g, names in zip(self._base.param_groups, self._group_names, strict=True)]
         return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        from deepspeed.utils import lazy_init_hp_params_optimizer_state, safe_set_full_optimizer_state
+
+        saved = state["state"]
+        if len(state["param_groups"]) != len(self._base.param_groups):
+            raise ValueError(f"the checkpoint's optimizer has {len(state['param_groups'])} parameter groups, this "
+                             f"run's {len(self._base.param_groups)}")
+        for group, saved_group in zip(self._base.param_groups, state["param_groups"], strict=True):
+            group.update({k: v for k, v in saved_group.items() if k in ("lr", "initial_lr")})
+        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
+        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2 create their state lazily at the first step
+            for names, lp, hp in zip(self._group_names, zero.bit16_groups, zero.single_partition_of_fp32_groups,
+                                     strict=True):
+                steps = [float(saved[n]["step"]) for n in names if n in saved]
+                if steps and hp not in zero.optimizer.state:
+                    zero.optimizer.state[hp] = {"step": torch.tensor(max(steps)), "exp_avg": torch.zeros_like(hp),
+                                                "exp_avg_sq": torch.zeros_like(hp)}
+                if hp in zero.optimizer.state:
+                    lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
+        elif saved:  # ZeRO-3: one flat fp32 partition per sub-group, its state also created at the first step
+            step = max(float(st["step"]) for st in saved.values())
+            for hp in zero.fp32_partitioned_groups_flat:
+                st = zero.optimizer.state[hp]
+                st.setdefault("step", torch.tensor(step))
+                for key in ("exp_avg", "exp_avg_sq"):
+                    st.setdefault(key, torch.zeros_like(hp))
+        for name, p in self.unwrap(model).named_parameters():
+            if name in saved:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    safe_set_full_optimizer_state(p, saved[name][key].to(self.device), key)
+        if saved:  # one step count per flat partition: the run's
+            step = max(float(st["step"]) for st in saved.values())
+            for st in self._base.state.values():
+                if "step" in st:
+                    st["step"] = torch.tensor(step)
+
 
 def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:
     """The runtime for ``--distributed``; ``cfg`` (the TrainConfig) fills DeepSpeed's batch and clipping fields."""

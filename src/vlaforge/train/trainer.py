@@ -192,6 +192,9 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     runtime = make_runtime(cfg.distributed, cfg.precision, cfg)
+    if cfg.ema > 0 and not runtime.supports_ema:
+        raise NotImplementedError(f"--ema is not supported with --distributed={cfg.distributed} (its parameters are "
+                                  f"partitioned or cast); use --distributed=ddp or fsdp for EMA")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
     reader, policy = _prepare(cfg)
     if runtime.rank > 0:
