@@ -132,8 +132,8 @@ class TorchFSDP(_ProcessGroup, SingleProcess):
 
     Every block of every ``nn.ModuleList`` that trains (decoder layers, vision layers, DiT blocks, expert
     layers) becomes one shard group, then the root; parameters are re-created as shards, so the optimizer is
-    built after :meth:`shard`. Checkpoints gather the full state dict (a collective: every rank calls
-    :meth:`full_state_dict`). Resuming a sharded run and EMA are not supported yet and are refused.
+    built after :meth:`shard` (an EMA copy is sharded the same way). Checkpoints gather the full weights and the
+    full optimizer state (collectives: every rank calls :meth:`full_state_dict` and :meth:`optimizer_state`).
     """
 
     shards = True
@@ -306,7 +306,6 @@ class DeepSpeed(Accelerated):
         self.accum = cfg.grad_accum
         ds = deepspeed_config(cfg.deepspeed_config, cfg.batch_size, cfg.grad_accum, int(os.environ["WORLD_SIZE"]),
                               cfg.optim.grad_clip, precision)
-        self.stage = ds.get("zero_optimization", {}).get("stage", 0)
         self.acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False),
                                mixed_precision="bf16" if precision == "bf16" else "no",
                                gradient_accumulation_steps=cfg.grad_accum,
@@ -367,21 +366,30 @@ class DeepSpeed(Accelerated):
             out[name] = t.detach().cpu()
         return _retie(self.unwrap(module), out)
 
+    def _zero(self) -> Any:
+        """DeepSpeed's ZeRO optimizer, with every parameter's slice of the optimizer state reachable.
+
+        ZeRO 1/2 link each parameter to its slice of the flat partition's state once, after the first step: a group
+        without state at that moment (no gradient yet) stays unlinked, so link every partition that has state now.
+        """
+        from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
+        if hasattr(zero, "single_partition_of_fp32_groups"):
+            for lp, hp in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
+                if hp in zero.optimizer.state:
+                    lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
+        return zero
+
     def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         from deepspeed.utils import safe_get_full_optimizer_state
 
         steps = [float(st["step"]) for st in self._base.state.values() if "step" in st]
         step = torch.tensor(max(steps, default=0.0))
-        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
-        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2 link each parameter to its slice of the
-            # optimizer state once, after the first step: a group without state then (no gradient yet) stays unlinked
-            from deepspeed.utils import lazy_init_hp_params_optimizer_state
-
-            for lp, hp in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
-                if hp in zero.optimizer.state:
-                    lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
+        zero = self._zero()
+        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2
             local = torch.tensor([float(hp in zero.optimizer.state) for hp in zero.single_partition_of_fp32_groups])
-        else:  # ZeRO-3 creates the state of every group when it starts
+        else:  # ZeRO-3 steps every sub-group: after the first step all of them have state
             local = torch.tensor([float(bool(self._base.state))] * len(self._group_names))
         # a group whose parameters never had a gradient has no state (as in torch); every rank must agree before
         # the gathers, since a rank may hold no piece of a parameter
@@ -403,7 +411,7 @@ class DeepSpeed(Accelerated):
         return {"state": state, "param_groups": groups}
 
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        from deepspeed.utils import lazy_init_hp_params_optimizer_state, safe_set_full_optimizer_state
+        from deepspeed.utils import safe_set_full_optimizer_state
 
         saved = state["state"]
         if len(state["param_groups"]) != len(self._base.param_groups):
@@ -411,32 +419,29 @@ class DeepSpeed(Accelerated):
                              f"run's {len(self._base.param_groups)}")
         for group, saved_group in zip(self._base.param_groups, state["param_groups"], strict=True):
             group.update({k: v for k, v in saved_group.items() if k in ("lr", "initial_lr")})
+        if not saved:
+            return
+        # the state is created at the first step (zeros here, then filled); one step count per flat partition
+        step = max(float(st["step"]) for st in saved.values())
         zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
-        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2 create their state lazily at the first step
-            for names, lp, hp in zip(self._group_names, zero.bit16_groups, zero.single_partition_of_fp32_groups,
-                                     strict=True):
-                steps = [float(saved[n]["step"]) for n in names if n in saved]
-                if steps and hp not in zero.optimizer.state:
-                    zero.optimizer.state[hp] = {"step": torch.tensor(max(steps)), "exp_avg": torch.zeros_like(hp),
-                                                "exp_avg_sq": torch.zeros_like(hp)}
-                if hp in zero.optimizer.state:
-                    lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
-        elif saved:  # ZeRO-3: one flat fp32 partition per sub-group, its state also created at the first step
-            step = max(float(st["step"]) for st in saved.values())
-            for hp in zero.fp32_partitioned_groups_flat:
-                st = zero.optimizer.state[hp]
-                st.setdefault("step", torch.tensor(step))
-                for key in ("exp_avg", "exp_avg_sq"):
-                    st.setdefault(key, torch.zeros_like(hp))
+        if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2: the partitions of groups with saved state
+            flats = [hp for names, hp in zip(self._group_names, zero.single_partition_of_fp32_groups, strict=True)
+                     if any(n in saved for n in names)]
+        else:  # ZeRO-3: one flat fp32 partition per sub-group
+            flats = list(zero.fp32_partitioned_groups_flat)
+        for hp in flats:
+            st = zero.optimizer.state[hp]
+            st.setdefault("step", torch.tensor(step))
+            for key in ("exp_avg", "exp_avg_sq"):
+                st.setdefault(key, torch.zeros_like(hp))
+        self._zero()  # link the new state slices to their parameters
         for name, p in self.unwrap(model).named_parameters():
             if name in saved:
                 for key in ("exp_avg", "exp_avg_sq"):
                     safe_set_full_optimizer_state(p, saved[name][key].to(self.device), key)
-        if saved:  # one step count per flat partition: the run's
-            step = max(float(st["step"]) for st in saved.values())
-            for st in self._base.state.values():
-                if "step" in st:
-                    st["step"] = torch.tensor(step)
+        for st in self._base.state.values():
+            if "step" in st:
+                st["step"] = torch.tensor(step)
 
 
 def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:
