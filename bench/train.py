@@ -8,7 +8,16 @@ step (robust to other jobs on a shared machine). With a GPU it also reports
 MFU = 6 × params × tokens per sample × samples/s / peak FLOP/s (tokens: the prefix plus the action chunk);
 without one it records that no GPU was available. Writes ``bench/results/train.json`` and prints a Markdown table.
 
+Memory besides the run's peak RSS (which includes building the model): the bytes of the policy's weights as
+held in memory (``weights_mb``: a QLoRA base counts its packed 4-bit weights and their scales), the saved
+``model.safetensors`` (``ckpt_mb``), and, on CPU, the peak RSS of three optimizer steps on a freshly built policy
+after the kernel's high-water mark is reset (``step_peak_rss_mb``: what training needs once the model is built;
+measured first, before the run, so that nothing the run left behind counts).
+``--set KEY=VALUE`` overrides every preset's config as ``vlaforge train --KEY=VALUE`` does, e.g. LoRA vs QLoRA:
+
     python bench/train.py [--presets hybridvla_tiny,divla_tiny] [--steps 20] [--batch 8]
+    python bench/train.py --presets divla --batch 2 --steps 6 --size 64 \
+        --set policy.backbone.lora.quantize=nf4 --out bench/results/train_qlora.json
 """
 
 from __future__ import annotations
@@ -57,17 +66,57 @@ def _tokens_per_sample(policy, root: Path) -> float:
     return float(ctx.mask.sum(-1).float().mean()) * frames + policy.cfg.chunk
 
 
-def worker(preset: str, data: Path, steps: int, batch: int, out: Path) -> dict:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (``VmRSS``) or its high-water mark (``VmHWM``), from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _step_peak_rss_mb(cfg, batch: int, steps: int = 3) -> float | None:
+    """Peak RSS of ``steps`` AdamW steps (bf16 autocast as the run has it) on a policy built from ``cfg``, after
+    resetting the kernel's high-water mark once it is built; None off Linux. Run first, in a fresh process."""
+    import gc
+
+    import torch
+
+    from vlaforge.processors.base import collate
+    from vlaforge.train.trainer import _prepare
+
+    reader, policy = _prepare(cfg)
+    policy.train()
+    pipeline = policy.train_pipeline()
+    batch_ = collate([pipeline(reader[i]) for i in range(batch)])
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = policy.loss(batch_)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return _rss_mb("VmHWM")
+
+
+def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides: list[str]) -> dict:
     """Train one preset in this process; return its numbers (run in a subprocess by ``main``)."""
     import torch
 
+    from vlaforge.config import parse_overrides
     from vlaforge.policy import VLAPolicy
     from vlaforge.presets import get_preset
+    from vlaforge.quantize import parameter_count
     from vlaforge.train.trainer import train
 
-    cfg = get_preset(preset)
+    cfg = parse_overrides(get_preset(preset), [f"--{o.removeprefix('--')}" for o in overrides])
     cfg = cfg.replace(data=cfg.data.replace(path=str(data)), out=str(out), steps=steps, batch_size=batch,
                       save_every=steps, log_every=1)
+    step_peak = None if torch.cuda.is_available() else _step_peak_rss_mb(cfg, batch)
     t0 = time.perf_counter()
     final = train(cfg, show_progress=False)
     wall = time.perf_counter() - t0
@@ -77,9 +126,11 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path) -> dict:
     seconds = sum(per_step)
     median = per_step[len(per_step) // 2]
     policy = VLAPolicy.from_pretrained(final)
-    params = sum(p.numel() for p in policy.parameters())
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    result = {"preset": preset, "backbone": cfg.policy.backbone.type, "head": cfg.policy.head.type,
+    params, trainable = parameter_count(policy), parameter_count(policy, trainable=True)
+    weights_mb = sum(t.numel() * t.element_size() for t in policy.state_dict().values()) / 2**20
+    result = {"preset": preset, "overrides": overrides, "backbone": cfg.policy.backbone.type,
+              "head": cfg.policy.head.type, "weights_mb": weights_mb,
+              "ckpt_mb": (final / "model.safetensors").stat().st_size / 2**20,
               "params_m": params / 1e6, "trainable_m": trainable / 1e6, "steps": steps, "batch_size": batch,
               "samples_per_s": len(timed) * batch / seconds, "step_ms": 1000 * seconds / len(timed),
               "step_ms_median": 1000 * median, "samples_per_s_median": batch / median,
@@ -102,6 +153,7 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path) -> dict:
         result["gpu"] = None
         result["mfu"] = "no GPU available"
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    result["step_peak_rss_mb"] = step_peak
     return result
 
 
@@ -113,13 +165,16 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--length", type=int, default=40)
     ap.add_argument("--size", type=int, default=32, help="camera resolution of the synthetic dataset")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override every preset's config (as `vlaforge train --KEY=VALUE`); repeatable")
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, Path(args.data), args.steps, args.batch, Path(args.run))))
+        print("RESULT " + json.dumps(worker(args.worker, Path(args.data), args.steps, args.batch, Path(args.run),
+                                            args.set)))
         return
     if args.steps <= WARMUP:
         ap.error(f"--steps must be > {WARMUP} (the warm-up steps are not timed)")
@@ -132,7 +187,8 @@ def main() -> None:
         data = _synthetic_dataset(Path(tmp) / "data", args.episodes, args.length, args.size)
         for preset in presets:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", preset, "--data", str(data),
-                   "--run", str(Path(tmp) / preset), "--steps", str(args.steps), "--batch", str(args.batch)]
+                   "--run", str(Path(tmp) / preset), "--steps", str(args.steps), "--batch", str(args.batch),
+                   *[f"--set={o}" for o in args.set]]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode or line is None:
@@ -148,23 +204,28 @@ def main() -> None:
               "camera_size": args.size, "episodes": args.episodes, "episode_length": args.length,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+              "overrides": args.set,
               "note": None if torch.cuda.is_available() else "no GPU available: MFU not measured",
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.steps} steps ({WARMUP} warm-up) of batch {args.batch}, 2 cameras {args.size}px, "
           f"{result['machine']} x{result['cpus']}, {result['gpu'] or 'no GPU'}\n")
+    if args.set:
+        print("overrides: " + " ".join(f"--{o}" for o in args.set) + "\n")
     print("| preset | backbone + head | params (M) | samples/s (mean) | median step (ms) | peak RSS (MB) "
-          "| tokens/sample | MFU |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+          "| step peak RSS (MB) | weights (MB) | tokens/sample | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['preset']} | failed | | | | | | |")
+            print(f"| {r['preset']} | failed | | | | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if isinstance(r.get("mfu"), float) else "n/a (no GPU)"
         tok = f"{r['tokens_per_sample']:.0f}" if r.get("tokens_per_sample") else "?"
+        step_rss = f"{r['step_peak_rss_mb']:.0f}" if r.get("step_peak_rss_mb") else "n/a"
         print(f"| {r['preset']} | {r['backbone']} + {r['head']} | {r['params_m']:.2f} | {r['samples_per_s']:.1f} "
-              f"| {r['step_ms_median']:.0f} | {r['peak_rss_mb']:.0f} | {tok} | {mfu} |")
+              f"| {r['step_ms_median']:.0f} | {r['peak_rss_mb']:.0f} | {step_rss} | {r['weights_mb']:.0f} | {tok} "
+              f"| {mfu} |")
 
 
 if __name__ == "__main__":

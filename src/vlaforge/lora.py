@@ -8,8 +8,10 @@ the tuner layer is replaced by that base layer. The result has the state-dict ke
 LoRA, and its config has ``backbone.lora = None``, so ``save_pretrained`` writes a checkpoint that
 ``VLAPolicy.from_pretrained`` loads without peft.
 
-QLoRA (a 4-bit quantized base through bitsandbytes) is not supported: bitsandbytes needs a GPU build and the
-merge would have to dequantize; train a LoRA on a float/bf16 base instead.
+A QLoRA policy (``lora.quantize`` = nf4/fp4) merges into float: each 4-bit base is dequantized, the adapters'
+``B @ A * scaling`` added, and a plain ``nn.Linear`` put in its place (peft's own bnb merge would re-quantize the
+sum to 4 bits, losing the adapters' small update in the rounding); the LM's other 4-bit layers are dequantized too.
+The merged policy has ``lora = None`` and needs neither peft nor bitsandbytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -53,11 +56,23 @@ def merge_lora(policy: VLAPolicy, inplace: bool = False) -> VLAPolicy:
     layers = _tuner_layers(policy.backbone.model)
     if not layers:
         raise ValueError("merge_lora: backbone.lora is set but the model holds no peft LoRA layers")
+    from vlaforge.quantize import dequantize_all, dequantize_weight, dequantized_linear, is_4bit
+
     for name, layer in layers:
         parent_name, _, child = name.rpartition(".")
         parent = policy.backbone.model.get_submodule(parent_name)
-        layer.merge(safe_merge=True)
-        setattr(parent, child, layer.get_base_layer())
+        base = layer.get_base_layer()
+        if is_4bit(base):
+            w = dequantize_weight(base)
+            delta = sum(layer.get_delta_weight(a).to(w.dtype) for a in layer.active_adapters)
+            merged_w = w + delta
+            if not torch.isfinite(merged_w).all():
+                raise ValueError(f"merge_lora: NaN/inf in the merged weight of {name}")
+            setattr(parent, child, dequantized_linear(base, merged_w))
+        else:
+            layer.merge(safe_merge=True)
+            setattr(parent, child, base)
+    dequantize_all(policy.backbone.model)  # 4-bit layers without an adapter
     for mod in policy.backbone.model.modules():
         if hasattr(mod, "peft_config"):
             del mod.peft_config

@@ -354,8 +354,8 @@ class VLAPolicy(nn.Module):
         missing, unexpected = load_model(policy, str(directory / "model.safetensors"), strict=False,
                                          device=str(map_location))
         if missing or unexpected:
-            raise ValueError(f"{directory}/model.safetensors does not match the config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise ValueError(f"{directory}/model.safetensors does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
         policy.robot = RobotSpec.from_json(meta["robot"])
         policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
         policy.outputs = Pipeline.load(directory / "processors", "outputs")

@@ -135,3 +135,108 @@ def test_lora_init_options_build_train_and_merge(dataset, tmp_path, init):
     loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     torch.testing.assert_close(actions(loaded, batch), expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(actions(loaded.merge_lora(), batch), expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ QLoRA: a 4-bit base through bitsandbytes
+def _linears_4bit(policy: VLAPolicy) -> list[str]:
+    from vlaforge.quantize import is_4bit
+
+    return [n for n, m in policy.named_modules() if is_4bit(m)]
+
+
+@pytest.mark.parametrize(("backbone", "quant"), [("smolvlm", "nf4"), ("qwen2_vl", "fp4")])
+def test_qlora_quantizes_the_lm_and_trains_only_adapters_and_the_parts_outside_the_vlm(dataset, backbone, quant):
+    plain, batch = make_policy(dataset, backbone, "mlp", LoraConfig(r=4, alpha=8))
+    policy, _ = make_policy(dataset, backbone, "mlp", LoraConfig(r=4, alpha=8, quantize=quant))
+    lm = policy.backbone.components()["lm"]
+    lm_linears = [n for n, m in plain.backbone.components()["lm"].named_modules()
+                  if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+    quantized = [n for n, m in lm.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert quantized and len(quantized) == len(lm_linears)  # every LM linear, LoRA targets or not
+    assert not [n for n in _linears_4bit(policy) if not n.startswith("backbone.model")]
+    assert type(policy.backbone._lm_head[0]) is torch.nn.Linear  # the LM head and the vision tower stay float
+    assert not [m for m in policy.backbone.components()["vision"].modules() if type(m).__name__ == "Linear4bit"]
+    # the LM's linear weights take about 1/4 of the bytes (4 bits + scales vs 32 bits)
+    lm_bytes = sum(t.numel() * t.element_size() for n, t in lm.state_dict().items() if "lora_" not in n)
+    plain_bytes = sum(t.numel() * t.element_size() for n, t in plain.backbone.components()["lm"].state_dict().items()
+                      if "lora_" not in n)
+    assert lm_bytes < 0.5 * plain_bytes
+    # same seed, so the 4-bit base is the float one quantized: within NF4/FP4's step of each block's absmax, and
+    # the whole model computes close to the float one (both start with B = 0: the adapters are a no-op)
+    from vlaforge.quantize import dequantize_weight
+
+    for name in quantized:
+        w = dict(plain.backbone.components()["lm"].named_modules())[name].weight
+        err = (dequantize_weight(lm.get_submodule(name)) - w).abs()
+        assert err.max() < 0.2 * w.abs().max() and err.mean() < 0.15 * w.abs().mean(), name
+    with torch.no_grad():
+        h_q, h_f = policy.backbone.encode(batch).hidden, plain.backbone.encode(batch).hidden
+    assert torch.nn.functional.cosine_similarity(h_q.flatten(), h_f.flatten(), dim=0) > 0.95
+    perturb_adapters(policy)
+    policy.train()
+    policy.loss(batch)["loss"].backward()
+    vlm = {id(p) for p in policy.backbone.model.parameters()}
+    for name, p in policy.named_parameters():
+        expected = "lora_" in name or id(p) not in vlm
+        assert (p.grad is not None) == expected, name
+    assert all(p.grad.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_" in n)
+
+
+def test_qlora_survives_eval_then_training_and_round_trips_a_checkpoint(dataset, tmp_path):
+    policy, batch = make_policy(dataset, "smolvlm", "mlp", LoraConfig(r=4, alpha=8, quantize="nf4"))
+    perturb_adapters(policy)
+    expected = actions(policy, batch)  # eval mode (bitsandbytes' CPU eval repacking would break what follows)
+    policy.train()
+    policy.loss(batch)["loss"].backward()
+    out = policy.save_pretrained(tmp_path / "ckpt")
+    saved = load_file(str(out / "model.safetensors"))
+    packed = [k for k, v in saved.items() if k.endswith("base_layer.weight") and v.dtype == torch.uint8]
+    assert packed and all(f"{k}.absmax" in saved for k in packed)
+    loaded = VLAPolicy.from_pretrained(out)
+    assert _linears_4bit(loaded) == _linears_4bit(policy)
+    for (n, a), b in zip(policy.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), n  # the packed weights and their quantization state, bit for bit
+    torch.testing.assert_close(actions(loaded, batch), expected, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ConfigError, match="lora.quantize"):
+        LoraConfig(quantize="int3")
+
+
+def test_qlora_loads_a_float_checkpoint_by_quantizing_it(dataset):
+    plain, _ = make_policy(dataset, "smolvlm", "mlp", LoraConfig(r=4, alpha=8))
+    policy, _ = make_policy(dataset, "smolvlm", "mlp", LoraConfig(r=4, alpha=8, quantize="nf4"))
+    with torch.no_grad():
+        for p in plain.backbone.components()["lm"].parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # so that loading has something to change
+    before = policy.state_dict()
+    policy.load_state_dict(plain.state_dict())
+    after = policy.state_dict()
+    changed = [k for k, v in after.items() if k.endswith("base_layer.weight") and not torch.equal(v, before[k])]
+    assert changed
+    from vlaforge.quantize import dequantize_weight
+
+    layer = policy.backbone.components()["lm"].layers[0].self_attn.q_proj.base_layer
+    target = plain.backbone.components()["lm"].layers[0].self_attn.q_proj.base_layer.weight
+    err = (dequantize_weight(layer) - target).abs().max() / target.abs().max()
+    assert err < 0.15  # NF4: within a quantization step of the block's absmax
+
+
+@pytest.mark.parametrize(("backbone", "head"), [("smolvlm", "mlp"), ("qwen2_vl", "dit")])
+def test_qlora_merged_export_is_a_float_policy_acting_like_the_adapter_model(dataset, tmp_path, backbone, head):
+    policy, batch = make_policy(dataset, backbone, head, LoraConfig(r=4, alpha=8, quantize="nf4",
+                                                                    targets=("q_proj", "v_proj")))
+    with torch.no_grad():
+        for p in policy.head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    before = actions(policy, batch)
+    perturb_adapters(policy)
+    adapted = actions(policy, batch)
+    assert not torch.allclose(before, adapted, atol=1e-3)
+    merged = policy.merge_lora()
+    assert _linears_4bit(policy) and not _linears_4bit(merged)  # un-adapted 4-bit layers are dequantized too
+    assert merged.cfg.backbone.lora is None and not lora_parameter_names(merged)
+    torch.testing.assert_close(actions(merged, batch), adapted, atol=1e-4, rtol=1e-4)
+    plain, _ = make_policy(dataset, backbone, head)
+    assert merged.state_dict().keys() == plain.state_dict().keys()
+    assert all(v.is_floating_point() for v in merged.state_dict().values() if v.dtype != torch.long)
+    loaded = VLAPolicy.from_pretrained(merged.save_pretrained(tmp_path / "merged"))
+    torch.testing.assert_close(actions(loaded, batch), adapted, atol=1e-4, rtol=1e-4)

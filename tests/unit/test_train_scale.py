@@ -108,18 +108,23 @@ def _common(root: Path) -> list[str]:
             "--optim.lr=1e-3", "--optim.warmup_steps=0", "--ema=0.5"]
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
-def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_path, engine):
+# QLoRA: a 4-bit NF4 language model with LoRA adapters (dropout 0: each process draws its own dropout masks)
+QLORA = ["--backbone.lora.r=4", "--backbone.lora.quantize=nf4", "--backbone.lora.dropout=0"]
+
+
+@pytest.mark.parametrize(("engine", "extra"), [("ddp", []), ("fsdp", []), pytest.param("ddp", QLORA, id="ddp-qlora")])
+def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_path, engine, extra):
     """torchrun + gloo, 2 processes x batch 4 vs 1 process x batch 8: the same parameters (raw and EMA) within
     PARAM_ATOL. Then a 2-process run stopped at step 2 and resumed ends bit-identical to the uninterrupted one.
 
     ddp: accelerate's DDP; fsdp: torch's fully_shard (FSDP2) over every decoder layer / block; checkpoints hold the
-    gathered weights, the gathered optimizer state (by parameter name) and every rank's RNG.
+    gathered weights, the gathered optimizer state (by parameter name) and every rank's RNG. ddp-qlora: the same
+    with a 4-bit base (its packed weights, identical on every process, are broadcast and saved as they are).
     """
     from vlaforge.cli.main import main
 
     root, _ = dataset
-    common = _common(root)
+    common = [*_common(root), *extra]
     assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
     two_args = [*common, "--batch_size=4", f"--distributed={engine}"]
     _torchrun([*two_args, "--out", str(tmp_path / "two")])
@@ -271,3 +276,40 @@ def test_deepspeed_config_is_filled_from_the_training_config_and_checked(tmp_pat
     from vlaforge.train.runtime import DeepSpeed
 
     assert not DeepSpeed.supports_ema  # the trainer refuses --ema with it, naming ddp / fsdp
+
+
+def test_qlora_trains_with_ema_resumes_exactly_and_exports_a_float_policy(dataset, tmp_path):
+    from vlaforge.backbones.base import LoraConfig
+    from vlaforge.cli.main import main as cli_main
+    from vlaforge.lora import lora_parameter_names
+    from vlaforge.processors import collate
+    from vlaforge.quantize import is_4bit
+    from vlaforge.train.runtime import DeepSpeed, TorchFSDP
+
+    root, _ = dataset
+    pol = tiny_policy_config("mlp", chunk=1)
+    pol = pol.replace(backbone=pol.backbone.replace(lora=LoraConfig(r=4, alpha=8, quantize="nf4")))
+    kw = dict(policy=pol, ema=0.9, steps=6, save_every=3)
+    full = train(_cfg(root, tmp_path / "full", **kw), show_progress=False)
+    train(_cfg(root, tmp_path / "cut", stop_at=3, **kw), show_progress=False)
+    resumed = train(_cfg(root, tmp_path / "cut", resume=True, **kw), show_progress=False)
+    losses = _losses(tmp_path / "full")
+    assert _losses(tmp_path / "cut") == losses
+    ema_w, raw_w = _weights(full), load_file(str(full / "train_state" / "raw_model.safetensors"))
+    assert _max_diff(_weights(resumed), ema_w) == 0
+    packed = [k for k, v in raw_w.items() if v.dtype == torch.uint8]
+    assert packed and all(torch.equal(ema_w[k], raw_w[k]) for k in packed)  # the frozen 4-bit base, untouched
+    lora_b = [v for k, v in raw_w.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the adapters trained
+
+    policy = VLAPolicy.from_pretrained(full)
+    assert any(is_4bit(m) for m in policy.modules())
+    assert cli_main(["export", str(full), "--out", str(tmp_path / "merged"), "--merge_lora"]) == 0
+    merged = VLAPolicy.from_pretrained(tmp_path / "merged")
+    assert not any(is_4bit(m) for m in merged.modules()) and not lora_parameter_names(merged)
+    from vlaforge.data.lerobot import LeRobotDataset
+
+    reader = LeRobotDataset(root, chunk=1)
+    batch = collate([policy.inputs(reader[i]) for i in (0, 5, 9)])
+    torch.testing.assert_close(merged.sample(batch), policy.sample(batch), atol=1e-4, rtol=1e-4)
+    assert not TorchFSDP.supports_4bit and not DeepSpeed.supports_4bit  # the trainer refuses QLoRA with them

@@ -51,7 +51,8 @@ class LoraConfig(ConfigBase):
     proprio/readout parts outside the VLM always train fully (OpenVLA, RoboVLMs, DexVLA). ``init`` is peft's
     ``init_lora_weights``: "default" (B = 0), "gaussian", or the SVD/QR ones "pissa" / "olora", which also rewrite
     the base weights (the checkpoint stores them). ``vlaforge.lora.merge_lora`` folds the adapters back in.
-    QLoRA (a 4-bit base through bitsandbytes) is not offered: bitsandbytes needs a GPU build.
+    ``quantize`` = "nf4" / "fp4" is QLoRA: the language model's linear layers are stored frozen in 4 bits through
+    bitsandbytes (``double_quant`` also quantizes their scales) and the adapters train on top (vlaforge.quantize).
     """
 
     r: int = 16
@@ -60,6 +61,8 @@ class LoraConfig(ConfigBase):
     targets: tuple[str, ...] = ()  # module-name suffixes; empty: the family's attention + MLP projections
     init: str = "default"
     full: tuple[str, ...] = ()  # VLM components still trained fully next to the adapters: "vision", "projector"
+    quantize: str = "none"  # QLoRA: "nf4" | "fp4" stores the LM's linear layers in 4 bits (bitsandbytes)
+    double_quant: bool = True  # QLoRA's double quantization of the 4-bit blocks' scales
 
     def validate(self) -> None:
         self.check(self.r >= 1, "r", ">= 1")
@@ -68,6 +71,10 @@ class LoraConfig(ConfigBase):
             raise ConfigError("backbone.lora.init", f"one of {LORA_INITS}", self.init)
         if any(c not in ("vision", "projector") for c in self.full):
             raise ConfigError("backbone.lora.full", "a subset of ('vision', 'projector')", self.full)
+        from vlaforge.quantize import QUANT_TYPES
+
+        if self.quantize not in QUANT_TYPES:
+            raise ConfigError("backbone.lora.quantize", f"one of {QUANT_TYPES}", self.quantize)
 
 
 @dataclass(frozen=True)
@@ -240,10 +247,17 @@ class Backbone(nn.Module):
         cfg = self.cfg
         parts = self.components()
         if cfg.lora is not None:
+            from vlaforge.quantize import import_bitsandbytes
+
+            import_bitsandbytes(required=False)  # peft imports it if installed; this keeps its import quiet
             from peft import LoraConfig as PeftLoraConfig
             from peft import inject_adapter_in_model
 
             targets = list(cfg.lora.targets or self.default_lora_targets)
+            if cfg.lora.quantize != "none":  # before peft, which then wraps the 4-bit layers with its bnb LoRA
+                from vlaforge.quantize import quantize_linears
+
+                quantize_linears(parts["lm"], cfg.lora.quantize, cfg.lora.double_quant, skip=[self._lm_head[0]])
             init = True if cfg.lora.init == "default" else cfg.lora.init
             inject_adapter_in_model(PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, init_lora_weights=init,
                                                    lora_dropout=cfg.lora.dropout, target_modules=targets),
@@ -284,8 +298,8 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------ token helpers
     @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+    def dtype(self) -> torch.dtype:  # the first float parameter's (a QLoRA base holds packed uint8 weights)
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     def lm_spec(self) -> LMSpec:
         """Layers, heads and head size of the decoder (read from its config)."""

@@ -45,6 +45,7 @@ class SingleProcess:
     rank, world, is_main = 0, 1, True
     shards = False  # parameters become shards: the optimizer (and EMA) are built after shard()
     supports_ema = True  # the unwrapped model's parameters are full, trainable weights an EMA can average
+    supports_4bit = True  # a QLoRA base (bitsandbytes' packed uint8 weights + quantization state) trains as is
 
     def __init__(self, precision: str) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,6 +138,7 @@ class TorchFSDP(_ProcessGroup, SingleProcess):
     """
 
     shards = True
+    supports_4bit = False  # FSDP would flatten and shard the packed weights apart from their quantization state
 
     def __init__(self, precision: str) -> None:
         import os
@@ -324,6 +326,7 @@ class DeepSpeed(Accelerated):
         self._boundary = True
         self._group_names: list[list[str]] = []
 
+    supports_4bit = False  # ZeRO partitions / casts the packed weights apart from their quantization state
     supports_ema = False  # ZeRO-3 partitions the parameters and bf16 casts them: no full fp32 weights to average
     autocast = SingleProcess.autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
 

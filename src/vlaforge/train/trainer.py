@@ -11,19 +11,20 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vlaforge.config import Paths, atomic_write_text
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import VLAPolicy
+from vlaforge.quantize import parameter_count
 from vlaforge.train.checkpoint import gather_rng_states, load_train_state, load_train_weights, save_checkpoint
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.data import augmentation, make_loader
@@ -184,6 +185,17 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> Path:
         torch.set_num_threads(threads)  # cfg.threads is this run's setting, not the caller's
 
 
+def _float_only(multi_avg_fn: Callable) -> Callable:
+    """An EMA update that leaves integer parameters alone: a QLoRA base's packed 4-bit weights are frozen, and
+    torch's EMA would round ``decay * w + (1 - decay) * w`` back into uint8 (AveragedModel groups by dtype)."""
+
+    def update(ema_params: list[Tensor], model_params: list[Tensor], n_averaged: Tensor) -> None:
+        if ema_params and ema_params[0].is_floating_point():
+            multi_avg_fn(ema_params, model_params, n_averaged)
+
+    return update
+
+
 def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     out, resume = Path(cfg.out), cfg.resume
     last = Paths.last_checkpoint(out)
@@ -195,6 +207,11 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     if cfg.ema > 0 and not runtime.supports_ema:
         raise NotImplementedError(f"--ema is not supported with --distributed={cfg.distributed} (its parameters are "
                                   f"partitioned or cast); use --distributed=ddp or fsdp for EMA")
+    lora = cfg.policy.backbone.lora
+    if lora is not None and lora.quantize != "none" and not runtime.supports_4bit:
+        raise NotImplementedError(f"backbone.lora.quantize={lora.quantize!r} (QLoRA) is not supported with "
+                                  f"--distributed={cfg.distributed} (it shards or casts the packed 4-bit weights); "
+                                  f"use --distributed=none or ddp")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
     reader, policy = _prepare(cfg)
     if runtime.rank > 0:
@@ -208,7 +225,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
 
         # parameters only: vlaforge's buffers are constants (bins, ids, image stats), and under FSDP the buffers
         # are plain tensors while the parameters are DTensor shards (one foreach update cannot mix them)
-        ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+        ema = AveragedModel(policy, multi_avg_fn=_float_only(get_ema_multi_avg_fn(cfg.ema)), use_buffers=False)
     if resume:  # weights go into the full modules, before any sharding
         load_train_weights(last.resolve(), policy, ema)
     if runtime.shards:  # FSDP: parameters become shards (the EMA's alike), so the optimizer is built on them
@@ -226,7 +243,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
     runtime.barrier()
-    n_params = sum(p.numel() for p in policy.parameters())
+    n_params = parameter_count(policy)
     pipeline = policy.train_pipeline(augmentation(cfg.data, list(policy.cfg.cameras)))
     accum = cfg.grad_accum
     loader = make_loader(reader, pipeline, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start * accum,
