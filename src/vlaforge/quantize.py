@@ -56,7 +56,9 @@ def import_bitsandbytes(required: bool = True) -> Any:
 
 
 def is_4bit(module: nn.Module) -> bool:
-    return type(module).__name__ == "Linear4bit" and hasattr(module.weight, "quant_state")
+    """A bitsandbytes 4-bit linear layer (not peft's LoRA wrapper around one); no import of bitsandbytes needed."""
+    cls = type(module)
+    return cls.__name__ == "Linear4bit" and cls.__module__.startswith("bitsandbytes.")
 
 
 def _load_quantized(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
