@@ -147,22 +147,29 @@ def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_pat
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "two")
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(dataset, tmp_path, stage):
+@pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (3, "fp32"), (2, "bf16")])
+def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(dataset, tmp_path, stage,
+                                                                                     precision):
     """accelerate's DeepSpeed integration, ZeRO-2 / ZeRO-3 from the shipped configs/deepspeed/*.json, gloo on CPU:
     the same parameters as one process (PARAM_ATOL); stopped at step 2 and resumed, bit-identical to the
-    uninterrupted run; the checkpoint (gathered fp32 master weights) loads as an ordinary one."""
+    uninterrupted run; the checkpoint (gathered fp32 master weights) loads as an ordinary one.
+
+    bf16: DeepSpeed computes with bf16 weights (fp32 masters), one process with fp32 weights under bf16 autocast,
+    so they agree only to bf16 precision (measured 4.6e-3 after 4 Adam steps at lr 1e-3, losses within 1 %); the
+    resume must still be exact, which needs the fp32 masters restored from the checkpoint, not rebuilt from the
+    bf16-cast module."""
     from vlaforge.cli.main import main
 
     root, _ = dataset
-    common = [a for a in _common(root) if not a.startswith("--ema")]
+    common = [*(a for a in _common(root) if not a.startswith("--ema")), f"--precision={precision}"]
+    atol, rtol = (PARAM_ATOL, 1e-4) if precision == "fp32" else (1e-2, 2e-2)
     assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
     config = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / f"zero{stage}.json"
     two_args = [*common, "--batch_size=4", "--distributed=deepspeed", f"--deepspeed_config={config}"]
     _torchrun([*two_args, "--out", str(tmp_path / "two")])
     one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
-    assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL
-    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-4)
+    assert _max_diff(_weights(one), _weights(two)) < atol
+    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=rtol)
     opt_one, opt_two = (load_file(str(c / "train_state" / "optimizer.safetensors")) for c in (one, two))
     assert opt_one.keys() == opt_two.keys()  # the same named, gathered optimizer state as a torch run
     assert VLAPolicy.from_pretrained(two).cfg.head.type == "mlp"

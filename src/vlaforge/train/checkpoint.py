@@ -177,9 +177,12 @@ def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[s
 
 def load_train_state(ckpt: Path, runtime: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any) -> dict[str, Any]:
-    """Restore optimizer (into a prepared, possibly sharded model), scheduler and this rank's RNG."""
+    """Restore an engine's master weights and the optimizer (into a prepared, possibly sharded model), the
+    scheduler and this rank's RNG."""
     state = read_train_state(ckpt)
     ts = ckpt / "train_state"
+    raw = ts / "raw_model.safetensors"
+    runtime.load_master_weights(model, load_file(str(raw if raw.is_file() else ckpt / "model.safetensors")))
     per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, v in load_file(str(ts / "optimizer.safetensors")).items():
         name, field = key.rsplit("/", 1)
