@@ -6,9 +6,10 @@ frozen base weight in 4 bits with blockwise absmax scales (``double_quant`` quan
 does). peft then wraps these layers with its bitsandbytes LoRA layers, so the adapters train in the input's
 dtype on top of a dequantized-on-the-fly base. A checkpoint stores the packed weights and their quantization
 state as plain tensors (``weight``, ``weight.absmax``, ``weight.quant_map``, ...), so it is ~4x smaller for the
-LM, and loads back bit-exactly; a float state dict loaded into a quantized layer is quantized on the way in
-(``--init_from`` a full-precision checkpoint). :func:`vlaforge.lora.merge_lora` dequantizes and folds the adapters
-into plain float ``nn.Linear`` layers, so the exported policy needs neither peft nor bitsandbytes.
+LM, and loads back bit-exactly; a float state dict loaded into a quantized layer (``policy.load_state_dict`` of
+a LoRA or fully trained policy's weights) is quantized on the way in. :func:`vlaforge.lora.merge_lora`
+dequantizes and folds the adapters into plain float ``nn.Linear`` layers, so the exported policy needs neither
+peft nor bitsandbytes.
 
 bitsandbytes 0.50 runs on the CPU (its own C kernels) as well as on CUDA. Two of its CPU behaviours are turned
 off here, with reasons: (1) in eval mode it repacks the weight into an AVX512-BF16 layout in place, after which a
@@ -71,7 +72,7 @@ def _load_quantized(module: nn.Module, state_dict: dict[str, Any], prefix: str, 
         return  # torch reports it missing
     data = state_dict[key]
     device = module.weight.device
-    if data.is_floating_point():  # a full-precision weight (e.g. --init_from a LoRA or fully trained checkpoint)
+    if data.is_floating_point():  # a full-precision weight (a LoRA or fully trained policy's)
         expected = (module.out_features, module.in_features)
         if tuple(data.shape) != expected:
             raise ValueError(f"{key}: expected a float weight of shape {expected} to quantize, got "
