@@ -101,6 +101,15 @@ def save_state_dict(weights: dict[str, Tensor], path: str | Path) -> None:
     save_file(out, str(path))
 
 
+def load_weights(module: nn.Module, path: str | Path, device: str = "cpu") -> None:
+    """Load a safetensors file into ``module`` (tied tensors restored); a mismatch is a ValueError naming the
+    file and the first missing / unexpected names."""
+    missing, unexpected = load_model(module, str(path), strict=False, device=device)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
 class VLAPolicy(nn.Module):
     """A VLA policy. Build with ``VLAPolicy(cfg)`` for training or ``VLAPolicy.from_pretrained(ckpt)``."""
 
@@ -351,11 +360,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"{cfg_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
         cfg = PolicyConfig.from_dict(meta["policy"])
         policy = cls(cfg, assets=directory / "tokenizer")
-        missing, unexpected = load_model(policy, str(directory / "model.safetensors"), strict=False,
-                                         device=str(map_location))
-        if missing or unexpected:
-            raise ValueError(f"{directory}/model.safetensors does not match the config: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        load_weights(policy, directory / "model.safetensors", device=str(map_location))
         policy.robot = RobotSpec.from_json(meta["robot"])
         policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
         policy.outputs = Pipeline.load(directory / "processors", "outputs")

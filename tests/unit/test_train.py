@@ -68,3 +68,15 @@ def test_missing_data_or_stats_fail_clearly(dataset, tmp_path):
     (copy / "meta/stats.json").unlink()
     with pytest.raises(Exception, match="vlaforge stats"):
         train(_cfg(copy, tmp_path / "y", "tokens", 1), show_progress=False)
+
+
+def test_weights_that_do_not_match_the_model_fail_clearly(tmp_path):
+    """Checkpoint and resume loading share one check; it names the missing and unexpected tensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vlaforge.policy import load_weights
+
+    save_file({"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=r"does not match the model: missing \['bias'\], unexpected \['extra'\]"):
+        load_weights(torch.nn.Linear(3, 2), tmp_path / "w.safetensors")

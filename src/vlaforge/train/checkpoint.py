@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import load_file, save_file
 
 from vlaforge.config import Paths
-from vlaforge.policy import VLAPolicy, save_state_dict
+from vlaforge.policy import VLAPolicy, load_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,6 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any,
     return final
 
 
-def _load_weights(model: torch.nn.Module, path: Path, ckpt: Path) -> None:
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{ckpt}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
 def read_train_state(ckpt: Path) -> dict[str, Any]:
     """``train_state/state.json`` of a resumable training checkpoint (clear errors otherwise)."""
     ts = ckpt / "train_state"
@@ -168,9 +162,9 @@ def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[s
     if (ema is None) != (not raw.is_file()):
         raise ValueError(f"{ckpt}: the checkpoint was written with{'out' if not raw.is_file() else ''} EMA; resume "
                          f"with the same --ema setting")
-    _load_weights(policy, raw if ema is not None else ckpt / "model.safetensors", ckpt)
+    load_weights(policy, raw if ema is not None else ckpt / "model.safetensors")
     if ema is not None:
-        _load_weights(ema.module, ckpt / "model.safetensors", ckpt)
+        load_weights(ema.module, ckpt / "model.safetensors")
         ema.n_averaged.fill_(state["ema_n_averaged"])
     return state
 
