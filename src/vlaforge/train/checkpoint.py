@@ -155,14 +155,20 @@ def read_train_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
+def _trained_weights(ckpt: Path) -> Path:
+    """The file of the weights the optimizer trains: the raw ones of an EMA run, else the published ones."""
+    raw = ckpt / "train_state" / "raw_model.safetensors"
+    return raw if raw.is_file() else ckpt / "model.safetensors"
+
+
 def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[str, Any]:
     """Restore the weights (and the EMA's) into the unwrapped, unsharded modules; returns ``state.json``."""
     state = read_train_state(ckpt)
-    raw = ckpt / "train_state" / "raw_model.safetensors"
-    if (ema is None) != (not raw.is_file()):
-        raise ValueError(f"{ckpt}: the checkpoint was written with{'out' if not raw.is_file() else ''} EMA; resume "
+    has_ema = (ckpt / "train_state" / "raw_model.safetensors").is_file()
+    if (ema is not None) != has_ema:
+        raise ValueError(f"{ckpt}: the checkpoint was written with{'' if has_ema else 'out'} EMA; resume "
                          f"with the same --ema setting")
-    load_weights(policy, raw if ema is not None else ckpt / "model.safetensors")
+    load_weights(policy, _trained_weights(ckpt))
     if ema is not None:
         load_weights(ema.module, ckpt / "model.safetensors")
         ema.n_averaged.fill_(state["ema_n_averaged"])
@@ -175,8 +181,7 @@ def load_train_state(ckpt: Path, runtime: Any, model: torch.nn.Module, optimizer
     scheduler and this rank's RNG."""
     state = read_train_state(ckpt)
     ts = ckpt / "train_state"
-    raw = ts / "raw_model.safetensors"
-    runtime.load_master_weights(model, load_file(str(raw if raw.is_file() else ckpt / "model.safetensors")))
+    runtime.load_master_weights(model, _trained_weights(ckpt))
     per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, v in load_file(str(ts / "optimizer.safetensors")).items():
         name, field = key.rsplit("/", 1)

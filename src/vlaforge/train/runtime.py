@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import resource
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,9 +93,10 @@ class SingleProcess:
         return get_optimizer_state_dict(self.unwrap(model), optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=self.shards))
 
-    def load_master_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-        """After ``prepare``: restore master weights an engine keeps apart from the module. Here the module's own
-        parameters are the master weights, already loaded before ``prepare`` (``load_train_weights``)."""
+    def load_master_weights(self, model: nn.Module, path: Path) -> None:
+        """After ``prepare``: restore, from the safetensors file ``path``, master weights an engine keeps apart from
+        the module. Here the module's own parameters are the master weights, already loaded before ``prepare``
+        (``load_train_weights``), so nothing is read."""
 
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Load :meth:`optimizer_state`'s format (every rank passes the full state; sharded runs keep their shard)."""
@@ -417,12 +419,14 @@ class DeepSpeed(Accelerated):
                   for g, names in zip(self._base.param_groups, self._group_names, strict=True)]
         return {"state": state, "param_groups": groups}
 
-    def load_master_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    def load_master_weights(self, model: nn.Module, path: Path) -> None:
         """DeepSpeed builds its fp32 master copies from the module as ``deepspeed.initialize`` cast it: under bf16
         that rounds the checkpoint's fp32 weights to bf16 and a resumed run drifts from the uninterrupted one. Set
         the masters from the checkpoint (their bf16 copies are unchanged: the same rounding of the same values)."""
         from deepspeed.utils import safe_set_full_fp32_param
+        from safetensors.torch import load_file
 
+        weights = load_file(str(path))
         for name, p in self.unwrap(model).named_parameters():
             if p.requires_grad and name in weights:
                 safe_set_full_fp32_param(p, weights[name].to(self.device, torch.float32))
