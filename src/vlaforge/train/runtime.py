@@ -208,12 +208,16 @@ class Accelerated(_ProcessGroup, SingleProcess):
         if kind != "ddp":
             raise ValueError(f"distributed: expected none | ddp | fsdp | deepspeed, got {kind!r}")
         # find_unused_parameters: heads may leave parts idle on a step (hybrid modes, guidance dropout)
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(),
-                               mixed_precision="bf16" if precision == "bf16" else "no",
-                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.is_main = self.acc.is_main_process
-        self.device = self.acc.device
+        self._use(Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="bf16" if precision == "bf16" else "no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]))
+
+    def _use(self, acc: Any) -> None:
+        """Take rank, world size and device from accelerate's ``Accelerator``."""
+        self.acc = acc
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
+        self.device = acc.device
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         return self.acc.prepare(model, optimizer)
@@ -236,7 +240,6 @@ class Accelerated(_ProcessGroup, SingleProcess):
         return self.acc.clip_grad_norm_(model.parameters(), max_norm)
 
 
-
 # DeepSpeed config fields that vlaforge's own training config decides
 _DS_FILLED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
 
@@ -249,7 +252,6 @@ def deepspeed_config(path: str, batch_size: int, grad_accum: int, world: int, gr
     AdamW and the schedule from ``--optim``) or fp16 (use ``--precision=bf16``) is an error naming the field.
     """
     import json
-    from pathlib import Path
 
     file = Path(path)
     if not file.is_file():
@@ -314,20 +316,17 @@ class DeepSpeed(Accelerated):
         self.accum = cfg.grad_accum
         ds = deepspeed_config(cfg.deepspeed_config, cfg.batch_size, cfg.grad_accum, int(os.environ["WORLD_SIZE"]),
                               cfg.optim.grad_clip, precision)
-        self.acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False),
-                               mixed_precision="bf16" if precision == "bf16" else "no",
-                               gradient_accumulation_steps=cfg.grad_accum,
-                               kwargs_handlers=[InitProcessGroupKwargs(
-                                   backend="nccl" if torch.cuda.is_available() else "gloo")])
+        self._use(Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False),
+                              mixed_precision="bf16" if precision == "bf16" else "no",
+                              gradient_accumulation_steps=cfg.grad_accum,
+                              kwargs_handlers=[InitProcessGroupKwargs(
+                                  backend="nccl" if torch.cuda.is_available() else "gloo")]))
         # accelerate registers the ZeRO-3 config with transformers, which then builds every model inside
         # deepspeed.zero.Init (already partitioned), which breaks the random init of from-config models: models are
         # built whole and partitioned by deepspeed.initialize in prepare() instead
         from transformers.integrations import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.is_main = self.acc.is_main_process
-        self.device = self.acc.device
         self.bf16 = precision == "bf16"
         self._boundary = True
         self._group_names: list[list[str]] = []
