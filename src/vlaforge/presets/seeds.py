@@ -18,8 +18,9 @@ plus activations; ZeRO-2 shards gradients + moments, ZeRO-3 / FSDP full-shard ev
 
 ``batch_size`` is per device, as in the seeds' scripts; multiply by the GPU count for the global batch.
 Where a seed uses DeepSpeed, the preset asks for ``distributed="fsdp"`` (torch's fully_shard, ZeRO-3-like),
-except DexVLA, whose EMA is not supported under FSDP yet: it uses ``ddp`` (≈ 2.6 B parameters fit an 80 GB GPU
-with bf16 autocast). ``--distributed deepspeed`` is refused until it is verified on GPUs.
+except DexVLA, which uses ``ddp`` (≈ 2.6 B parameters fit an 80 GB GPU with bf16 autocast). The seeds' own engine
+is one flag away: ``--distributed=deepspeed --deepspeed_config=configs/deepspeed/zero2.json`` (or ``zero3.json``;
+verified on CPU processes only, and without EMA, which DeepSpeed's partitioned bf16 parameters do not allow).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _dexvla(tiny: bool, stage: int) -> TrainConfig:
         optim = OptimConfig(lr=2e-5, weight_decay=0.0, betas=HF_BETAS, warmup_steps=80, min_lr_ratio=0.0)
         steps = 80_000
     return _train(policy, tiny, optim=optim, steps=steps, batch_size=12, data=_dexvla_data(), precision="bf16",
-                  ema=0.9999, distributed="ddp", init_from=None)  # EMA is not supported under fsdp yet
+                  ema=0.9999, distributed="ddp", init_from=None)
 
 
 @PRESETS.register("dexvla_stage2")
