@@ -147,10 +147,18 @@ def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_pat
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "two")
 
 
-@pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (3, "fp32"), (2, "bf16")])
+_NEEDS_CXX = pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed's CPU Adam is compiled on first use")
+
+
+@pytest.mark.parametrize(("stage", "precision"), [
+    (2, "fp32"), (3, "fp32"), (2, "bf16"),
+    # ZeRO-Offload: accelerate swaps our AdamW for DeepSpeed's C++ CPU Adam (JIT-built once, ~40 s, needs a C++
+    # compiler); ZeRO-3 also offloads the parameters
+    pytest.param("2_offload", "bf16", marks=_NEEDS_CXX), pytest.param("3_offload", "fp32", marks=_NEEDS_CXX)])
 def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(dataset, tmp_path, stage,
                                                                                      precision):
-    """accelerate's DeepSpeed integration, ZeRO-2 / ZeRO-3 from the shipped configs/deepspeed/*.json, gloo on CPU:
+    """accelerate's DeepSpeed integration, ZeRO-2 / ZeRO-3 (and with offload) from the shipped
+    configs/deepspeed/*.json, gloo on CPU:
     the same parameters as one process (PARAM_ATOL); stopped at step 2 and resumed, bit-identical to the
     uninterrupted run; the checkpoint (gathered fp32 master weights) loads as an ordinary one.
 
@@ -173,6 +181,9 @@ def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exac
     opt_one, opt_two = (load_file(str(c / "train_state" / "optimizer.safetensors")) for c in (one, two))
     assert opt_one.keys() == opt_two.keys()  # the same named, gathered optimizer state as a torch run
     assert VLAPolicy.from_pretrained(two).cfg.head.type == "mlp"
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert (summary["distributed"], summary["processes"]) == ("deepspeed", 2)
+    assert summary["optimizer"] == ("DeepSpeedCPUAdam" if "offload" in str(stage) else "AdamW")
 
     _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--stop_at=2"])
     _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--resume"])

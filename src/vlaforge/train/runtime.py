@@ -58,6 +58,10 @@ class SingleProcess:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
+    def stepping_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
+        """The optimizer that updates the weights, under whatever wrapper :meth:`prepare` returned."""
+        return getattr(optimizer, "optimizer", optimizer)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -338,8 +342,22 @@ class DeepSpeed(Accelerated):
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         names = {id(p): n for n, p in model.named_parameters()}
         self._group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-        self._base = optimizer  # DeepSpeed flattens its param groups into partitions; state stays in it
         return self.acc.prepare(model, optimizer)
+
+    @property
+    def _base(self) -> torch.optim.Optimizer:
+        """The optimizer DeepSpeed steps: ours, with its param groups flattened into partitions, or, with
+        ``offload_optimizer``, the ``DeepSpeedCPUAdam`` accelerate built from our groups (the same group dicts, so
+        the schedule's learning rates reach it)."""
+        return self.acc.deepspeed_engine_wrapped.engine.optimizer.optimizer
+
+    def stepping_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
+        return self._base
+
+    def _step_value(self, step: float) -> Any:
+        """An Adam step count as the stepping optimizer keeps it: a tensor in torch's AdamW, an int in DeepSpeed's
+        CPU Adam (which hands it to its C++ kernel)."""
+        return torch.tensor(step) if isinstance(self._base, torch.optim.AdamW) else int(step)
 
     def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
         if micro_batches != self.accum:
@@ -451,7 +469,7 @@ class DeepSpeed(Accelerated):
             flats = list(zero.fp32_partitioned_groups_flat)
         for hp in flats:
             st = zero.optimizer.state[hp]
-            st.setdefault("step", torch.tensor(step))
+            st.setdefault("step", self._step_value(step))
             for key in ("exp_avg", "exp_avg_sq"):
                 st.setdefault(key, torch.zeros_like(hp))
         self._zero()  # link the new state slices to their parameters
@@ -461,7 +479,7 @@ class DeepSpeed(Accelerated):
                     safe_set_full_optimizer_state(p, saved[name][key].to(self.device), key)
         for st in self._base.state.values():
             if "step" in st:
-                st["step"] = torch.tensor(step)
+                st["step"] = self._step_value(step)
 
 
 def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:

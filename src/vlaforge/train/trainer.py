@@ -283,6 +283,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     logger.close()
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     summary = {"steps": step, "planned_steps": cfg.steps, "stopped_early": stopped_early,
-               "minutes": (time.time() - t0) / 60, "params": n_params}
+               "minutes": (time.time() - t0) / 60, "params": n_params, "distributed": cfg.distributed,
+               "processes": runtime.world, "optimizer": type(runtime.stepping_optimizer(optimizer)).__name__}
     atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return Paths.last_checkpoint(out).resolve()
