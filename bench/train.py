@@ -4,9 +4,14 @@ Writes a synthetic LeRobot v3 dataset (two cameras, 32 px, with ``bench/data.py`
 preset for ``--steps`` steps in its own subprocess, so that the peak resident memory (``ru_maxrss``) is that
 preset's alone. Throughput is samples/s over the steps after two warm-up steps, from the run's
 ``metrics.jsonl`` (the trainer logs ``samples_per_s`` per step with ``log_every=1``): the mean, and the median
-step (robust to other jobs on a shared machine). With a GPU it also reports
-MFU = 6 × params × tokens per sample × samples/s / peak FLOP/s (tokens: the prefix plus the action chunk);
-without one it records that no GPU was available. Writes ``bench/results/train.json`` and prints a Markdown table.
+step (robust to other jobs on a shared machine).
+
+Model FLOPs utilization: MFU = training FLOPs per sample × samples/s (median step) / peak FLOP/s. The FLOPs per
+sample are counted by torch's ``FlopCounterMode`` over one forward + backward of a freshly built policy (not
+6 × params × tokens: frozen weights get no weight-gradient matmuls, LoRA and repeated diffusion steps count as they
+run). The peak is the data sheet's dense bf16 / fp32 rate on a known GPU and, on a CPU, the measured rate of a
+2048² matmul at the run's precision and thread count (``peak_source`` says which). Writes
+``bench/results/train.json`` and prints a Markdown table.
 
 Memory besides the run's peak RSS (which includes building the model): the bytes of the policy's weights as
 held in memory (``weights_mb``: a QLoRA base counts its packed 4-bit weights and their scales), the saved
@@ -74,33 +79,73 @@ def _rss_mb(field: str = "VmRSS") -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _step_peak_rss_mb(cfg, batch: int, steps: int = 3) -> float | None:
-    """Peak RSS of ``steps`` AdamW steps (bf16 autocast as the run has it) on a policy built from ``cfg``, after
-    resetting the kernel's high-water mark once it is built; None off Linux. Run first, in a fresh process."""
+def _matmul_peak_flops(precision: str, n: int = 2048, reps: int = 10) -> float:
+    """This CPU's dense matmul rate (FLOP/s, best of ``reps`` n×n matmuls at the run's precision and threads): the
+    denominator of MFU where no data sheet applies (AMX makes bf16 ≈ 4× fp32 here)."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _fresh_policy_step(cfg, batch: int, steps: int = 3) -> dict:
+    """Build a policy from ``cfg`` as training does, then measure on it, before the timed run:
+
+    - ``step_peak_rss_mb`` (CPU, Linux): peak RSS of ``steps`` AdamW steps (autocast as the run has it) after
+      resetting the kernel's high-water mark once the policy is built: what training needs beyond building it;
+    - ``flops_per_sample``: the matmul / attention FLOPs of one training forward + backward, counted by torch's
+      ``FlopCounterMode`` and divided by the batch. Counted, not estimated: frozen weights get no weight-gradient
+      matmuls, repeated diffusion steps and every camera's vision tokens count. Gradient checkpointing is switched
+      off while counting, so its recomputed forward does not count (model FLOPs, not hardware FLOPs).
+    """
     import gc
 
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from vlaforge.processors.base import collate
-    from vlaforge.train.trainer import _prepare
+    from vlaforge.quantize import flop_formulas
+    from vlaforge.train.trainer import build_reader_and_policy
 
-    reader, policy = _prepare(cfg)
-    policy.train()
+    reader, policy = build_reader_and_policy(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy.to(device).train()
     pipeline = policy.train_pipeline()
     batch_ = collate([pipeline(reader[i]) for i in range(batch)])
+    batch_ = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch_.items()}
+
+    def loss() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return policy.loss(batch_)["loss"]
+
+    out: dict = {"step_peak_rss_mb": None}
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        resettable = device.type == "cpu"
     except OSError:
-        return None
+        resettable = False
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = policy.loss(batch_)["loss"]
-        loss.backward()
+        loss().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return _rss_mb("VmHWM")
+    if resettable:
+        out["step_peak_rss_mb"] = _rss_mb("VmHWM")
+    disable = getattr(policy.backbone.model, "activation_checkpointing_disable", None)
+    if cfg.policy.backbone.gradient_checkpointing and disable is not None:
+        disable()
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:  # + bitsandbytes' 4-bit matmul
+        loss().backward()
+    out["flops_per_sample"] = counter.get_total_flops() / batch
+    return out
 
 
 def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides: list[str]) -> dict:
@@ -116,7 +161,11 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides
     cfg = parse_overrides(get_preset(preset), [f"--{o.removeprefix('--')}" for o in overrides])
     cfg = cfg.replace(data=cfg.data.replace(path=str(data)), out=str(out), steps=steps, batch_size=batch,
                       save_every=steps, log_every=1)
-    step_peak = None if torch.cuda.is_available() else _step_peak_rss_mb(cfg, batch)
+    fresh = _fresh_policy_step(cfg, batch)
+    if torch.cuda.is_available():  # the run's own peak, not the measuring policy's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    peak_flops, peak_source = _peak_flops(cfg.precision)
     t0 = time.perf_counter()
     final = train(cfg, show_progress=False)
     wall = time.perf_counter() - t0
@@ -141,20 +190,30 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides
     except Exception as e:  # a diagnostic only; never fail the benchmark on it
         result["tokens_per_sample"] = None
         result["tokens_error"] = f"{type(e).__name__}: {e}"[:200]
+    result["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    if result["gpu"]:
+        result["gpu_peak_mem_gb"] = max((r.get("peak_mem_gb") or 0.0 for r in rows), default=None)
+    # MFU on the median step (the mean carries the shared machine's hiccups)
+    result["flops_per_sample"] = fresh["flops_per_sample"]
+    result["achieved_tflops"] = fresh["flops_per_sample"] * result["samples_per_s_median"] / 1e12
+    result["peak_tflops"] = peak_flops / 1e12 if peak_flops else None
+    result["peak_source"] = peak_source
+    result["mfu"] = result["achieved_tflops"] / result["peak_tflops"] if peak_flops else None
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    result["step_peak_rss_mb"] = fresh["step_peak_rss_mb"]
+    return result
+
+
+def _peak_flops(precision: str) -> tuple[float | None, str]:
+    """The MFU denominator: a GPU's data-sheet dense peak, or this CPU's measured matmul rate."""
+    import torch
+
+    kind = "bf16" if precision == "bf16" else "fp32"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-        result["gpu"] = name
-        if peak and result["tokens_per_sample"]:
-            flops = 6 * params * result["tokens_per_sample"] * result["samples_per_s"]
-            result["mfu"] = flops / peak["bf16" if cfg.precision == "bf16" else "fp32"]
-        result["gpu_peak_mem_gb"] = max((r.get("peak_mem_gb") or 0.0 for r in rows), default=None)
-    else:
-        result["gpu"] = None
-        result["mfu"] = "no GPU available"
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-    result["step_peak_rss_mb"] = step_peak
-    return result
+        peak = next((v[kind] for k, v in PEAK_FLOPS.items() if k in name), None)
+        return peak, f"{name} data sheet, dense {kind}" if peak else f"{name}: not in PEAK_FLOPS"
+    return _matmul_peak_flops(precision), f"measured 2048² {kind} matmul on this CPU"
 
 
 def main() -> None:
@@ -205,7 +264,7 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "overrides": args.set,
-              "note": None if torch.cuda.is_available() else "no GPU available: MFU not measured",
+              "peak_source": next((r["peak_source"] for r in rows if "peak_source" in r), None),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -214,18 +273,22 @@ def main() -> None:
     if args.set:
         print("overrides: " + " ".join(f"--{o}" for o in args.set) + "\n")
     print("| preset | backbone + head | params (M) | samples/s (mean) | median step (ms) | peak RSS (MB) "
-          "| step peak RSS (MB) | weights (MB) | tokens/sample | MFU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| step peak RSS (MB) | weights (MB) | tokens/sample | GFLOP/sample | TFLOP/s | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['preset']} | failed | | | | | | | | |")
+            print(f"| {r['preset']} | failed |" + " |" * 10)
             continue
-        mfu = f"{r['mfu']:.1%}" if isinstance(r.get("mfu"), float) else "n/a (no GPU)"
+        mfu = f"{r['mfu']:.1%}" if isinstance(r.get("mfu"), float) else "n/a"
         tok = f"{r['tokens_per_sample']:.0f}" if r.get("tokens_per_sample") else "?"
         step_rss = f"{r['step_peak_rss_mb']:.0f}" if r.get("step_peak_rss_mb") else "n/a"
         print(f"| {r['preset']} | {r['backbone']} + {r['head']} | {r['params_m']:.2f} | {r['samples_per_s']:.1f} "
               f"| {r['step_ms_median']:.0f} | {r['peak_rss_mb']:.0f} | {step_rss} | {r['weights_mb']:.0f} | {tok} "
-              f"| {mfu} |")
+              f"| {r['flops_per_sample'] / 1e9:.2f} | {r['achieved_tflops']:.3f} | {mfu} |")
+    peaks = sorted(r["peak_tflops"] for r in rows if r.get("peak_tflops"))
+    if peaks:  # on a CPU each preset's process measures its own (a busy machine lowers it)
+        span = f"{peaks[0]:.3f}" if peaks[0] == peaks[-1] else f"{peaks[0]:.3f}–{peaks[-1]:.3f}"
+        print(f"\nMFU against: {result['peak_source']} ({span} TFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -240,3 +240,21 @@ def test_qlora_merged_export_is_a_float_policy_acting_like_the_adapter_model(dat
     assert all(v.is_floating_point() for v in merged.state_dict().values() if v.dtype != torch.long)
     loaded = VLAPolicy.from_pretrained(merged.save_pretrained(tmp_path / "merged"))
     torch.testing.assert_close(actions(loaded, batch), adapted, atol=1e-4, rtol=1e-4)
+
+
+def test_qlora_training_flops_are_counted_like_the_float_models(dataset):
+    """bench/train.py counts MFU's FLOPs with torch's FlopCounterMode, which does not know bitsandbytes' fused 4-bit
+    matmul (a custom op): without ``quantize.flop_formulas`` a QLoRA base's forward matmuls counted nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vlaforge.quantize import flop_formulas
+
+    counts = []
+    for quantize in ("none", "nf4"):
+        policy, batch = make_policy(dataset, "smolvlm", "mlp", LoraConfig(r=4, alpha=8, quantize=quantize))
+        policy.train()
+        with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
+            policy.loss(batch)["loss"].backward()
+        counts.append(counter.get_total_flops())
+    assert counter.get_flop_counts()["Global"][torch.ops.bitsandbytes.gemm_4bit] > 0
+    assert counts[0] == counts[1] > 0

@@ -175,11 +175,10 @@ def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[s
     return state
 
 
-def load_train_state(ckpt: Path, runtime: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any) -> dict[str, Any]:
+def load_train_state(ckpt: Path, state: dict[str, Any], runtime: Any, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Restore an engine's master weights and the optimizer (into a prepared, possibly sharded model), the
-    scheduler and this rank's RNG."""
-    state = read_train_state(ckpt)
+    scheduler and this rank's RNG; ``state`` is the ``state.json`` :func:`load_train_weights` returned."""
     ts = ckpt / "train_state"
     runtime.load_master_weights(model, _trained_weights(ckpt))
     per_param: dict[str, dict[str, torch.Tensor]] = {}
@@ -192,4 +191,3 @@ def load_train_state(ckpt: Path, runtime: Any, model: torch.nn.Module, optimizer
     sched.pop("lr_lambdas", None)
     scheduler.__dict__.update(sched)
     _set_rng_state(load_file(str(ts / "rng.safetensors")), runtime.rank)
-    return state

@@ -106,7 +106,9 @@ def _mixture_paths(cfg: TrainConfig) -> dict[str, tuple[Path, float]]:
     return out
 
 
-def _prepare(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
+def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
+    """The training data reader and the policy exactly as :func:`train` builds them (not yet on a device): from
+    ``cfg.policy`` with the data's robot and statistics, fitted to the training actions, or from ``init_from``."""
     opts = {"history": cfg.policy.history, "chunk": cfg.policy.chunk, "video_cache": cfg.data.video_cache}
     parts = _mixture_paths(cfg)
     if parts:
@@ -213,7 +215,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                                   f"--distributed={cfg.distributed} (it shards or casts the packed 4-bit weights); "
                                   f"use --distributed=none or ddp")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
-    reader, policy = _prepare(cfg)
+    reader, policy = build_reader_and_policy(cfg)
     if runtime.rank > 0:
         seed_everything(cfg.seed + runtime.rank)  # then different noise per process; the data stream is shared
     cfg = cfg.replace(policy=policy.cfg)
@@ -227,7 +229,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         # are plain tensors while the parameters are DTensor shards (one foreach update cannot mix them)
         ema = AveragedModel(policy, multi_avg_fn=_float_only(get_ema_multi_avg_fn(cfg.ema)), use_buffers=False)
     if resume:  # weights go into the full modules, before any sharding
-        load_train_weights(last.resolve(), policy, ema)
+        state = load_train_weights(last.resolve(), policy, ema)
     if runtime.shards:  # FSDP: parameters become shards (the EMA's alike), so the optimizer is built on them
         runtime.shard(policy)
         if ema is not None:
@@ -237,7 +239,8 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     model, optimizer = runtime.prepare(policy, optimizer)
     start = 0
     if resume:
-        start = load_train_state(last.resolve(), runtime, model, raw_optimizer, scheduler)["step"]
+        load_train_state(last.resolve(), state, runtime, model, raw_optimizer, scheduler)
+        start = state["step"]
         log.info("resuming %s at step %d", out, start)
     elif runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)

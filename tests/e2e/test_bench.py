@@ -1,0 +1,78 @@
+"""bench/train.py's model-FLOPs count and MFU: counted FLOPs behave as training FLOPs must, and the script's JSON
+is self-consistent. Speed itself is measured by the benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import tiny_policy_config
+from vlaforge.train.config import DataConfig, TrainConfig
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "train.py"
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    spec = importlib.util.spec_from_file_location("_bench_train", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cfg(data: Path, **backbone) -> TrainConfig:
+    policy = tiny_policy_config("mlp")
+    return TrainConfig(policy=policy.replace(backbone=policy.backbone.replace(**backbone)),
+                       data=DataConfig(path=str(data)), batch_size=2)
+
+
+def test_counted_training_flops_follow_what_trains(bench_train, dataset):
+    """Forward + backward of an all-trainable policy costs about 3 forwards (the backward computes input and
+    weight gradients); freezing the VLM removes its weight-gradient matmuls, not its input-gradient ones (the
+    proprio token, trained, enters the language model's input); gradient checkpointing's recomputed forward is
+    not counted (model FLOPs)."""
+    from vlaforge.processors.base import collate
+    from vlaforge.train.trainer import build_reader_and_policy
+
+    root, _ = dataset
+    cfg = _cfg(root)
+    reader, policy = build_reader_and_policy(cfg)
+    policy.train()
+    pipeline = policy.train_pipeline()
+    batch = collate([pipeline(reader[i]) for i in range(2)])
+    with FlopCounterMode(display=False) as counter:
+        policy.loss(batch)
+    forward = counter.get_total_flops() / 2
+
+    full = bench_train._fresh_policy_step(cfg, batch=2, steps=1)["flops_per_sample"]
+    assert 2.5 * forward < full <= 3 * forward
+    frozen = bench_train._fresh_policy_step(_cfg(root, freeze=("vision", "projector", "lm")), 2, 1)
+    assert forward < frozen["flops_per_sample"] < 2 * forward < full
+    ckpt = bench_train._fresh_policy_step(_cfg(root, gradient_checkpointing=True), 2, 1)
+    assert ckpt["flops_per_sample"] == full
+    assert full > 0
+
+
+def test_train_bench_reports_consistent_throughput_and_mfu(tmp_path):
+    out = tmp_path / "train.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--presets", "divla_tiny", "--steps", "3", "--batch", "2",
+                           "--episodes", "2", "--length", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["flops_per_sample"] > 0 and row["peak_tflops"] > 0
+    assert row["achieved_tflops"] == pytest.approx(row["flops_per_sample"] * row["samples_per_s_median"] / 1e12)
+    assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["peak_tflops"])
+    assert 0 < row["mfu"] < 1
+    assert result["peak_source"] == row["peak_source"]
+    assert ("data sheet" if torch.cuda.is_available() else "measured") in row["peak_source"]
+    assert "| divla_tiny |" in proc.stdout and "MFU against" in proc.stdout
