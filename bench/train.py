@@ -41,10 +41,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WARMUP = 2
-# Dense peak FLOP/s per precision, by a substring of torch.cuda.get_device_name() (vendor data sheets).
-PEAK_FLOPS = {"H200": {"bf16": 989e12, "fp32": 67e12}, "H100": {"bf16": 989e12, "fp32": 67e12},
-              "A100": {"bf16": 312e12, "fp32": 19.5e12}, "L40": {"bf16": 181e12, "fp32": 90.5e12},
-              "4090": {"bf16": 165e12, "fp32": 82.6e12}, "A6000": {"bf16": 155e12, "fp32": 38.7e12}}
+# Dense peak FLOP/s per precision (vendor data sheets), by a substring of torch.cuda.get_device_name(); the first
+# match wins, so a variant comes before its family's name ("H100 PCIe" before "H100", "L40S" before "L40").
+PEAK_FLOPS = {"H100 PCIe": {"bf16": 756e12, "fp32": 51e12}, "H100 NVL": {"bf16": 835e12, "fp32": 60e12},
+              "H200": {"bf16": 989e12, "fp32": 67e12}, "H100": {"bf16": 989e12, "fp32": 67e12},
+              "A100": {"bf16": 312e12, "fp32": 19.5e12}, "L40S": {"bf16": 362e12, "fp32": 91.6e12},
+              "L40": {"bf16": 181e12, "fp32": 90.5e12}, "4090": {"bf16": 165e12, "fp32": 82.6e12},
+              "A6000": {"bf16": 155e12, "fp32": 38.7e12}}
 
 
 def _synthetic_dataset(root: Path, episodes: int, length: int, size: int) -> Path:
@@ -79,12 +82,12 @@ def _rss_mb(field: str = "VmRSS") -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _matmul_peak_flops(precision: str, n: int = 2048, reps: int = 10) -> float:
-    """This CPU's dense matmul rate (FLOP/s, best of ``reps`` n×n matmuls at the run's precision and threads): the
-    denominator of MFU where no data sheet applies (AMX makes bf16 ≈ 4× fp32 here)."""
+def _matmul_peak_flops(kind: str, n: int = 2048, reps: int = 10) -> float:
+    """This CPU's dense matmul rate (FLOP/s, best of ``reps`` n×n matmuls in ``kind`` = bf16 | fp32 at the run's
+    threads): the denominator of MFU where no data sheet applies (AMX makes bf16 several times fp32 here)."""
     import torch
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[kind]
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     best = float("inf")
@@ -100,18 +103,18 @@ def _fresh_policy_step(cfg, batch: int, steps: int = 3) -> dict:
 
     - ``step_peak_rss_mb`` (CPU, Linux): peak RSS of ``steps`` AdamW steps (autocast as the run has it) after
       resetting the kernel's high-water mark once the policy is built: what training needs beyond building it;
-    - ``flops_per_sample``: the matmul / attention FLOPs of one training forward + backward, counted by torch's
-      ``FlopCounterMode`` and divided by the batch. Counted, not estimated: frozen weights get no weight-gradient
-      matmuls, repeated diffusion steps and every camera's vision tokens count. Gradient checkpointing is switched
-      off while counting, so its recomputed forward does not count (model FLOPs, not hardware FLOPs).
+    - ``flops_per_sample``: the matmul / convolution / attention FLOPs of one training forward + backward, counted
+      by torch's ``FlopCounterMode`` (``vlaforge.train.flops``) and divided by the batch. Counted, not estimated:
+      frozen weights get no weight-gradient matmuls, repeated diffusion steps and every camera's vision tokens
+      count. Gradient checkpointing is switched off while counting, so its recomputed forward does not count
+      (attention's backward does count its recomputed scores, as torch counts it for the GPU kernels).
     """
     import gc
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from vlaforge.processors.base import collate
-    from vlaforge.quantize import flop_formulas
+    from vlaforge.train.flops import flop_counter
     from vlaforge.train.trainer import build_reader_and_policy
 
     reader, policy = build_reader_and_policy(cfg)
@@ -139,10 +142,13 @@ def _fresh_policy_step(cfg, batch: int, steps: int = 3) -> dict:
         opt.zero_grad(set_to_none=True)
     if resettable:
         out["step_peak_rss_mb"] = _rss_mb("VmHWM")
-    disable = getattr(policy.backbone.model, "activation_checkpointing_disable", None)
-    if cfg.policy.backbone.gradient_checkpointing and disable is not None:
+    if cfg.policy.backbone.gradient_checkpointing:
+        disable = getattr(policy.backbone.model, "activation_checkpointing_disable", None)
+        if disable is None:
+            raise RuntimeError(f"{type(policy.backbone.model).__name__} cannot switch gradient checkpointing off: "
+                               f"its recomputed forward would count as model FLOPs")
         disable()
-    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:  # + bitsandbytes' 4-bit matmul
+    with flop_counter() as counter:  # torch's counter + CPU attention and bitsandbytes' 4-bit matmul
         loss().backward()
     out["flops_per_sample"] = counter.get_total_flops() / batch
     return out
@@ -163,6 +169,9 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides
                       save_every=steps, log_every=1)
     fresh = _fresh_policy_step(cfg, batch)
     if torch.cuda.is_available():  # the run's own peak, not the measuring policy's
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     peak_flops, peak_source = _peak_flops(cfg.precision)
@@ -213,7 +222,7 @@ def _peak_flops(precision: str) -> tuple[float | None, str]:
         name = torch.cuda.get_device_name()
         peak = next((v[kind] for k, v in PEAK_FLOPS.items() if k in name), None)
         return peak, f"{name} data sheet, dense {kind}" if peak else f"{name}: not in PEAK_FLOPS"
-    return _matmul_peak_flops(precision), f"measured 2048² {kind} matmul on this CPU"
+    return _matmul_peak_flops(kind), f"measured 2048² {kind} matmul on this CPU"
 
 
 def main() -> None:

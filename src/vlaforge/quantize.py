@@ -172,16 +172,3 @@ def parameter_count(module: nn.Module, trainable: bool = False) -> int:
         total += state.shape.numel() if state is not None else p.numel()
     return total
 
-
-def _gemm_4bit_flops(a_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
-    """2 × (rows × out features) × in features: a dense matmul's FLOPs (the 4-bit weight is dequantized on the fly)."""
-    return 2 * int(torch.Size(out_shape).numel()) * int(a_shape[-1])
-
-
-def flop_formulas() -> dict[Any, Any]:
-    """FLOP formulas for ``torch.utils.flop_counter.FlopCounterMode(custom_mapping=...)``: bitsandbytes' fused
-    4-bit matmul is a custom op the counter does not know, so a QLoRA forward would count none of its base layers'
-    matmuls (their backward runs through ``torch.matmul`` and counts itself). Empty if bitsandbytes is absent."""
-    if import_bitsandbytes(required=False) is None:
-        return {}
-    return {torch.ops.bitsandbytes.gemm_4bit: _gemm_4bit_flops}  # keyed by overload packet

@@ -244,16 +244,14 @@ def test_qlora_merged_export_is_a_float_policy_acting_like_the_adapter_model(dat
 
 def test_qlora_training_flops_are_counted_like_the_float_models(dataset):
     """bench/train.py counts MFU's FLOPs with torch's FlopCounterMode, which does not know bitsandbytes' fused 4-bit
-    matmul (a custom op): without ``quantize.flop_formulas`` a QLoRA base's forward matmuls counted nothing."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from vlaforge.quantize import flop_formulas
+    matmul (a custom op): without ``vlaforge.train.flops`` a QLoRA base's forward matmuls counted nothing."""
+    from vlaforge.train.flops import flop_counter
 
     counts = []
     for quantize in ("none", "nf4"):
         policy, batch = make_policy(dataset, "smolvlm", "mlp", LoraConfig(r=4, alpha=8, quantize=quantize))
         policy.train()
-        with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
+        with flop_counter() as counter:
             policy.loss(batch)["loss"].backward()
         counts.append(counter.get_total_flops())
     assert counter.get_flop_counts()["Global"][torch.ops.bitsandbytes.gemm_4bit] > 0

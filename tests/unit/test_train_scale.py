@@ -282,8 +282,10 @@ def test_deepspeed_config_is_filled_from_the_training_config_and_checked(tmp_pat
                        ({"optimizer": {"type": "Adam"}}, r"optimizer: expected absent"),
                        ({"fp16": {"enabled": True}}, r"fp16.enabled: expected false"),
                        ({"bf16": {"enabled": False}}, r"bf16.enabled: expected true"),
-                       ({"zero_optimization": {"stage": 4}}, r"stage: expected 0, 1, 2 or 3, got 4")]:
-        path.write_text(json.dumps(bad))
+                       ({"zero_optimization": {"stage": 4}}, r"stage: expected 1, 2 or 3 .*, got 4"),
+                       ({"zero_optimization": {"stage": 0}}, r"for no ZeRO use --distributed=ddp\), got 0"),
+                       ({"zero_optimization": {}}, r"stage: expected 1, 2 or 3 .*, got 0")]:
+        path.write_text(json.dumps({"zero_optimization": {"stage": 2}, **bad}))
         with pytest.raises(ValueError, match=match):
             deepspeed_config(str(path), batch_size=4, grad_accum=2, world=2, grad_clip=0.5, precision="bf16")
     path.write_text("{not json")

@@ -92,6 +92,10 @@ class PrismaticModel(nn.Module):
         for m in (self.dino, self.siglip, self.llm):
             m.activation_checkpointing_enable(**kwargs)
 
+    def activation_checkpointing_disable(self) -> None:
+        for m in (self.dino, self.siglip, self.llm):
+            m.activation_checkpointing_disable()
+
     def resize_token_embeddings(self, n: int) -> Any:
         return self.llm.resize_token_embeddings(n)
 

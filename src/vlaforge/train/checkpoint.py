@@ -48,6 +48,8 @@ def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     for name, st in state["state"].items():
         for key, v in st.items():
             t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            if key == "step":  # float32 as torch's Adam keeps it (DeepSpeed's CPU Adam counts in a Python int)
+                t = t.float()
             tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
     return tensors, state["param_groups"]
 

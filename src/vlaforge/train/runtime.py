@@ -273,8 +273,9 @@ def deepspeed_config(path: str, batch_size: int, grad_accum: int, world: int, gr
     if ds.get("fp16", {}).get("enabled") not in (None, False, "auto"):
         raise ValueError("deepspeed_config.fp16.enabled: expected false (use --precision=bf16), got true")
     stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed_config.zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
+    if stage not in (1, 2, 3):  # stage 0 is plain data parallelism without ZeRO's partitioned optimizer
+        raise ValueError(f"deepspeed_config.zero_optimization.stage: expected 1, 2 or 3 (for no ZeRO use "
+                         f"--distributed=ddp), got {stage!r}")
     ours = dict(zip(_DS_FILLED, (batch_size, grad_accum, batch_size * grad_accum * world, grad_clip), strict=True))
     for key, value in ours.items():
         given = ds.get(key, "auto")
