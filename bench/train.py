@@ -10,7 +10,8 @@ Model FLOPs utilization: MFU = training FLOPs per sample × samples/s (median st
 sample are counted by torch's ``FlopCounterMode`` over one forward + backward of a freshly built policy (not
 6 × params × tokens: frozen weights get no weight-gradient matmuls, LoRA and repeated diffusion steps count as they
 run). The peak is the data sheet's dense bf16 / fp32 rate on a known GPU and, on a CPU, the measured rate of a
-2048² matmul at the run's precision and thread count (``peak_source`` says which). Writes
+2048² matmul at the run's precision and thread count, measured once between the presets' runs so that every row
+divides by the same number (``peak_source`` says which). Writes
 ``bench/results/train.json`` and prints a Markdown table.
 
 Memory besides the run's peak RSS (which includes building the model): the bytes of the policy's weights as
@@ -82,7 +83,7 @@ def _rss_mb(field: str = "VmRSS") -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _matmul_peak_flops(kind: str, n: int = 2048, reps: int = 10) -> float:
+def _matmul_peak_flops(kind: str, n: int = 2048, reps: int = 20) -> float:
     """This CPU's dense matmul rate (FLOP/s, best of ``reps`` n×n matmuls in ``kind`` = bf16 | fp32 at the run's
     threads): the denominator of MFU where no data sheet applies (AMX makes bf16 several times fp32 here)."""
     import torch
@@ -174,7 +175,6 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    peak_flops, peak_source = _peak_flops(cfg.precision)
     t0 = time.perf_counter()
     final = train(cfg, show_progress=False)
     wall = time.perf_counter() - t0
@@ -205,19 +205,16 @@ def worker(preset: str, data: Path, steps: int, batch: int, out: Path, overrides
     # MFU on the median step (the mean carries the shared machine's hiccups)
     result["flops_per_sample"] = fresh["flops_per_sample"]
     result["achieved_tflops"] = fresh["flops_per_sample"] * result["samples_per_s_median"] / 1e12
-    result["peak_tflops"] = peak_flops / 1e12 if peak_flops else None
-    result["peak_source"] = peak_source
-    result["mfu"] = result["achieved_tflops"] / result["peak_tflops"] if peak_flops else None
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     result["step_peak_rss_mb"] = fresh["step_peak_rss_mb"]
     return result
 
 
-def _peak_flops(precision: str) -> tuple[float | None, str]:
-    """The MFU denominator: a GPU's data-sheet dense peak, or this CPU's measured matmul rate."""
+def _peak_flops(kind: str) -> tuple[float | None, str]:
+    """The MFU denominator for ``kind`` = bf16 | fp32: a GPU's data-sheet dense peak, or this CPU's measured matmul
+    rate (measured once, in the parent, so that every row divides by the same number)."""
     import torch
 
-    kind = "bf16" if precision == "bf16" else "fp32"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         peak = next((v[kind] for k, v in PEAK_FLOPS.items() if k in name), None)
@@ -249,7 +246,8 @@ def main() -> None:
     from vlaforge.presets.seeds import SEED_PRESETS
 
     presets = [p for p in args.presets.split(",") if p] or [f"{n}_tiny" for n in SEED_PRESETS]
-    rows = []
+    rows: list[dict] = []
+    peaks: dict[str, tuple[float | None, str]] = {}
     env = {**os.environ, "VLAFORGE_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         data = _synthetic_dataset(Path(tmp) / "data", args.episodes, args.length, args.size)
@@ -264,6 +262,12 @@ def main() -> None:
                 print(f"{preset}: FAILED\n{rows[-1]['error']}", file=sys.stderr)
                 continue
             rows.append(json.loads(line[len("RESULT "):]))
+            kind = "bf16" if rows[-1]["precision"] == "bf16" else "fp32"
+            if kind not in peaks:  # between the presets' runs, never during one
+                peaks[kind] = _peak_flops(kind)
+            peak, rows[-1]["peak_source"] = peaks[kind]
+            rows[-1]["peak_tflops"] = peak / 1e12 if peak else None
+            rows[-1]["mfu"] = rows[-1]["achieved_tflops"] / rows[-1]["peak_tflops"] if peak else None
             print(f"{preset}: {rows[-1]['samples_per_s']:.1f} samples/s, {rows[-1]['peak_rss_mb']:.0f} MB",
                   file=sys.stderr)
     import torch
@@ -273,7 +277,7 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "overrides": args.set,
-              "peak_source": next((r["peak_source"] for r in rows if "peak_source" in r), None),
+              "peaks": {k: {"tflops": p / 1e12 if p else None, "source": src} for k, (p, src) in peaks.items()},
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -294,10 +298,8 @@ def main() -> None:
         print(f"| {r['preset']} | {r['backbone']} + {r['head']} | {r['params_m']:.2f} | {r['samples_per_s']:.1f} "
               f"| {r['step_ms_median']:.0f} | {r['peak_rss_mb']:.0f} | {step_rss} | {r['weights_mb']:.0f} | {tok} "
               f"| {r['flops_per_sample'] / 1e9:.2f} | {r['achieved_tflops']:.3f} | {mfu} |")
-    peaks = sorted(r["peak_tflops"] for r in rows if r.get("peak_tflops"))
-    if peaks:  # on a CPU each preset's process measures its own (a busy machine lowers it)
-        span = f"{peaks[0]:.3f}" if peaks[0] == peaks[-1] else f"{peaks[0]:.3f}–{peaks[-1]:.3f}"
-        print(f"\nMFU against: {result['peak_source']} ({span} TFLOP/s)")
+    for kind, (peak, source) in peaks.items():
+        print(f"\nMFU ({kind}) against: {source}" + (f", {peak / 1e12:.3f} TFLOP/s" if peak else ""))
 
 
 if __name__ == "__main__":

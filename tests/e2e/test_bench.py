@@ -82,6 +82,6 @@ def test_train_bench_reports_consistent_throughput_and_mfu(tmp_path):
     assert row["achieved_tflops"] == pytest.approx(row["flops_per_sample"] * row["samples_per_s_median"] / 1e12)
     assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["peak_tflops"])
     assert 0 < row["mfu"] < 1
-    assert result["peak_source"] == row["peak_source"]
+    assert result["peaks"]["fp32"] == {"tflops": row["peak_tflops"], "source": row["peak_source"]}
     assert ("data sheet" if torch.cuda.is_available() else "measured") in row["peak_source"]
-    assert "| divla_tiny |" in proc.stdout and "MFU against" in proc.stdout
+    assert "| divla_tiny |" in proc.stdout and "MFU (fp32) against: " in proc.stdout
