@@ -14,6 +14,7 @@ from vlaforge.heads.base import HEADS
 from vlaforge.lora import lora_parameter_names, merge_lora
 from vlaforge.policy import PolicyConfig, VLAPolicy
 from vlaforge.processors import collate
+from vlaforge.quantize import is_4bit
 
 IMAGE_SIZE = {"smolvlm": 32, "qwen2_vl": 56}
 
@@ -139,8 +140,6 @@ def test_lora_init_options_build_train_and_merge(dataset, tmp_path, init):
 
 # ------------------------------------------------------------------ QLoRA: a 4-bit base through bitsandbytes
 def _linears_4bit(policy: VLAPolicy) -> list[str]:
-    from vlaforge.quantize import is_4bit
-
     return [n for n, m in policy.named_modules() if is_4bit(m)]
 
 
@@ -151,11 +150,11 @@ def test_qlora_quantizes_the_lm_and_trains_only_adapters_and_the_parts_outside_t
     lm = policy.backbone.components()["lm"]
     lm_linears = [n for n, m in plain.backbone.components()["lm"].named_modules()
                   if isinstance(m, torch.nn.Linear) and "lora_" not in n]
-    quantized = [n for n, m in lm.named_modules() if type(m).__name__ == "Linear4bit"]
+    quantized = [n for n, m in lm.named_modules() if is_4bit(m)]
     assert quantized and len(quantized) == len(lm_linears)  # every LM linear, LoRA targets or not
     assert not [n for n in _linears_4bit(policy) if not n.startswith("backbone.model")]
     assert type(policy.backbone._lm_head[0]) is torch.nn.Linear  # the LM head and the vision tower stay float
-    assert not [m for m in policy.backbone.components()["vision"].modules() if type(m).__name__ == "Linear4bit"]
+    assert not [m for m in policy.backbone.components()["vision"].modules() if is_4bit(m)]
     # the LM's linear weights take about 1/4 of the bytes (4 bits + scales vs 32 bits)
     lm_bytes = sum(t.numel() * t.element_size() for n, t in lm.state_dict().items() if "lora_" not in n)
     plain_bytes = sum(t.numel() * t.element_size() for n, t in plain.backbone.components()["lm"].state_dict().items()

@@ -15,6 +15,7 @@ DeepSpeed's, not ours.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,18 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def _backend() -> str:
+    """torch.distributed's backend for this machine: NCCL on GPUs, gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _require_launcher(engine: str) -> None:
+    """A multi-process engine started without a launcher (no ``RANK`` in the environment) fails here, naming one."""
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"--distributed={engine} needs a launcher: torchrun --nproc_per_node N -m "
+                           f"vlaforge.cli.main train ... (or accelerate launch)")
 
 
 def _retie(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -151,16 +164,12 @@ class TorchFSDP(_ProcessGroup, SingleProcess):
     supports_4bit = False  # FSDP would flatten and shard the packed weights apart from their quantization state
 
     def __init__(self, precision: str) -> None:
-        import os
-
         import torch.distributed as dist
 
         cuda = torch.cuda.is_available()
         if not dist.is_initialized():
-            if "RANK" not in os.environ:
-                raise RuntimeError("--distributed=fsdp needs a launcher: torchrun --nproc_per_node N -m "
-                                   "vlaforge.cli.main train ... (or accelerate launch)")
-            dist.init_process_group("nccl" if cuda else "gloo")
+            _require_launcher("fsdp")
+            dist.init_process_group(_backend())
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
@@ -303,8 +312,6 @@ class DeepSpeed(Accelerated):
     """
 
     def __init__(self, precision: str, cfg: Any) -> None:
-        import os
-
         try:
             import deepspeed  # noqa: F401
         except ImportError:
@@ -313,9 +320,7 @@ class DeepSpeed(Accelerated):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
-        if "RANK" not in os.environ:
-            raise RuntimeError("--distributed=deepspeed needs a launcher: torchrun --nproc_per_node N -m "
-                               "vlaforge.cli.main train ... (or accelerate launch)")
+        _require_launcher("deepspeed")
         if cfg is None:
             raise ValueError("the DeepSpeed runtime needs the training config")
         self.accum = cfg.grad_accum
@@ -324,8 +329,7 @@ class DeepSpeed(Accelerated):
         self._use(Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False),
                               mixed_precision="bf16" if precision == "bf16" else "no",
                               gradient_accumulation_steps=cfg.grad_accum,
-                              kwargs_handlers=[InitProcessGroupKwargs(
-                                  backend="nccl" if torch.cuda.is_available() else "gloo")]))
+                              kwargs_handlers=[InitProcessGroupKwargs(backend=_backend())]))
         # accelerate registers the ZeRO-3 config with transformers, which then builds every model inside
         # deepspeed.zero.Init (already partitioned), which breaks the random init of from-config models: models are
         # built whole and partitioned by deepspeed.initialize in prepare() instead
@@ -346,11 +350,16 @@ class DeepSpeed(Accelerated):
         return self.acc.prepare(model, optimizer)
 
     @property
+    def _engine_optimizer(self) -> Any:
+        """DeepSpeed's ZeRO optimizer (partitions, fp32 masters), wrapping :attr:`_base`."""
+        return self.acc.deepspeed_engine_wrapped.engine.optimizer
+
+    @property
     def _base(self) -> torch.optim.Optimizer:
         """The optimizer DeepSpeed steps: ours, with its param groups flattened into partitions, or, with
         ``offload_optimizer``, the ``DeepSpeedCPUAdam`` accelerate built from our groups (the same group dicts, so
         the schedule's learning rates reach it)."""
-        return self.acc.deepspeed_engine_wrapped.engine.optimizer.optimizer
+        return self._engine_optimizer.optimizer
 
     def stepping_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
         return self._base
@@ -401,7 +410,7 @@ class DeepSpeed(Accelerated):
         """
         from deepspeed.utils import lazy_init_hp_params_optimizer_state
 
-        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
+        zero = self._engine_optimizer
         if hasattr(zero, "single_partition_of_fp32_groups"):
             for lp, hp in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
                 if hp in zero.optimizer.state:
@@ -462,7 +471,7 @@ class DeepSpeed(Accelerated):
             return
         # the state is created at the first step (zeros here, then filled); one step count per flat partition
         step = max(float(st["step"]) for st in saved.values())
-        zero = self.acc.deepspeed_engine_wrapped.engine.optimizer
+        zero = self._engine_optimizer
         if hasattr(zero, "single_partition_of_fp32_groups"):  # ZeRO 1/2: the partitions of groups with saved state
             flats = [hp for names, hp in zip(self._group_names, zero.single_partition_of_fp32_groups, strict=True)
                      if any(n in saved for n in names)]
@@ -486,8 +495,6 @@ class DeepSpeed(Accelerated):
 def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:
     """The runtime for ``--distributed``; ``cfg`` (the TrainConfig) fills DeepSpeed's batch and clipping fields."""
     if distributed == "none":
-        import os
-
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
             raise ValueError(f"launched on {world} processes but --distributed=none: pass --distributed=ddp "
