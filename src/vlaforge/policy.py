@@ -34,7 +34,7 @@ from vlaforge.processors.features import CheckFeatures
 from vlaforge.processors.image import ImageStep
 from vlaforge.processors.normalize import Normalize, PerDataset, Unnormalize
 from vlaforge.processors.text import Tokenize
-from vlaforge.types import ACTION, DATASET, OBS_STATE, TASK, FeatureMismatchError, RobotSpec, image_key
+from vlaforge.types import ACTION, DATASET, OBS_STATE, TASK, Context, FeatureMismatchError, RobotSpec, image_key
 
 
 def _default_backbone() -> BackboneConfig:
@@ -122,6 +122,8 @@ class VLAPolicy(nn.Module):
         self.backbone: Backbone = cfg.backbone.build(list(cfg.cameras), cfg.state_dim, assets)
         self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk, state_dim=cfg.state_dim,
                                    lm=self.backbone.lm_spec())
+        if any(getattr(m, "uses_action_tokens", False) for m in self.head.modules()):
+            self.backbone.check_action_tokens()
         self.reasoner = Reasoner(cfg.reasoning, self.backbone.hidden_size) if cfg.reasoning else None
         self.robot: RobotSpec | None = None
         self.dataset_stats: dict[str, Stats] = {}  # mixtures: every training dataset's statistics
@@ -248,8 +250,18 @@ class VLAPolicy(nn.Module):
         """The training loss (so that DDP/FSDP wrappers, which hook ``forward``, see the whole computation)."""
         return self.loss(batch)
 
-    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def _encode(self, batch: dict[str, Any]) -> Context:
+        """The prefix; its features in the head's dtype for readout heads (an fp32 head on a bf16 VLM)."""
         ctx = self.backbone.encode(batch, use_cache=self._use_cache)
+        dtype = next((p.dtype for p in self.head.parameters() if p.is_floating_point()), None)
+        if dtype is not None and ctx.hidden.dtype != dtype and not self.head.in_sequence:
+            ctx.hidden = ctx.hidden.to(dtype)
+            ctx.pooled = ctx.pooled.to(dtype) if ctx.pooled is not None else None
+            ctx.history = ctx.history.to(dtype) if ctx.history is not None else None
+        return ctx
+
+    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        ctx = self._encode(batch)
         r = self.reasoner.train_step(ctx, batch) if self.reasoner is not None else None
         out = self.head.loss(ctx, batch)
         if r is not None:
@@ -264,7 +276,7 @@ class VLAPolicy(nn.Module):
         ``info``, if given, receives what the policy produced besides actions (generated reasoning text,
         HybridVLA's per-row gate decision).
         """
-        ctx = self.backbone.encode(batch, use_cache=self._use_cache)
+        ctx = self._encode(batch)
         if self.reasoner is not None:
             ids = self.reasoner.generate(ctx, self.backbone.tokenizer.eos_token_id)
             if info is not None:

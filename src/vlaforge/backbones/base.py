@@ -16,6 +16,7 @@ so a suffix appended after the pads continues the real positions.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
 from vlaforge.registry import Registry
 from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, LMSpec, image_key
 
+log = logging.getLogger(__name__)
+
 BACKBONES: Registry[type[BackboneConfig]] = Registry("backbones", lazy={
     name: f"vlaforge.backbones.{module}" for name, module in {
         "smolvlm": "smolvlm", "idefics3": "smolvlm", "paligemma": "paligemma", "qwen2_vl": "qwen_vl",
@@ -37,6 +40,7 @@ BACKBONES: Registry[type[BackboneConfig]] = Registry("backbones", lazy={
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 READOUTS = ("last", "mean", "act")
+ACTION_TOKENS = ("reuse_last", "count_down", "add")
 COMPONENTS = ("vision", "projector", "lm")
 
 
@@ -83,15 +87,16 @@ class BackboneConfig(Choice, ChoiceType):
 
     registry: ClassVar[Registry] = BACKBONES
     sizes: ClassVar[dict[str, Any]] = {}  # the family's named random-init architectures
+    model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type(s) a pretrained directory may have
 
     size: str = "tiny"  # a named random-init architecture of the family, used when `pretrained` is not set
     pretrained: str | None = None  # local directory written by `save_pretrained` (weights + processor files)
-    image_size: int | None = None  # override the input resolution (random-init sizes only)
+    image_size: int | None = None  # input resolution override (random-init sizes; Qwen-VL pretrained too)
     views: str = "separate"  # "separate": each camera's tokens in the sequence; "stitch": one stitched image
     proprio: str = "mlp"  # "none" | "mlp": one projected token | "tokens": binned state as action tokens
     history: str = "interleaved"  # T > 1 frames: "interleaved" in one sequence | "per_frame": encoded alone
     readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
-    action_tokens: str = "reuse_last"  # "reuse_last": the last N vocabulary ids | "add": N new tokens
+    action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     prompt_template: str = "{task}"
     max_prompt_tokens: int = 48
@@ -108,7 +113,7 @@ class BackboneConfig(Choice, ChoiceType):
                                      ("proprio", self.proprio, ("none", "mlp", "tokens")),
                                      ("history", self.history, ("interleaved", "per_frame")),
                                      ("readout", self.readout, READOUTS),
-                                     ("action_tokens", self.action_tokens, ("reuse_last", "add")),
+                                     ("action_tokens", self.action_tokens, ACTION_TOKENS),
                                      ("dtype", self.dtype, tuple(DTYPES))):
             if value not in allowed:
                 raise ConfigError(f"backbone.{name}", f"one of {allowed}", value)
@@ -174,6 +179,8 @@ class Backbone(nn.Module):
         self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d))
                         if cfg.proprio == "mlp" and state_dim > 0 else None)
         self.act_token = nn.Parameter(torch.randn(d) * 0.02) if cfg.readout == "act" else None
+        if cfg.proprio == "tokens" and state_dim > 0:
+            self.check_action_tokens()
         self._apply_training_options()
 
     # ------------------------------------------------------------ family hooks
@@ -226,6 +233,14 @@ class Backbone(nn.Module):
                                  persistent=False)
 
     def _setup_action_tokens(self, from_checkpoint: bool) -> None:
+        """Reserve ``num_action_tokens`` vocabulary ids for action (and proprio) bins; bin ``k`` is ``_action_ids[k]``.
+
+        "reuse_last": the last rows of the LM head that are not special/added tokens of the tokenizer (real
+        SmolVLM / Qwen / LLaVA keep their image and chat tokens at the top of the vocabulary); "count_down": bin
+        ``k`` is id ``tokenizer.vocab_size - 1 - k`` (OpenVLA, LLaVA-VLA: counted down from the base vocabulary);
+        "add": ``n`` new special tokens. Whether the ids are free of prefix tokens is checked only when a
+        component asks for them (:meth:`action_token_ids`), so heads that never use them (DiT, MLP) don't care.
+        """
         n = self.cfg.num_action_tokens
         if self.cfg.action_tokens == "add":
             names = [f"<action_{i}>" for i in range(n)]
@@ -233,15 +248,30 @@ class Backbone(nn.Module):
                 self.tokenizer.add_tokens(names, special_tokens=True)
                 if len(self.tokenizer) > self.vocab_size:  # else the new ids use spare (padding) rows
                     self.model.resize_token_embeddings(len(self.tokenizer))
+                    # an untied output layer is replaced by the resize: keep the new one
+                    self._lm_head = [self.model.get_output_embeddings()]
             ids = self.tokenizer.convert_tokens_to_ids(names)
+        elif self.cfg.action_tokens == "count_down":
+            top = self.tokenizer.vocab_size
+            if top - n < 0 or top > self.vocab_size:
+                raise ValueError(f"backbone.action_tokens=count_down: {n} ids below the tokenizer's base vocabulary "
+                                 f"({top}) within {self.vocab_size} LM-head rows are not available")
+            ids = list(range(top - 1, top - 1 - n, -1))
         else:
-            vocab = self._lm_head[0].weight.shape[0]
-            ids = list(range(vocab - n, vocab))
+            reserved = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+            ids = [i for i in range(self.vocab_size - 1, -1, -1) if i not in reserved][:n][::-1]
+            if len(ids) < n:
+                raise ValueError(f"backbone.num_action_tokens={n}: the vocabulary has only {len(ids)} free ids")
         self.register_buffer("_action_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+
+    def check_action_tokens(self) -> None:
+        """Refuse action-token ids that are also prefix tokens (called by the components that use them)."""
         used = set(torch.cat([self._start, self._view_prefix, self._view_suffix, self._prompt_prefix]).tolist())
-        clash = sorted(used & set(ids))
+        clash = sorted(used & set(self._action_ids.tolist()))
         if clash:
-            raise ValueError(f"backbone: action-token ids {clash} are also prefix tokens; use action_tokens='add'")
+            names = self.tokenizer.convert_ids_to_tokens(clash[:5])
+            raise ValueError(f"backbone: action-token ids {clash[:5]} ({names}) are also prefix tokens of the "
+                             f"{type(self.cfg).__name__}; use --backbone.action_tokens=add")
 
     def _apply_training_options(self) -> None:
         cfg = self.cfg
@@ -320,13 +350,15 @@ class Backbone(nn.Module):
     def token_logits(self, hidden: Tensor, ids: Tensor | None = None) -> Tensor:
         """LM-head logits, restricted to vocabulary rows ``ids`` when given (cheap constrained decoding)."""
         head = self._lm_head[0]
+        hidden = hidden.to(head.weight.dtype)
         if ids is None:
             return head(hidden)
         b = head.bias[ids] if head.bias is not None else None
         return nn.functional.linear(hidden, head.weight[ids], b)
 
     def action_token_ids(self, n: int) -> Tensor:
-        """The first ``n`` of the reserved action-token ids."""
+        """The first ``n`` of the reserved action-token ids (refused if they clash with prefix tokens)."""
+        self.check_action_tokens()
         if n > len(self._action_ids):
             raise ValueError(f"{n} action tokens requested, the backbone reserves num_action_tokens="
                              f"{len(self._action_ids)}")
@@ -363,11 +395,11 @@ class Backbone(nn.Module):
     def _proprio_embeds(self, state: Tensor | None) -> Tensor | None:
         if self.cfg.proprio == "none" or state is None or self.state_dim == 0:
             return None
-        if self.cfg.proprio == "mlp":
-            return self.proprio(state.to(self.dtype))[:, None]
+        if self.cfg.proprio == "mlp":  # the projector keeps its own dtype (fp32 next to a bf16 VLM)
+            return self.proprio(state.to(self.proprio[0].weight.dtype)).to(self.dtype)[:, None]
         n = self.cfg.num_action_tokens  # "tokens": LLaVA-VLA writes the binned state with the action vocabulary
         bins = torch.floor((state.float().clamp(-1, 1) + 1) / 2 * n).long().clamp(0, n - 1)
-        return self.embed_tokens(self._action_ids[bins])
+        return self.embed_tokens(self.action_token_ids(n)[bins])
 
     def encode(self, batch: dict[str, Any], use_cache: bool = False) -> Context:
         """Encode the prefix of a processed batch (images in [0, 1], normalized state, prompt ids)."""
@@ -485,15 +517,116 @@ def with_token_ids(text_config: dict[str, Any], tokenizer: Any, **extra: Any) ->
                 eos_token_id=tokenizer.eos_token_id, **extra)
 
 
+def read_processor(path: Path) -> dict[str, Any]:
+    """The image-processor settings of an HF directory: ``preprocessor_config.json`` (transformers 4.x and the
+    image processor's own ``save_pretrained``) or the ``image_processor`` entry of ``processor_config.json``
+    (what transformers 5.x ``Processor.save_pretrained`` writes). Empty when neither is there."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        f = path / name
+        if f.is_file():
+            try:
+                d = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"backbone.pretrained: {f} is not readable JSON ({e})") from None
+            d = d.get(key, {}) if key else d
+            if d:
+                return d
+    return {}
+
+
 def read_image_stats(path: Path, default: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple, tuple]:
-    """Image mean/std from a ``preprocessor_config.json`` written by an HF image processor, if present."""
-    proc = path / "preprocessor_config.json"
-    if not proc.is_file():
-        warnings.warn(f"{path} has no preprocessor_config.json; using the family's default image normalization",
-                      stacklevel=3)
+    """Image mean/std from the directory's processor files, if present."""
+    proc = read_processor(path)
+    if not proc:
+        warnings.warn(f"{path} has no preprocessor_config.json or processor_config.json; using the family's default "
+                      f"image normalization {default}", stacklevel=3)
         return default
-    p = json.loads(proc.read_text())
-    return tuple(p.get("image_mean", default[0])), tuple(p.get("image_std", default[1]))
+    return tuple(proc.get("image_mean", default[0])), tuple(proc.get("image_std", default[1]))
+
+
+def read_hf_config(path: Path, expected: tuple[str, ...], family: str) -> dict[str, Any]:
+    """``config.json`` of a ``pretrained`` directory, refused when its ``model_type`` is not the family's."""
+    f = path / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"backbone.pretrained: {path} has no config.json (expected a directory written by "
+                                f"save_pretrained)")
+    try:
+        hf = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"backbone.pretrained: {f} is not readable JSON ({e})") from None
+    found = hf.get("model_type")
+    if found not in expected:
+        other = [n for n in BACKBONES.names() if found in getattr(BACKBONES.get(n), "model_types", ())]
+        hint = f" (use --backbone.type={other[0]})" if other else ""
+        raise ValueError(f"backbone.pretrained: {f} has model_type {found!r}, the '{family}' backbone expects "
+                         f"{' or '.join(repr(e) for e in expected)}{hint}")
+    return hf
+
+
+def check_weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF directory (single file or index + shards), each header checked, so that a
+    missing, truncated or corrupt file is named in one line instead of a loader traceback."""
+    from safetensors import SafetensorError, safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ValueError(f"backbone.pretrained: {index} is not a safetensors index ({e})") from None
+        files = [path / n for n in names]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+        raise FileNotFoundError(f"backbone.pretrained: {path} has no model.safetensors or "
+                                f"model.safetensors.index.json (found {found or 'no weight files'})")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"backbone.pretrained: {f} is listed in {index.name} but missing")
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():  # noqa: SIM118 - reads every tensor's header entry
+                    sf.get_slice(key)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"backbone.pretrained: {f} is not a readable safetensors file ({e})") from None
+    return files
+
+
+def stored_dtype(hf: dict[str, Any]) -> str | None:
+    """The dtype a ``config.json`` says the weights are stored in (``dtype`` in transformers 5, else
+    ``torch_dtype``), looking into the text config of composite models."""
+    for d in (hf, hf.get("text_config") or {}, hf.get("llm_config") or {}):
+        for key in ("dtype", "torch_dtype"):
+            if isinstance(d.get(key), str):
+                return d[key]
+    return None
+
+
+def report_dtype(path: Path, stored: str | None, cfg: BackboneConfig) -> None:
+    """Say which dtype the weights are used in (an upcast of bf16 weights is not silent)."""
+    if stored is not None and stored != cfg.dtype:
+        log.warning("backbone.pretrained: %s stores %s weights; using them as %s (backbone.dtype=%s; set "
+                    "--backbone.dtype=%s to keep them)", path, stored, cfg.dtype, cfg.dtype, stored)
+    else:
+        log.info("backbone.pretrained: %s loaded as %s", path, cfg.dtype)
+
+
+def from_pretrained_checked(model_cls: Any, path: Path, dtype: torch.dtype) -> nn.Module:
+    """``model_cls.from_pretrained`` with the weight files checked first and every missing, unexpected or
+    mis-shaped weight refused by name (transformers would initialise them randomly and go on)."""
+    check_weight_files(path)
+    try:
+        model, info = model_cls.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"backbone.pretrained: cannot load {path} as {model_cls.__name__}: {first}") from None
+    bad = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        what = "; ".join(f"{k.replace('_keys', '')} {len(v)}: {[str(x) for x in v[:4]]}" for k, v in bad.items())
+        raise ValueError(f"backbone.pretrained: the weights in {path} do not match {model_cls.__name__} ({what})")
+    return model
 
 
 def load_hf(cfg: BackboneConfig, assets: Path | None, model_cls: Any, config_cls: Any, tiny: Any,
@@ -507,17 +640,27 @@ def load_hf(cfg: BackboneConfig, assets: Path | None, model_cls: Any, config_cls
     if assets is not None:
         if cfg.arch is None:
             raise ValueError("backbone config has no 'arch'; cannot rebuild from a checkpoint")
-        tokenizer = AutoTokenizer.from_pretrained(str(assets))
+        tokenizer = load_tokenizer(assets)
         model = model_cls(config_cls.from_dict(cfg.arch["hf_config"])).to(dtype)
         return Built(model, tokenizer, tuple(cfg.arch["image_mean"]), tuple(cfg.arch["image_std"]))
     if cfg.pretrained is not None:
         path = Path(cfg.pretrained)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"backbone.pretrained: {path} has no config.json (expected a directory written "
-                                    f"by save_pretrained)")
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = model_cls.from_pretrained(str(path), dtype=dtype)
+        hf = read_hf_config(path, type(cfg).model_types or (config_cls.model_type,), cfg.type)
+        tokenizer = load_tokenizer(path)
+        model = from_pretrained_checked(model_cls, path, dtype)
+        report_dtype(path, stored_dtype(hf), cfg)
         mean, std = read_image_stats(path, default_stats)
         return Built(model, tokenizer, mean, std)
     tokenizer = build_tokenizer()
     return Built(model_cls(tiny(cfg, tokenizer)).to(dtype), tokenizer, *default_stats)
+
+
+def load_tokenizer(path: Path) -> Any:
+    """``AutoTokenizer.from_pretrained`` of a local directory, with a one-line error naming it."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer directory is missing")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot load the tokenizer ({first})") from None

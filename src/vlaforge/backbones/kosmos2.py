@@ -40,6 +40,7 @@ class Kosmos2BackboneConfig(BackboneConfig):
     """Kosmos-2 (CLIP ViT + latent-query resampler + Magneto decoder); sizes tiny | 256m, or pretrained=DIR."""
 
     sizes: ClassVar[dict[str, Any]] = SIZES
+    model_types: ClassVar[tuple[str, ...]] = ("kosmos-2",)
 
     @classmethod
     def backbone_class(cls) -> type[Backbone]:

@@ -51,6 +51,7 @@ class LlavaBackboneConfig(_LlavaConfig):
     """LLaVA-1.5 (CLIP ViT + MLP + Llama); sizes tiny | 256m, or pretrained=DIR."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (LlavaForConditionalGeneration, LlavaConfig)
+    model_types: ClassVar[tuple[str, ...]] = ("llava",)
     image_processor: ClassVar[str] = "CLIPImageProcessorPil"
     image_mean_std: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]] = CLIP_MEAN_STD
     sizes: ClassVar[dict[str, dict[str, Any]]] = {
@@ -68,6 +69,7 @@ class LlavaOnevisionBackboneConfig(_LlavaConfig):
     """LLaVA-OneVision (SigLIP + MLP + Qwen2, image_newline); sizes tiny | 256m, or pretrained=DIR."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (LlavaOnevisionForConditionalGeneration, LlavaOnevisionConfig)
+    model_types: ClassVar[tuple[str, ...]] = ("llava_onevision",)
     image_processor: ClassVar[str] = "LlavaOnevisionImageProcessorPil"
     image_mean_std: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]] = ((0.5,) * 3, (0.5,) * 3)
     sizes: ClassVar[dict[str, dict[str, Any]]] = {

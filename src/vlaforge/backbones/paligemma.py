@@ -41,6 +41,7 @@ class PaliGemmaBackboneConfig(BackboneConfig):
     """PaliGemma 1/2 (SigLIP + Gemma); sizes tiny | tiny2 (Gemma 2 text) | 256m, or pretrained=DIR."""
 
     sizes: ClassVar[dict[str, Any]] = SIZES
+    model_types: ClassVar[tuple[str, ...]] = ("paligemma",)
 
     prompt_template: str = "{task}\n"
 

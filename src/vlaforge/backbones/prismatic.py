@@ -14,6 +14,7 @@ checkpoints, not in this layout; converting them is a separate step.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,9 +22,21 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_model
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, SiglipVisionModel
 
-from vlaforge.backbones.base import BACKBONES, DTYPES, Backbone, BackboneConfig, Built, with_token_ids
+from vlaforge.backbones.base import (
+    BACKBONES,
+    DTYPES,
+    Backbone,
+    BackboneConfig,
+    Built,
+    from_pretrained_checked,
+    load_tokenizer,
+    read_hf_config,
+    report_dtype,
+    stored_dtype,
+    with_token_ids,
+)
 from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
@@ -99,6 +112,9 @@ class PrismaticModel(nn.Module):
     def resize_token_embeddings(self, n: int) -> Any:
         return self.llm.resize_token_embeddings(n)
 
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
 
 class PrismaticBackbone(Backbone):
     def _load(self, cfg: PrismaticBackboneConfig, assets: Path | None) -> Built:
@@ -108,19 +124,28 @@ class PrismaticBackbone(Backbone):
             if cfg.arch is None:
                 raise ValueError("backbone config has no 'arch'; cannot rebuild from a checkpoint")
             model = PrismaticModel.from_configs(**cfg.arch["configs"])
-            return Built(model.to(dtype), AutoTokenizer.from_pretrained(str(assets)), *identity)
+            return Built(model.to(dtype), load_tokenizer(assets), *identity)
         if cfg.pretrained is not None:
             path = Path(cfg.pretrained)
             missing = [d for d in ("dino", "siglip", "llm") if not (path / d / "config.json").is_file()]
             if missing:
+                hint = (" (a released OpenVLA / Prismatic checkpoint: convert it with `vlaforge import openvla`)"
+                        if (path / "config.json").is_file() else "")
                 raise FileNotFoundError(f"backbone.pretrained: {path} lacks {missing} (sub-directories written by "
-                                        f"save_pretrained)")
-            model = PrismaticModel(AutoModel.from_pretrained(path / "dino", dtype=dtype),
-                                   SiglipVisionModel.from_pretrained(path / "siglip", dtype=dtype),
-                                   AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype))
+                                        f"save_pretrained){hint}")
+            hf = read_hf_config(path / "dino", ("dinov2", "dinov2_with_registers"), "prismatic (dino/)")
+            read_hf_config(path / "siglip", ("siglip_vision_model",), "prismatic (siglip/)")
+            llm_cfg = json.loads((path / "llm" / "config.json").read_text())
+            model = PrismaticModel(from_pretrained_checked(AutoModel, path / "dino", dtype),
+                                   from_pretrained_checked(SiglipVisionModel, path / "siglip", dtype),
+                                   from_pretrained_checked(AutoModelForCausalLM, path / "llm", dtype))
+            report_dtype(path, stored_dtype(llm_cfg) or stored_dtype(hf), cfg)
             if (path / "projector.safetensors").is_file():
-                load_model(model.projector, str(path / "projector.safetensors"))
-            return Built(model.to(dtype), AutoTokenizer.from_pretrained(str(path / "llm")), *identity)
+                missing, unexpected = load_model(model.projector, str(path / "projector.safetensors"), strict=False)
+                if missing or unexpected:
+                    raise ValueError(f"backbone.pretrained: {path / 'projector.safetensors'} does not match the "
+                                     f"projector: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+            return Built(model.to(dtype), load_tokenizer(path / "llm"), *identity)
         size = cfg.sizes[cfg.size]
         tokenizer = build_tokenizer()
         image = {"image_size": cfg.image_size} if cfg.image_size else {}

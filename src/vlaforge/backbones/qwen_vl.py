@@ -26,7 +26,17 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, PrefixInfo, load_hf, with_token_ids
+from vlaforge.backbones.base import (
+    BACKBONES,
+    Backbone,
+    BackboneConfig,
+    Built,
+    PrefixInfo,
+    load_hf,
+    log,
+    read_processor,
+    with_token_ids,
+)
 from vlaforge.backbones.sizes import LM_135M, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 from vlaforge.config import ConfigError
@@ -37,6 +47,7 @@ CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0
 _TEXT = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=1024, max_position_embeddings=2048)
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}  # sums to head_dim / 2
+DEFAULT_IMAGE_SIZE = 224  # a real checkpoint's square view size unless backbone.image_size says otherwise
 _ROPE_256M = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}  # head_dim 64
 
 
@@ -57,6 +68,7 @@ class Qwen2VLBackboneConfig(_QwenConfig):
     """Qwen2-VL (DexVLA's backbone); sizes tiny | 256m, or pretrained=DIR."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (Qwen2VLForConditionalGeneration, Qwen2VLConfig)
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
     sizes: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 56, "vision": dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=4),
                  "text": dict(_TEXT, rope_parameters=_ROPE)},
@@ -71,6 +83,7 @@ class Qwen25VLBackboneConfig(_QwenConfig):
     """Qwen2.5-VL (window-attention ViT); sizes tiny | 256m, or pretrained=DIR."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig)
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl",)
     sizes: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 56, "vision": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4,
                                                   window_size=56, fullatt_block_indexes=[1]),
@@ -87,6 +100,7 @@ class Qwen3VLBackboneConfig(_QwenConfig):
     """Qwen3-VL (deepstack ViT features, interleaved multimodal RoPE); sizes tiny | 256m, or pretrained=DIR."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (Qwen3VLForConditionalGeneration, Qwen3VLConfig)
+    model_types: ClassVar[tuple[str, ...]] = ("qwen3_vl",)
     image_mean_std: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]] = ((0.5,) * 3, (0.5,) * 3)
     sizes: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 64, "vision": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4,
@@ -141,8 +155,12 @@ class QwenVLBackbone(Backbone):
         self.hidden_size = hf.text_config.hidden_size
         self._patch, self._merge, self._temporal = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
         step = self._patch * self._merge
-        default = self.cfg.sizes[self.cfg.size]["image_size"] if self.cfg.size in self.cfg.sizes else 14 * 16
-        self.image_size = (self.cfg.arch or {}).get("image_size") or self.cfg.image_size or default
+        if self.cfg.arch is not None:
+            self.image_size = self.cfg.arch["image_size"]
+        elif self.cfg.pretrained is not None:
+            self.image_size = self._pretrained_image_size(Path(self.cfg.pretrained), step)
+        else:
+            self.image_size = self.cfg.image_size or self.cfg.sizes[self.cfg.size]["image_size"]
         if self.image_size % step:
             raise ConfigError("backbone.image_size", f"a multiple of {step} (patch x merge)", self.image_size)
         self._set_layout(self.model.model.language_model, self.model.lm_head, start=[self.tokenizer.bos_token_id],
@@ -150,6 +168,38 @@ class QwenVLBackbone(Backbone):
 
     def arch(self) -> dict[str, Any]:
         return {"hf_config": self.model.config.to_dict(), "image_size": self.image_size}
+
+    def _pretrained_image_size(self, path: Path, step: int) -> int:
+        """The square input size of a real checkpoint, from its processor files: the processor's patch, merge
+        and temporal sizes must be the model's; a fixed ``size`` is used as is, else ``backbone.image_size`` (or
+        DEFAULT_IMAGE_SIZE) rounded to a multiple of patch x merge inside the processor's pixel bounds."""
+        proc = read_processor(path)
+        for key, ours in (("patch_size", self._patch), ("merge_size", self._merge),
+                          ("temporal_patch_size", self._temporal)):
+            if key in proc and proc[key] != ours:
+                raise ValueError(f"backbone.pretrained: {path}'s processor has {key}={proc[key]}, its model "
+                                 f"config {ours}")
+        size = proc.get("size") or {}
+        if "height" in size and self.cfg.image_size is None:
+            if size["height"] != size.get("width"):
+                raise ValueError(f"backbone.pretrained: {path}'s processor size {size} is not square; set "
+                                 f"--backbone.image_size")
+            return int(size["height"])
+        lo = proc.get("min_pixels") or size.get("shortest_edge") or step * step
+        hi = proc.get("max_pixels") or size.get("longest_edge") or 10**9
+        want = self.cfg.image_size or DEFAULT_IMAGE_SIZE
+        side = max(step, round(want / step) * step)
+        while side * side < lo:
+            side += step
+        while side * side > hi and side > step:
+            side -= step
+        if self.cfg.image_size is not None and side != self.cfg.image_size:
+            raise ConfigError("backbone.image_size", f"a multiple of {step} with {lo} <= size^2 <= {hi} "
+                              f"(the processor's bounds)", self.cfg.image_size)
+        tokens = (side // step) ** 2
+        log.info("%s: %d px per view -> %d visual tokens (patch %d, merge %d; processor bounds %d..%d pixels)",
+                 path, side, tokens, self._patch, self._merge, lo, hi)
+        return side
 
     def embed_images(self, pixel_values: Tensor) -> Tensor | tuple[Tensor, dict[str, Any]]:
         n = pixel_values.shape[0]

@@ -49,6 +49,7 @@ class SmolVLMBackboneConfig(BackboneConfig):
     """SmolVLM / SmolVLM2 (SigLIP + pixel shuffle + SmolLM2); sizes tiny | 256m, or pretrained=DIR."""
 
     sizes: ClassVar[dict[str, Any]] = SIZES
+    model_types: ClassVar[tuple[str, ...]] = ("smolvlm",)
 
     model_classes: ClassVar[tuple[Any, Any]] = (SmolVLMForConditionalGeneration, SmolVLMConfig)
 
@@ -63,6 +64,7 @@ class Idefics3BackboneConfig(SmolVLMBackboneConfig):
     """Idefics3 (SmolVLM's parent architecture); same sizes and layout."""
 
     model_classes: ClassVar[tuple[Any, Any]] = (Idefics3ForConditionalGeneration, Idefics3Config)
+    model_types: ClassVar[tuple[str, ...]] = ("idefics3",)
 
 
 def _tiny(cfg: SmolVLMBackboneConfig, tokenizer: Any) -> Any:

@@ -5,7 +5,9 @@ Generic code reads these capability flags, never a head's name:
 * ``in_sequence``: the head extends the LLM sequence through ``ctx.lm.extend`` on the prefix KV cache (action
   tokens, HybridVLA's in-LLM diffusion), so the prefix is encoded once per ``sample``;
 * ``uses_kv_cache``: the head reads the prefix KV cache without extending the LLM (pi0's action expert);
-* ``needs_fit``: the head learns something from the training actions before training (quantile bins, FAST).
+* ``needs_fit``: the head learns something from the training actions before training (quantile bins, FAST);
+* ``uses_action_tokens``: the head writes actions with the backbone's reserved vocabulary ids, which must then
+  be free of the prefix's own tokens (checked when the policy is built).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class ActionHead(nn.Module):
     in_sequence: ClassVar[bool] = False
     uses_kv_cache: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
+    uses_action_tokens: ClassVar[bool] = False
 
     def __init__(self, cfg: HeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__()

@@ -77,7 +77,7 @@ class InLLMDiffusionHead(ActionHead):
         hidden = lm.extend(ctx, seq, torch.ones(seq.shape[:2], device=seq.device), hide_prefix=hide)
         lm.reset(ctx)
         start = len(parts) - 2
-        return self.final(hidden[:, start : start + self.chunk]).float()
+        return self.final(hidden[:, start : start + self.chunk].to(dtype)).float()
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
         target, valid = target_and_mask(batch, self.chunk, self.action_dim)

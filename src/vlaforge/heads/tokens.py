@@ -50,6 +50,7 @@ class TokenHeadConfig(HeadConfig):
 
 class TokenHead(ActionHead):
     in_sequence = True
+    uses_action_tokens = True
 
     def __init__(self, cfg: TokenHeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__(cfg, action_dim, chunk)
