@@ -30,10 +30,7 @@ from vlaforge.data.stats import Stats, StatsError, stats_from_json, stats_to_jso
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
 from vlaforge.processors.base import Pipeline, Step, collate
-from vlaforge.processors.features import CheckFeatures
-from vlaforge.processors.image import ImageStep
-from vlaforge.processors.normalize import Normalize, PerDataset, Unnormalize
-from vlaforge.processors.text import Tokenize
+from vlaforge.processors.pipelines import build_pipelines, dataset_steps, rebind, train_steps
 from vlaforge.types import ACTION, DATASET, OBS_STATE, TASK, Context, FeatureMismatchError, RobotSpec, image_key
 
 
@@ -168,41 +165,17 @@ class VLAPolicy(nn.Module):
             mask[list(skip)] = False
             self._masks[key] = mask.tolist()
         self.robot = robot
-        self.inputs = Pipeline([
-            CheckFeatures(robot=robot.to_json(), history=self.cfg.history),
-            Normalize.from_stats(self._modes, stats, self._masks),
-            ImageStep(cameras=list(self.cfg.cameras), size=self.backbone.image_size,
-                      stitch=self.cfg.backbone.views == "stitch"),
-            Tokenize(template=self.cfg.backbone.prompt_template, max_tokens=self.cfg.backbone.max_prompt_tokens),
-        ])
-        self.inputs.steps[-1].bind(tokenizer=self.backbone.tokenizer)
-        self.outputs = Pipeline([Unnormalize.from_stats({ACTION: self._modes[ACTION]}, stats,
-                                                        {k: v for k, v in self._masks.items() if k == ACTION})])
-
-    def _per_dataset(self, step: Step) -> Step:
-        """What training runs instead of a saved step: for a mixture, each item's own dataset's version."""
-        if len(self.dataset_stats) <= 1:
-            return step
-        if isinstance(step, Normalize):
-            return PerDataset({name: Normalize.from_stats(step.modes, st, step.masks, clip=step.clip,
-                                                          min_scale=step.min_scale)
-                               for name, st in self.dataset_stats.items()})
-        if isinstance(step, CheckFeatures) and self.dataset_robots:
-            return PerDataset({name: CheckFeatures(robot=r.to_json(), history=step.history)
-                               for name, r in self.dataset_robots.items()})
-        return step
-
-    def _train_normalizer(self) -> Step:
-        if self.inputs is None:
-            raise RuntimeError("make_pipelines() first")
-        return self._per_dataset(next(s for s in self.inputs.steps if isinstance(s, Normalize)))
+        self.inputs, self.outputs = build_pipelines(robot, self.cfg.history, self._modes, stats, self._masks,
+                                                    self.backbone.input_steps())
 
     def fit(self, reader: Any, max_samples: int = 4096, seed: int = 0) -> None:
         """Let heads that learn from the data (quantile bins, FAST) see normalized training action chunks."""
         heads = [m for m in self.modules() if isinstance(m, ActionHead) and m.needs_fit]
         if not heads:
             return
-        norm = self._train_normalizer()
+        if self.inputs is None:
+            raise RuntimeError("make_pipelines() first")
+        norm = dataset_steps(self.inputs, self.dataset_stats, self.dataset_robots)
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(reader), size=min(len(reader), max_samples), replace=False)
         chunks = []
@@ -219,22 +192,17 @@ class VLAPolicy(nn.Module):
         """
         if self.inputs is None:
             raise RuntimeError("make_pipelines() first")
-        steps = [self._per_dataset(s) for s in self.inputs.steps]
-        return Pipeline(list(augment) + steps)
+        return train_steps(self.inputs, self.dataset_stats, self.dataset_robots, augment)
 
     def use_dataset_stats(self, unnorm_key: str) -> None:
         """Switch the saved pipelines to another training dataset's statistics (mixture checkpoints)."""
         if unnorm_key not in self.dataset_stats:
             raise KeyError(f"unnorm_key: expected one of {sorted(self.dataset_stats) or '[] (not a mixture)'}, "
                            f"got {unnorm_key!r}")
-        stats = self.dataset_stats[unnorm_key]
-        for pipe in (self.inputs, self.outputs):
-            pipe.steps = [type(s).from_stats(s.modes, stats, s.masks, clip=s.clip, min_scale=s.min_scale)
-                          if isinstance(s, Normalize | Unnormalize) else s for s in pipe.steps]
-        if unnorm_key in self.dataset_robots:  # that robot's image sizes
-            self.robot = self.dataset_robots[unnorm_key]
-            self.inputs.steps = [CheckFeatures(robot=self.robot.to_json(), history=s.history)
-                                 if isinstance(s, CheckFeatures) else s for s in self.inputs.steps]
+        robot = self.dataset_robots.get(unnorm_key)  # that robot's image sizes
+        self.inputs = rebind(self.inputs, self.dataset_stats[unnorm_key], robot)
+        self.outputs = rebind(self.outputs, self.dataset_stats[unnorm_key])
+        self.robot = robot or self.robot
         self.unnorm_key = unnorm_key
 
     # ------------------------------------------------------------ model
@@ -282,8 +250,10 @@ class VLAPolicy(nn.Module):
             if info is not None:
                 info["reasoning"] = self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
         actions = self.head.sample(ctx, batch, generator=generator, **options)
-        if info is not None and "hybrid_averaged" in ctx.extras:
-            info["hybrid_averaged"] = ctx.extras["hybrid_averaged"].tolist()
+        if info is not None:
+            for key in ("hybrid_averaged", "token_ids"):
+                if key in ctx.extras:
+                    info[key] = ctx.extras[key].tolist()
         return actions
 
     # ------------------------------------------------------------ inference API

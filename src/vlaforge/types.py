@@ -94,7 +94,8 @@ class RobotSpec:
     def differences(self, other: RobotSpec, *, this: str = "checkpoint", that: str = "data") -> list[str]:
         """Human-readable differences, one per mismatching key; empty when compatible.
 
-        Image sizes may differ (the image step resizes); camera names, state and action dims may not.
+        Image sizes may differ (the image step resizes); camera names, state and action dims may not — except
+        that a spec without state (``state_dim`` 0, e.g. an imported OpenVLA) ignores the other side's state.
         """
         out = []
         for cam in sorted(set(self.cameras) | set(other.cameras)):
@@ -102,7 +103,7 @@ class RobotSpec:
                 out.append(f"camera '{cam}': in {this}, missing from {that} (has {sorted(other.cameras)})")
             elif cam not in self.cameras:
                 out.append(f"camera '{cam}': in {that}, unknown to {this} (expects {sorted(self.cameras)})")
-        if self.state_dim != other.state_dim:
+        if self.state_dim != other.state_dim and self.state_dim != 0:
             out.append(f"{OBS_STATE} dim: {this} {self.state_dim}, {that} {other.state_dim}")
         if self.action_dim != other.action_dim:
             out.append(f"{ACTION} dim: {this} {self.action_dim}, {that} {other.action_dim}")

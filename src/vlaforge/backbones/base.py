@@ -27,6 +27,9 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, DynamicCache
 
 from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
+from vlaforge.processors.base import Step
+from vlaforge.processors.image import INTERPOLATIONS, RESIZE_MODES, ImageStep
+from vlaforge.processors.text import Tokenize
 from vlaforge.registry import Registry
 from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, LMSpec, image_key
 
@@ -99,7 +102,12 @@ class BackboneConfig(Choice, ChoiceType):
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     prompt_template: str = "{task}"
+    prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
+    prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
     max_prompt_tokens: int = 48
+    image_resize: str = "pad"  # "pad": keep the aspect ratio (letterbox) | "squash" (Prismatic/OpenVLA)
+    image_interpolation: str = "bilinear"  # "bilinear" (torch) | "bicubic" (PIL, as OpenVLA's processor)
+    image_crop: float = 1.0  # < 1: centre crop of this area fraction after resizing, resized back (OpenVLA-OFT)
     dtype: str = "float32"
     freeze: tuple[str, ...] = ()  # any of "vision", "projector", "lm"
     lora: LoraConfig | None = None
@@ -114,7 +122,9 @@ class BackboneConfig(Choice, ChoiceType):
                                      ("history", self.history, ("interleaved", "per_frame")),
                                      ("readout", self.readout, READOUTS),
                                      ("action_tokens", self.action_tokens, ACTION_TOKENS),
-                                     ("dtype", self.dtype, tuple(DTYPES))):
+                                     ("dtype", self.dtype, tuple(DTYPES)),
+                                     ("image_resize", self.image_resize, RESIZE_MODES),
+                                     ("image_interpolation", self.image_interpolation, INTERPOLATIONS)):
             if value not in allowed:
                 raise ConfigError(f"backbone.{name}", f"one of {allowed}", value)
         unknown = [c for c in self.freeze if c not in COMPONENTS]
@@ -122,6 +132,7 @@ class BackboneConfig(Choice, ChoiceType):
             raise ConfigError("backbone.freeze", f"a subset of {COMPONENTS}", self.freeze)
         self.check(self.num_action_tokens >= 2, "num_action_tokens", ">= 2")
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
+        self.check(0 < self.image_crop <= 1, "image_crop", "in (0, 1]")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError("backbone.image_size", "> 0 or null", self.image_size)
@@ -304,6 +315,16 @@ class Backbone(nn.Module):
             if enable is None:
                 raise ValueError(f"{type(self).__name__}: gradient checkpointing is not supported")
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    def input_steps(self) -> list[Step]:
+        """The processor steps this backbone contributes to the inputs pipeline: pixels, then prompt ids."""
+        cfg = self.cfg
+        tokenize = Tokenize(template=cfg.prompt_template, max_tokens=cfg.max_prompt_tokens,
+                            lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix)
+        tokenize.bind(tokenizer=self.tokenizer)
+        return [ImageStep(cameras=list(self.cameras), size=self.image_size, stitch=cfg.views == "stitch",
+                          resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop),
+                tokenize]
 
     def resolved_config(self) -> BackboneConfig:
         """The config with ``arch`` filled in, as written into checkpoints."""

@@ -20,22 +20,35 @@ from torch import Tensor
 
 
 class UniformBinner:
-    """``n_bins`` equal bins over ``[low, high]``; encode clips, decode returns bin centres (error <= half a bin)."""
+    """``n_bins`` equal bins over ``[low, high]``; encode clips, decode returns bin centres (error <= half a bin).
+
+    ``edges=True`` is OpenVLA's (and LLaVA-VLA's) convention instead: ``n_bins`` *edges* ``linspace(low, high,
+    n_bins)``, token ``k = digitize(x, edges) - 1`` in ``[0, n_bins)`` (``k = n_bins - 1`` only at ``x = high``),
+    decoded to the ``n_bins - 1`` centres between edges with ``k`` clipped to ``n_bins - 2``.
+    """
 
     fixed_length = True
 
-    def __init__(self, n_bins: int = 256, low: float = -1.0, high: float = 1.0) -> None:
+    def __init__(self, n_bins: int = 256, low: float = -1.0, high: float = 1.0, edges: bool = False) -> None:
         if n_bins < 2 or not high > low:
             raise ValueError(f"binner: need n_bins >= 2 and high > low, got n_bins={n_bins}, [{low}, {high}]")
-        self.n_bins, self.low, self.high = n_bins, low, high
-        self.width = (high - low) / n_bins
+        self.n_bins, self.low, self.high, self.edges = n_bins, low, high, edges
+        self.width = (high - low) / (n_bins - 1 if edges else n_bins)
         self.vocab = n_bins
+        self._edges = torch.linspace(low, high, n_bins, dtype=torch.float64)
 
     def encode(self, x: Tensor) -> Tensor:
+        if self.edges:  # np.digitize(x, edges) - 1 (right-open bins), on float64 edges as numpy computes them
+            x = x.double().clamp(self.low, self.high)
+            return (torch.bucketize(x, self._edges.to(x.device), right=True) - 1).clamp(0, self.n_bins - 1)
         idx = torch.floor((x.float() - self.low) / self.width).long()
         return idx.clamp(0, self.n_bins - 1)
 
     def decode(self, idx: Tensor) -> Tensor:
+        if self.edges:
+            e = self._edges.to(idx.device)
+            centres = ((e[:-1] + e[1:]) / 2).float()
+            return centres[idx.clamp(0, self.n_bins - 2)]
         return self.low + (idx.float() + 0.5) * self.width
 
 

@@ -23,7 +23,8 @@ from vlaforge.heads.action_tokenizers import FastTokenizer, QuantileBinner, Unif
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, target_and_mask
 from vlaforge.types import Context, LMSpec
 
-BINNINGS = ("uniform", "quantile", "fast")
+BINNINGS = ("uniform", "uniform_edges", "quantile", "fast")
+DECODES = ("actions", "vocab")
 
 
 @HEADS.register("tokens")
@@ -37,9 +38,13 @@ class TokenHeadConfig(HeadConfig):
     high: float = 1.0
     fast_scale: float = 10.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10)
     max_tokens: int = 0  # FAST: longest decoded sequence (0: 2 x chunk x action_dim)
+    # "actions": softmax / argmax over the action-token rows only; "vocab": over the whole vocabulary, as OpenVLA's
+    # generate() and HybridVLA's confidence do (an id outside the action ids decodes to the nearest action bin)
+    decode_over: str = "actions"
 
     def validate(self) -> None:
         self.check(self.binning in BINNINGS, "binning", f"one of {BINNINGS}")
+        self.check(self.decode_over in DECODES, "decode_over", f"one of {DECODES}")
         self.check(self.n_bins >= 2, "n_bins", ">= 2")
         self.check(self.high > self.low, "high", f"> low ({self.low})")
         self.check(self.fast_scale > 0, "fast_scale", "> 0")
@@ -54,9 +59,9 @@ class TokenHead(ActionHead):
 
     def __init__(self, cfg: TokenHeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__(cfg, action_dim, chunk)
-        self.needs_fit = cfg.binning != "uniform"
-        if cfg.binning == "uniform":
-            self.tokenizer: Any = UniformBinner(cfg.n_bins, cfg.low, cfg.high)
+        self.needs_fit = cfg.binning in ("quantile", "fast")
+        if cfg.binning in ("uniform", "uniform_edges"):
+            self.tokenizer: Any = UniformBinner(cfg.n_bins, cfg.low, cfg.high, edges=cfg.binning == "uniform_edges")
         elif cfg.binning == "quantile":  # starts uniform; fit() moves the edges to the data's quantiles
             self.register_buffer("edges", torch.linspace(-1, 1, cfg.n_bins + 1)[:, None].repeat(1, action_dim))
             self.tokenizer = QuantileBinner(lambda: self.edges)
@@ -108,11 +113,23 @@ class TokenHead(ActionHead):
         hidden = lm.extend(ctx, emb, torch.ones_like(bins[:, :-1]))
         lm.reset(ctx)
         inputs = torch.cat([self._last_prefix_hidden(ctx)[:, None], hidden], 1)  # position j predicts token j
-        logits = lm.token_logits(inputs, vocab).float()  # (B, K, vocab)
-        ce = F.cross_entropy(logits.transpose(1, 2), bins, reduction="none")
+        if self.cfg.decode_over == "vocab":  # the LM's own loss over every row, targets are the action ids
+            logits, targets = lm.token_logits(inputs).float(), vocab[bins]
+        else:
+            logits, targets = lm.token_logits(inputs, vocab).float(), bins  # (B, K, n action ids)
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         loss = (ce * weight).sum() / weight.sum().clamp(min=1)
-        acc = ((logits.argmax(-1) == bins).float() * weight).sum() / weight.sum().clamp(min=1)
+        acc = ((logits.argmax(-1) == targets).float() * weight).sum() / weight.sum().clamp(min=1)
         return {"loss": loss, "token_accuracy": acc.detach()}
+
+    @staticmethod
+    def _nearest_bin(ids: Tensor, vocab: Tensor) -> Tensor:
+        """Vocabulary ids -> action-bin indices; an id outside the action ids takes the bin of the nearest one
+        (OpenVLA clips ``vocab_size - id - 1`` into its bin range the same way)."""
+        sorted_ids, order = vocab.sort()
+        pos = torch.searchsorted(sorted_ids, ids).clamp(max=len(vocab) - 1)
+        below = (pos > 0) & ((ids - sorted_ids[(pos - 1).clamp(min=0)]).abs() < (sorted_ids[pos] - ids).abs())
+        return order[torch.where(below, pos - 1, pos)]
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
@@ -123,22 +140,27 @@ class TokenHead(ActionHead):
         fixed = self.tokenizer.fixed_length
         k = self.chunk * self.action_dim if fixed else self.max_tokens
         h = self._last_prefix_hidden(ctx)
-        toks, conf = [], []
+        toks, conf, chosen = [], [], []
         ones = torch.ones(b, 1, dtype=ctx.mask.dtype, device=ctx.mask.device)
+        full = self.cfg.decode_over == "vocab"
         for step in range(k):
-            probs = lm.token_logits(h, vocab).float().softmax(-1)
+            probs = lm.token_logits(h, None if full else vocab).float().softmax(-1)
             if temperature > 0:
-                tok = torch.multinomial((probs.log() / temperature).softmax(-1), 1, generator=generator).squeeze(1)
+                choice = torch.multinomial((probs.log() / temperature).softmax(-1), 1, generator=generator).squeeze(1)
             else:
-                tok = probs.argmax(-1)
+                choice = probs.argmax(-1)
+            conf.append(probs.gather(1, choice[:, None]).squeeze(1))
+            ids = choice if full else vocab[choice]  # vocabulary id fed back to the LM
+            tok = self._nearest_bin(ids, vocab) if full else choice
             toks.append(tok)
-            conf.append(probs.gather(1, tok[:, None]).squeeze(1))
+            chosen.append(ids)
             if not fixed and bool((torch.stack(toks, 1) == self.tokenizer.eos).any(1).all()):
                 break
             if step + 1 < k:
-                h = lm.extend(ctx, lm.embed_tokens(vocab[tok])[:, None], ones)[:, -1]
+                h = lm.extend(ctx, lm.embed_tokens(ids)[:, None], ones)[:, -1]
         lm.reset(ctx)
         ids = torch.stack(toks, 1)
+        ctx.extras["token_ids"] = torch.stack(chosen, 1)  # the vocabulary ids the LM produced
         if fixed:
             ctx.extras["token_confidence"] = torch.stack(conf, 1).view(b, self.chunk, self.action_dim)
             return self.tokenizer.decode(ids).view(b, self.chunk, self.action_dim)

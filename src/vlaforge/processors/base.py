@@ -36,6 +36,12 @@ class Step:
     """Base class of processor steps. Subclasses are ``@dataclass``es registered in :data:`STEPS`."""
 
     resources: ClassVar[tuple[str, ...]] = ()  # names of objects the step needs at load time (e.g. "tokenizer")
+    uses_stats: ClassVar[bool] = False  # holds one dataset's statistics (normalization)
+    uses_robot: ClassVar[bool] = False  # checks one robot's features
+
+    def rebind(self, stats: Any = None, robot: Any = None) -> Step:
+        """This step for another dataset's statistics / robot spec (itself when it uses neither)."""
+        return self
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

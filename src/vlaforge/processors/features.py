@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,11 +16,16 @@ from vlaforge.types import OBS_IMAGES, OBS_STATE, TASK, FeatureMismatchError, Ro
 class CheckFeatures(Step):
     """Reject observations that do not match what the policy was trained on, listing every difference."""
 
-    robot: dict[str, Any]  # RobotSpec.to_json()
+    uses_robot: ClassVar[bool] = True
+
+    robot: dict[str, Any]  # RobotSpec.to_json(); a camera of size (0, 0) takes any H x W (imported checkpoints)
     history: int = 1
 
     def __post_init__(self) -> None:
         self._spec = RobotSpec.from_json(self.robot)
+
+    def rebind(self, stats: Any = None, robot: RobotSpec | None = None) -> CheckFeatures:
+        return self if robot is None else CheckFeatures(robot=robot.to_json(), history=self.history)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         diffs = []
@@ -35,6 +40,8 @@ class CheckFeatures(Step):
                 continue
             img = np.asarray(item[image_key(cam)])
             want = (h, w, 3) if self.history == 1 else (self.history, h, w, 3)
+            if (h, w) == (0, 0):  # any size: only the layout is checked
+                want = img.shape[:-3] + img.shape[-3:-1] + (3,) if img.ndim == len(want) else want
             if img.shape != want:
                 diffs.append(f"camera '{cam}': expected shape {want}, got {img.shape}")
             if img.dtype != np.uint8:

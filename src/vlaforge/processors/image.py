@@ -1,4 +1,5 @@
-"""Image steps: resize-with-pad to the backbone's resolution, and train-time augmentation."""
+"""Image steps: resize to the backbone's resolution (letterbox or squash, bilinear or PIL bicubic, optional centre
+crop), and train-time augmentation."""
 
 from __future__ import annotations
 
@@ -29,6 +30,72 @@ def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
     return x.reshape(*lead, 3, size, size).numpy()
 
 
+RESIZE_MODES = ("pad", "squash")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _pil_resize(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, h, w, 3) with PIL's bicubic filter (what HF's and Prismatic's PIL image
+    processors do: resize the uint8 image, then scale to [0, 1])."""
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
+
+
+def center_crop_resize(x: np.ndarray, area: float) -> np.ndarray:
+    """float (N, H, W, 3) in [0, 1] -> the centre window covering ``area`` of the image (side sqrt(area)) resized
+    back to (H, W), sampled bilinearly as TensorFlow's ``crop_and_resize`` (OpenVLA-OFT's LIBERO crop) and
+    re-quantized to 8 bits as TF's ``convert_image_dtype`` does (x 255.5, truncated)."""
+    h, w = x.shape[1:3]
+    side = float(np.sqrt(area))
+    lo, hi = (1 - side) / 2, (1 + side) / 2
+
+    def coords(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = lo * (size - 1) + np.arange(size) * (hi - lo) * (size - 1) / max(size - 1, 1)
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, size - 1), (src - i0).astype(np.float32)
+
+    y0, y1, fy = coords(h)
+    x0, x1, fx = coords(w)
+    top = x[:, y0][:, :, x0] * (1 - fx)[None, None, :, None] + x[:, y0][:, :, x1] * fx[None, None, :, None]
+    bot = x[:, y1][:, :, x0] * (1 - fx)[None, None, :, None] + x[:, y1][:, :, x1] * fx[None, None, :, None]
+    out = np.clip(top * (1 - fy)[None, :, None, None] + bot * fy[None, :, None, None], 0, 1)
+    return np.floor(out * 255.5).clip(0, 255).astype(np.uint8).astype(np.float32) / 255.0
+
+
+def resize_image(img: np.ndarray, size: int, mode: str = "pad", interpolation: str = "bilinear",
+                 crop: float = 1.0) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, size, size) in [0, 1].
+
+    ``mode``: "pad" keeps the aspect ratio and pads with black (letterbox); "squash" resizes to size x size.
+    ``interpolation``: "bilinear" (torch, antialiased) or "bicubic" (PIL, as OpenVLA's and LLaVA's processors).
+    ``crop`` < 1: then the centre crop covering that fraction of the area, resized back (OpenVLA-OFT).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"image resize mode: expected one of {RESIZE_MODES}, got {mode!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"image interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
+    if interpolation == "bilinear" and mode == "pad" and crop >= 1:
+        return resize_with_pad(img, size)
+    lead = img.shape[:-3]
+    frames = np.ascontiguousarray(img).reshape(-1, *img.shape[-3:])
+    h, w = frames.shape[1:3]
+    scale = size / max(h, w)
+    nh, nw = (size, size) if mode == "squash" else (max(1, round(h * scale)), max(1, round(w * scale)))
+    if (nh, nw) == (h, w):
+        x = frames.astype(np.float32) / 255.0
+    elif interpolation == "bicubic":
+        x = _pil_resize(frames, nh, nw).astype(np.float32) / 255.0
+    else:
+        t = torch.from_numpy(frames).float().div_(255.0).permute(0, 3, 1, 2)
+        x = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+        x = x.permute(0, 2, 3, 1).numpy()
+    if (nh, nw) != (size, size):
+        top, left = (size - nh) // 2, (size - nw) // 2
+        x = np.pad(x, ((0, 0), (top, size - nh - top), (left, size - nw - left), (0, 0)))
+    if crop < 1:
+        x = center_crop_resize(x, crop)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(*lead, 3, size, size).astype(np.float32)
+
+
 def stitch(images: list[np.ndarray]) -> np.ndarray:
     """LLaVA-VLA's multi-view layout: 2 views stacked vertically, 3-4 views in a 2x2 grid (black fill).
 
@@ -55,11 +122,20 @@ def stitch(images: list[np.ndarray]) -> np.ndarray:
 @STEPS.register("images")
 @dataclass
 class ImageStep(Step):
-    """Convert every camera to float (3, size, size) in [0, 1]; with ``stitch`` into one image first."""
+    """Convert every camera to float (3, size, size) in [0, 1]; with ``stitch`` into one image first.
+
+    ``resize`` / ``interpolation`` / ``crop``: see :func:`resize_image` (the backbone's or importer's convention).
+    """
 
     cameras: list[str]
     size: int
     stitch: bool = False
+    resize: str = "pad"
+    interpolation: str = "bilinear"
+    crop: float = 1.0
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        return resize_image(img, self.size, self.resize, self.interpolation, self.crop)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         raw = {}
@@ -72,9 +148,9 @@ class ImageStep(Step):
         if self.stitch:
             for key in raw:
                 del item[key]
-            item[image_key(STITCHED_CAMERA)] = resize_with_pad(stitch(list(raw.values())), self.size)
+            item[image_key(STITCHED_CAMERA)] = self._resize(stitch(list(raw.values())))
         else:
-            item.update({key: resize_with_pad(img, self.size) for key, img in raw.items()})
+            item.update({key: self._resize(img) for key, img in raw.items()})
         return item
 
 

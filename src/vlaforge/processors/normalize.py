@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,8 @@ def _center_scale(mode: str, s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
 
 @dataclass
 class _NormBase(Step):
+    uses_stats: ClassVar[bool] = True
+
     modes: dict[str, str]
     masks: dict[str, list[bool]] = field(default_factory=dict)  # True = normalize this dim
     clip: bool = True
@@ -61,6 +63,11 @@ class _NormBase(Step):
                 state[f"{key}/{name}"] = np.asarray(stats[key][name], dtype=np.float32).reshape(-1)
         step.load_state_dict(state, warn=True)
         return step
+
+    def rebind(self, stats: Stats | None = None, robot: Any = None) -> _NormBase:
+        if stats is None:
+            return self
+        return type(self).from_stats(self.modes, stats, self.masks, clip=self.clip, min_scale=self.min_scale)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return dict(self._stats)

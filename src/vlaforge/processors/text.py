@@ -21,6 +21,8 @@ def normalize_instruction(text: str) -> str:
 class Tokenize(Step):
     template: str = "{task}"
     max_tokens: int = 48
+    lowercase: bool = True  # normalize_instruction (lower-case, whitespace, trailing period) before the template
+    suffix: str = ""  # a token (by its string) appended after the prompt, e.g. OpenVLA's "▁" after "Out:"
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
@@ -32,6 +34,12 @@ class Tokenize(Step):
         self._tokenizer = tokenizer
         self._cache.clear()
 
+    def _suffix_id(self) -> int:
+        i = self._tokenizer.convert_tokens_to_ids(self.suffix)
+        if i is None or i == self._tokenizer.unk_token_id:
+            raise ValueError(f"tokenize: prompt suffix {self.suffix!r} is not a token of the tokenizer")
+        return int(i)
+
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         if self._tokenizer is None:
             raise RuntimeError("tokenize step has no tokenizer; load the pipeline with tokenizer=...")
@@ -40,8 +48,11 @@ class Tokenize(Step):
             raise TypeError(f"'{TASK}': expected an instruction string, got {type(task).__name__}")
         ids = self._cache.get(task)
         if ids is None:
-            text = self.template.format(task=normalize_instruction(task))
-            ids = np.asarray(self._tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task)
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            if self.suffix:
+                ids = [*ids, self._suffix_id()]
+            ids = np.asarray(ids, dtype=np.int64)
             if len(ids) > self.max_tokens:
                 raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "
                                  f"{task!r}")

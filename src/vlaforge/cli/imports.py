@@ -1,0 +1,45 @@
+"""vlaforge import SYSTEM SRC --out CKPT [--unnorm_key KEY] [--cameras a,b] [--dtype bfloat16|float32]
+
+Convert a released checkpoint in its original layout into an ordinary vlaforge checkpoint (config, safetensors,
+processors with the system's statistics, tokenizer) for predict_action, eval, serve and --init_from. Pickled
+``.pt`` parts are read with torch.load(weights_only=True) and never kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlaforge.cli.common import setup_logging
+
+
+def main(argv: list[str]) -> int:
+    from vlaforge.weights import IMPORTERS
+
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="vlaforge import", description=__doc__.splitlines()[0])
+    parser.add_argument("system", help=f"one of {', '.join(IMPORTERS.names())}")
+    parser.add_argument("src", help="the released checkpoint's directory (or file, where the system ships one)")
+    parser.add_argument("--out", required=True, help="the vlaforge checkpoint directory to write")
+    parser.add_argument("--unnorm_key", "--unnorm-key", dest="unnorm_key", default=None,
+                        help="which dataset's statistics un-normalize actions (required when there are several)")
+    parser.add_argument("--cameras", default=None,
+                        help="comma-separated names for the model's camera inputs (they must match the env's)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                        help="dtype of the VLM's weights in the checkpoint (released weights are bf16)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    args = parser.parse_args(argv)
+    importer = IMPORTERS.get(args.system)
+    kw = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
+    if args.cameras:
+        kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    src = Path(args.src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or directory")
+    from vlaforge.weights.common import write_checkpoint
+
+    imported = importer(src, **kw)
+    out = write_checkpoint(imported, Path(args.out), overwrite=args.overwrite)
+    print(f"wrote {out} (unnorm_key {imported.unnorm_key}, cameras {list(imported.cfg.cameras)}, "
+          f"action dim {imported.cfg.action_dim})")
+    return 0

@@ -1,0 +1,144 @@
+"""Tiny checkpoints in the original layouts of released VLAs (file names, key names, shape rules, sharding with an
+index, statistics files), written from the documented facts in shared/reference/released_checkpoints.md — not by
+vlaforge. The tests read them back with their own reference forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from helpers import TASKS
+from vlaforge.backbones.tokenizer import _CORPUS as WORDS
+
+DINO, SIGLIP, HIDDEN, IMAGE, PATCH = 64, 48, 64, 32, 8
+HEADS = 16  # the released towers' head count (ViT-L/14 and so400m): 16
+TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
+CORPUS = [f"In: What action should the robot take to {t}?\nOut:" for t in TASKS] + [
+    "pick up the red block and place it in the bowl", "push the button", "open the top drawer of the cabinet",
+    "what action should the robot take", "close the microwave door", "put the spoon on the towel"] * 3 + WORDS
+
+
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-2-like tokenizer: sentencepiece-style ``▁`` word pieces, <unk>/<s>/</s> at ids 0-2, and the pad
+    token OpenVLA adds (``<PAD>``) as the first id past the base vocabulary."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=480, special_tokens=["<unk>", "<s>", "</s>"],
+                                                        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.add_special_tokens({"pad_token": "<PAD>"})
+    assert fast.convert_tokens_to_ids("▁") != fast.unk_token_id
+    return fast
+
+
+def _randn(g: torch.Generator, *shape: int, scale: float = 0.1) -> torch.Tensor:
+    return torch.randn(*shape, generator=g) * scale
+
+
+def timm_vit(g: torch.Generator, d: int, depth: int, kind: str) -> dict[str, torch.Tensor]:
+    """timm VisionTransformer keys: DINOv2-reg4 (cls + 4 registers, no class position, LayerScale as OpenVLA's
+    HF export names it) or SigLIP (no class token, attention-pool head)."""
+    sd = {"patch_embed.proj.weight": _randn(g, d, 3, PATCH, PATCH), "patch_embed.proj.bias": _randn(g, d),
+          "pos_embed": _randn(g, 1, (IMAGE // PATCH) ** 2, d), "norm.weight": 1 + _randn(g, d),
+          "norm.bias": _randn(g, d)}
+    if kind == "dino":
+        sd.update({"cls_token": _randn(g, 1, 1, d), "reg_token": _randn(g, 1, 4, d)})
+    for i in range(depth):
+        b = f"blocks.{i}."
+        sd.update({b + "norm1.weight": 1 + _randn(g, d), b + "norm1.bias": _randn(g, d),
+                   b + "attn.qkv.weight": _randn(g, 3 * d, d, scale=0.2), b + "attn.qkv.bias": _randn(g, 3 * d),
+                   b + "attn.proj.weight": _randn(g, d, d, scale=0.2), b + "attn.proj.bias": _randn(g, d),
+                   b + "norm2.weight": 1 + _randn(g, d), b + "norm2.bias": _randn(g, d),
+                   b + "mlp.fc1.weight": _randn(g, 2 * d, d, scale=0.2), b + "mlp.fc1.bias": _randn(g, 2 * d),
+                   b + "mlp.fc2.weight": _randn(g, d, 2 * d, scale=0.2), b + "mlp.fc2.bias": _randn(g, d)})
+        if kind == "dino":
+            sd.update({b + "ls1.scale_factor": 0.5 + _randn(g, d), b + "ls2.scale_factor": 0.5 + _randn(g, d)})
+    if kind == "siglip":
+        a = "attn_pool."
+        sd.update({a + "latent": _randn(g, 1, 1, d), a + "q.weight": _randn(g, d, d), a + "q.bias": _randn(g, d),
+                   a + "kv.weight": _randn(g, 2 * d, d), a + "kv.bias": _randn(g, 2 * d),
+                   a + "proj.weight": _randn(g, d, d), a + "proj.bias": _randn(g, d),
+                   a + "norm.weight": 1 + _randn(g, d), a + "norm.bias": _randn(g, d),
+                   a + "mlp.fc1.weight": _randn(g, 2 * d, d), a + "mlp.fc1.bias": _randn(g, 2 * d),
+                   a + "mlp.fc2.weight": _randn(g, d, 2 * d), a + "mlp.fc2.bias": _randn(g, d)})
+    return sd
+
+
+def llama(g: torch.Generator, tok: PreTrainedTokenizerFast) -> tuple[dict, dict[str, torch.Tensor]]:
+    """OpenVLA's text_config (LlamaConfig diff: vocab padded to a multiple of 64, pad id) and Llama weights whose
+    action-token rows are boosted, so that greedy decoding mostly (not always) picks action tokens."""
+    rows = -(-len(tok) // 64) * 64
+    text = {"model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": rows, "pad_token_id": tok.pad_token_id,
+            "max_position_embeddings": 512, "torch_dtype": "bfloat16"}
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    sd = LlamaForCausalLM(LlamaConfig(**text)).state_dict()
+    v = tok.vocab_size
+    sd["lm_head.weight"][v - 256 : v] *= 4.0
+    return text, sd
+
+
+def norm_stats(action_dim: int, seed: int, proprio_dim: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def block(n: int, mask: bool) -> dict:
+        lo = rng.uniform(-2, -0.5, n)
+        hi = lo + rng.uniform(0.5, 2, n)
+        d = {"mean": ((lo + hi) / 2).tolist(), "std": rng.uniform(0.1, 1, n).tolist(), "min": (lo - 0.1).tolist(),
+             "max": (hi + 0.1).tolist(), "q01": lo.tolist(), "q99": hi.tolist()}
+        if mask:
+            d["mask"] = [True] * (n - 1) + [False]
+        return d
+
+    out = {"action": block(action_dim, True), "num_transitions": 100, "num_trajectories": 4}
+    if proprio_dim:
+        out["proprio"] = block(proprio_dim, False)
+    return out
+
+
+def save_sharded(sd: dict[str, torch.Tensor], path: Path, shards: int = 2, dtype=torch.bfloat16) -> None:
+    """HF-style ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    names = sorted(sd)
+    weight_map = {}
+    for k in range(shards):
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: sd[n].to(dtype).contiguous() for n in names[k::shards]}
+        save_file(part, str(path / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in part})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def write_openvla(path: Path, action_dim: int = 7, seed: int = 0, keys=("bridge_orig", "fractal20220817_data")
+                  ) -> Path:
+    """A tiny ``openvla/openvla-7b``: HF-format shards, config.json with norm_stats, the tokenizer."""
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tok = llama_tokenizer()
+    text, lm = llama(g, tok)
+    vis = DINO + SIGLIP
+    sd = {f"vision_backbone.featurizer.{k}": v for k, v in timm_vit(g, DINO, 3, "dino").items()}
+    sd.update({f"vision_backbone.fused_featurizer.{k}": v for k, v in timm_vit(g, SIGLIP, 3, "siglip").items()})
+    for i, (o, n) in enumerate(((4 * vis, vis), (HIDDEN, 4 * vis), (HIDDEN, HIDDEN)), 1):
+        sd[f"projector.fc{i}.weight"], sd[f"projector.fc{i}.bias"] = _randn(g, o, n, scale=n**-0.5), _randn(g, o)
+    sd.update({f"language_model.{k}": v for k, v in lm.items()})
+    save_sharded(sd, path)
+    config = {"model_type": "openvla", "architectures": ["OpenVLAForActionPrediction"],
+              "vision_backbone_id": "dinosiglip-vit-so-224px", "llm_backbone_id": "llama2-7b-pure",
+              "arch_specifier": "no-align+fused-gelu-mlp", "use_fused_vision_backbone": True,
+              "image_resize_strategy": "resize-naive", "timm_model_ids": TIMM_IDS, "image_sizes": [IMAGE, IMAGE],
+              "n_action_bins": 256, "pad_token_id": tok.pad_token_id, "pad_to_multiple_of": 64,
+              "text_config": text, "torch_dtype": "bfloat16",
+              "norm_stats": {k: norm_stats(action_dim, seed + i) for i, k in enumerate(keys)}}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(path)
+    return path

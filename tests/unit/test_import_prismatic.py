@@ -1,0 +1,182 @@
+"""`vlaforge import openvla`: a tiny checkpoint in OpenVLA's released layout gives OpenVLA's actions.
+
+The reference below is written from the documented architecture (shared/reference/released_checkpoints.md and
+OpenVLA's modeling/processing code as described there), not with vlaforge's modules: timm ViT blocks with fused
+qkv and LayerScale, DINOv2's class/register tokens without a class position, the second-to-last block's patch
+tokens, the GELU MLP projector, image patches after BOS, the ``▁`` token after the prompt, greedy decoding over
+the whole vocabulary, ``vocab_size - id`` bins, and q01/q99 un-normalisation with the mask. The language model
+is transformers' own Llama loaded from the original ``language_model.*`` weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import released
+from vlaforge.policy import VLAPolicy
+from vlaforge.types import image_key
+from vlaforge.weights.common import LayoutError, write_checkpoint
+from vlaforge.weights.openvla import import_openvla
+
+DINO_MEAN, DINO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _original(path):
+    sd = {}
+    for f in sorted(path.glob("model-*.safetensors")):
+        sd.update({k: v.float() for k, v in load_file(f).items()})
+    return sd
+
+
+def _vit(sd, prefix, x, dino):
+    """timm ViT forward up to the second-to-last block, prefix tokens dropped."""
+    w = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    depth = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("blocks."))
+    p = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=released.PATCH)
+    h = p.flatten(2).transpose(1, 2) + w["pos_embed"]
+    b, _, d = h.shape
+    if dino:
+        h = torch.cat([w["cls_token"].expand(b, -1, -1), w["reg_token"].expand(b, -1, -1), h], 1)
+    hd = d // released.HEADS
+    for i in range(depth - 1):
+        blk = {k[len(f"blocks.{i}."):]: v for k, v in w.items() if k.startswith(f"blocks.{i}.")}
+        y = F.layer_norm(h, (d,), blk["norm1.weight"], blk["norm1.bias"], eps=1e-6)
+        q, k, v = (F.linear(y, blk["attn.qkv.weight"], blk["attn.qkv.bias"]).view(b, -1, 3, released.HEADS, hd)
+                   .permute(2, 0, 3, 1, 4))
+        att = ((q @ k.transpose(-1, -2)) * hd**-0.5).softmax(-1) @ v
+        a = F.linear(att.transpose(1, 2).reshape(b, -1, d), blk["attn.proj.weight"], blk["attn.proj.bias"])
+        h = h + (blk["ls1.scale_factor"] * a if dino else a)
+        y = F.layer_norm(h, (d,), blk["norm2.weight"], blk["norm2.bias"], eps=1e-6)
+        m = F.linear(F.gelu(F.linear(y, blk["mlp.fc1.weight"], blk["mlp.fc1.bias"])), blk["mlp.fc2.weight"],
+                     blk["mlp.fc2.bias"])
+        h = h + (blk["ls2.scale_factor"] * m if dino else m)
+    return h[:, 5:] if dino else h
+
+
+def _pixels(img):
+    """OpenVLA's processor: PIL bicubic squash to the tower size, [0, 1]; per-tower normalization later."""
+    small = Image.fromarray(img).resize((released.IMAGE, released.IMAGE), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(small)).float().div(255).permute(2, 0, 1)[None]
+
+
+def reference(src, img, instruction, unnorm_key, n_actions):
+    cfg = json.loads((src / "config.json").read_text())
+    sd = _original(src)
+    x = _pixels(img)
+    dino = _vit(sd, "vision_backbone.featurizer.", (x - torch.tensor(DINO_MEAN).view(3, 1, 1))
+                / torch.tensor(DINO_STD).view(3, 1, 1), dino=True)
+    sig = _vit(sd, "vision_backbone.fused_featurizer.", (x - 0.5) / 0.5, dino=False)
+    h = torch.cat([dino, sig], -1)
+    for i in (1, 2, 3):
+        h = F.linear(h, sd[f"projector.fc{i}.weight"], sd[f"projector.fc{i}.bias"])
+        h = F.gelu(h) if i < 3 else h
+    lm = LlamaForCausalLM(LlamaConfig(**cfg["text_config"])).eval()
+    lm.load_state_dict({k[len("language_model."):]: v for k, v in sd.items() if k.startswith("language_model.")})
+    tok = released.llama_tokenizer()
+    prompt = f"In: What action should the robot take to {instruction}?\nOut:"
+    ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids("▁")]
+    emb = lm.get_input_embeddings()
+    seq = torch.cat([emb(torch.tensor(ids[:1]))[None], h, emb(torch.tensor(ids[1:]))[None]], 1)
+    out = []
+    with torch.no_grad():
+        for _ in range(n_actions):
+            nxt = int(lm(inputs_embeds=seq).logits[0, -1].argmax())
+            out.append(nxt)
+            seq = torch.cat([seq, emb(torch.tensor([[nxt]]))], 1)
+    bins = np.linspace(-1, 1, 256)
+    centres = (bins[:-1] + bins[1:]) / 2
+    a = centres[np.clip(tok.vocab_size - np.array(out) - 1, 0, 254)]
+    st = cfg["norm_stats"][unnorm_key]["action"]
+    lo, hi, mask = np.array(st["q01"]), np.array(st["q99"]), np.array(st["mask"])
+    return h, out, np.where(mask, 0.5 * (a + 1) * (hi - lo) + lo, a)
+
+
+@pytest.fixture(scope="module")
+def openvla(tmp_path_factory):
+    root = tmp_path_factory.mktemp("openvla")
+    src = released.write_openvla(root / "src")
+    ckpt = write_checkpoint(import_openvla(src, unnorm_key="fractal20220817_data", dtype="float32"), root / "ckpt")
+    return src, ckpt
+
+
+def test_imported_openvla_matches_the_reference_forward(openvla):
+    src, ckpt = openvla
+    policy = VLAPolicy.from_pretrained(ckpt)
+    rng = np.random.default_rng(0)
+    for shape in [(48, 64, 3), (32, 32, 3)]:  # a non-square frame is squashed, not letterboxed
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        task = "Pick up the red block"  # not lower-cased by OpenVLA
+        feats, ids, actions = reference(src, img, task, "fractal20220817_data", 7)
+        item = policy.inputs({image_key("primary"): img, "task": task})
+        pix = torch.from_numpy(item[image_key("primary")])
+        torch.testing.assert_close(pix[None], _pixels(img), rtol=0, atol=0)  # bicubic squash, exactly
+        with torch.no_grad():
+            ours = policy.backbone.embed_images(policy.backbone.normalize_images(pix[None]))
+        scale = max(1.0, float(feats.abs().max()))  # fp32 round-off grows with the activations' size
+        torch.testing.assert_close(ours, feats, rtol=1e-5, atol=1e-5 * scale)
+        info: dict = {}
+        got = policy.predict_actions([{image_key("primary"): img, "task": task}], info=info)[0, 0]
+        assert info["token_ids"][0] == ids
+        np.testing.assert_allclose(got, actions, rtol=1e-5, atol=1e-5)
+
+
+def test_openvla_token_ids_and_bins_round_trip(openvla):
+    _, ckpt = openvla
+    policy = VLAPolicy.from_pretrained(ckpt)
+    v = policy.backbone.tokenizer.vocab_size
+    a = torch.tensor([-1.5, -1.0, -0.999, -0.5, 0.0, 0.3, 0.99, 1.0, 2.0], dtype=torch.float64)
+    bins = np.linspace(-1, 1, 256)
+    expected_ids = v - np.digitize(np.clip(a.numpy(), -1, 1), bins)  # OpenVLA: vocab_size - digitize
+    k = policy.head.tokenizer.encode(a)
+    assert policy.backbone.action_token_ids(256)[k].tolist() == expected_ids.tolist()
+    centres = (bins[:-1] + bins[1:]) / 2
+    decoded = policy.head.tokenizer.decode(k).numpy()
+    np.testing.assert_allclose(decoded, centres[np.clip(v - expected_ids - 1, 0, 254)], atol=1e-7)
+    # an id past the action range (e.g. <PAD>) or below it clips to the end bins, as OpenVLA's decode does
+    ids = torch.tensor([v, v + 5, 3, v - 1, v - 256])
+    assert policy.head._nearest_bin(ids, policy.backbone.action_token_ids(256)).tolist() == [0, 0, 255, 0, 255]
+
+
+def test_openvla_unnormalization_uses_the_chosen_key_and_mask(openvla):
+    src, ckpt = openvla
+    st = json.loads((src / "config.json").read_text())["norm_stats"]
+    policy = VLAPolicy.from_pretrained(ckpt)
+    y = np.linspace(-1, 1, 7, dtype=np.float32)
+    for key in ("fractal20220817_data", "bridge_orig"):
+        p = VLAPolicy.from_pretrained(ckpt, unnorm_key=key) if key != policy.unnorm_key else policy
+        s = st[key]["action"]
+        lo, hi = np.array(s["q01"]), np.array(s["q99"])
+        want = np.where(s["mask"], 0.5 * (y + 1) * (hi - lo) + lo, y)
+        np.testing.assert_allclose(p.outputs({"action": y[None]})["action"][0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match=r"unnorm_key: expected one of \['bridge_orig', 'fractal20220817_data'\]"):
+        VLAPolicy.from_pretrained(ckpt, unnorm_key="libero")
+
+
+def test_openvla_import_refusals(tmp_path, openvla):
+    src, _ = openvla
+    with pytest.raises(LayoutError, match=r"choose one with --unnorm_key \(one of \['bridge_orig', 'fractal"):
+        import_openvla(src)
+    with pytest.raises(LayoutError, match=r"--unnorm_key 'libero': not in .*available: \['bridge_orig'"):
+        import_openvla(src, unnorm_key="libero")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(LayoutError, match="model_type 'llava', expected 'openvla'"):
+        import_openvla(bad)
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["norm_stats"]
+    nostats = tmp_path / "nostats"
+    nostats.mkdir()
+    for f in src.iterdir():
+        (nostats / f.name).write_bytes(f.read_bytes())
+    (nostats / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LayoutError, match="no statistics"):
+        import_openvla(nostats)
