@@ -43,6 +43,8 @@ PROTOCOL_VERSION = 1
 MAX_NDIM = 8
 MAX_TASK_CHARS = 4096
 MAX_RNG_STATE_BYTES = 1 << 16
+MAX_IMAGE_SIDE = 4096  # a camera of any size (schema side 0) still has bounded sides
+EXAMPLE_SIDE = 224  # the example observation's side for such a camera
 SEED_KEY, RNG_STATE_KEY, BATCH_KEY = "seed", "rng_state", "observations"
 ALIASES = {"prompt": TASK, "instruction": TASK, "state": OBS_STATE}
 _ALLOWED_KINDS = "biuf"  # bool, int, uint, float; never object / void / complex / strings
@@ -187,7 +189,8 @@ class ObservationSchema:
 
     def example(self, task: str = "pick up the object") -> dict[str, Any]:
         """An observation that passes validation (zeros), for clients to send back as is."""
-        obs: dict[str, Any] = {image_key(c): np.zeros(self.camera_shape(c), np.uint8) for c in self.robot.cameras}
+        obs: dict[str, Any] = {image_key(c): np.zeros([d or EXAMPLE_SIDE for d in self.camera_shape(c)], np.uint8)
+                               for c in self.robot.cameras}
         if self.robot.state_dim:
             obs[OBS_STATE] = np.zeros(self.state_shape, np.float32)
         obs[TASK] = task
@@ -232,8 +235,9 @@ class ObservationSchema:
         if value.dtype != np.uint8:
             problems.append(Problem(name, "dtype uint8", str(value.dtype)))
             ok = False
-        if value.shape != want:
-            problems.append(Problem(name, f"shape {want}", str(tuple(value.shape))))
+        if not shape_matches(value.shape, want):
+            problems.append(Problem(name, f"shape {want}" + (" (0: any size)" if 0 in want else ""),
+                                    str(tuple(value.shape))))
             ok = False
         return value if ok else None
 
@@ -368,6 +372,13 @@ def reply(actions: np.ndarray, batched: bool, timing: dict[str, float], rng_stat
 
 
 # ----------------------------------------------------------------------------------------------- JSON (HTTP)
+def shape_matches(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """``shape == want``, where a 0 in ``want`` (a camera of any size: imported checkpoints) takes any side in
+    ``[1, MAX_IMAGE_SIDE]``."""
+    return len(shape) == len(want) and all(
+        s == w if w else 1 <= s <= MAX_IMAGE_SIDE for s, w in zip(shape, want, strict=True))
+
+
 def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
     """Base64 PNG/JPEG (optionally a data URL) -> uint8 array; lists pass through to validation."""
     if not isinstance(value, str):
@@ -377,7 +388,7 @@ def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
     try:
         raw = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
         with Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as im:  # no EPS/TIFF/... on untrusted input
-            if (im.height, im.width) != tuple(want[-3:-1]):  # checked before decoding the pixels
+            if not shape_matches((im.height, im.width), tuple(want[-3:-1])):  # checked before decoding the pixels
                 raise ProtocolError.one(name, f"an image of {want[-2]}x{want[-3]} (WxH)", f"{im.width}x{im.height}")
             return np.array(im.convert("RGB"))
     except ProtocolError:

@@ -23,7 +23,7 @@ from vlaforge.config import Paths, atomic_write_text
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
-from vlaforge.policy import VLAPolicy
+from vlaforge.policy import PolicyConfig, VLAPolicy
 from vlaforge.quantize import parameter_count
 from vlaforge.train.checkpoint import gather_rng_states, load_train_state, load_train_weights, save_checkpoint
 from vlaforge.train.config import TrainConfig
@@ -109,7 +109,11 @@ def _mixture_paths(cfg: TrainConfig) -> dict[str, tuple[Path, float]]:
 def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     """The training data reader and the policy exactly as :func:`train` builds them (not yet on a device): from
     ``cfg.policy`` with the data's robot and statistics, fitted to the training actions, or from ``init_from``."""
-    opts = {"history": cfg.policy.history, "chunk": cfg.policy.chunk, "video_cache": cfg.data.video_cache}
+    shape = cfg.policy  # the checkpoint's chunk and history when fine-tuning (they fix the architecture)
+    saved = Path(cfg.init_from or "") / "config.json"
+    if cfg.init_from and saved.is_file():
+        shape = PolicyConfig.from_dict(json.loads(saved.read_text())["policy"])
+    opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache}
     parts = _mixture_paths(cfg)
     if parts:
         reader = MixtureDataset({n: LeRobotDataset(p, **opts) for n, (p, _) in parts.items()},
