@@ -142,3 +142,29 @@ def write_openvla(path: Path, action_dim: int = 7, seed: int = 0, keys=("bridge_
     (path / "config.json").write_text(json.dumps(config, indent=2))
     tok.save_pretrained(path)
     return path
+
+
+def write_openvla_oft(path: Path, seed: int = 0, key: str = "libero_spatial_no_noops", chunk: int = 8,
+                      action_dim: int = 7, proprio_dim: int = 8, width: int = 32) -> Path:
+    """A tiny OpenVLA-OFT run directory: the merged HF-format model, ``action_head--N_checkpoint.pt`` and
+    ``proprio_projector--N_checkpoint.pt`` (state dicts of DDP-wrapped modules: ``module.`` prefix) and
+    ``dataset_statistics.json`` (which replaces config.json's norm_stats)."""
+    write_openvla(path, action_dim, seed, keys=("bridge_orig",))
+    g = torch.Generator().manual_seed(seed + 100)
+    inp = action_dim * HIDDEN
+    head = {"model.layer_norm1.weight": 1 + _randn(g, inp), "model.layer_norm1.bias": _randn(g, inp),
+            "model.fc1.weight": _randn(g, width, inp, scale=inp**-0.5), "model.fc1.bias": _randn(g, width),
+            "model.layer_norm2.weight": 1 + _randn(g, width), "model.layer_norm2.bias": _randn(g, width),
+            "model.fc2.weight": _randn(g, action_dim, width, scale=width**-0.5),
+            "model.fc2.bias": _randn(g, action_dim)}
+    for i in range(2):
+        b = f"model.mlp_resnet_blocks.{i}.ffn."
+        head.update({b + "0.weight": 1 + _randn(g, width), b + "0.bias": _randn(g, width),
+                     b + "1.weight": _randn(g, width, width, scale=width**-0.5), b + "1.bias": _randn(g, width)})
+    torch.save({f"module.{k}": v for k, v in head.items()}, path / "action_head--150000_checkpoint.pt")
+    proprio = {"fc1.weight": _randn(g, HIDDEN, proprio_dim, scale=0.5), "fc1.bias": _randn(g, HIDDEN),
+               "fc2.weight": _randn(g, HIDDEN, HIDDEN, scale=HIDDEN**-0.5), "fc2.bias": _randn(g, HIDDEN)}
+    torch.save({f"module.{k}": v for k, v in proprio.items()}, path / "proprio_projector--150000_checkpoint.pt")
+    stats = {key: norm_stats(action_dim, seed + 7, proprio_dim)}
+    (path / "dataset_statistics.json").write_text(json.dumps(stats, indent=2))
+    return path

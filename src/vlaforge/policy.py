@@ -31,7 +31,17 @@ from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
 from vlaforge.processors.base import Pipeline, Step, collate
 from vlaforge.processors.pipelines import build_pipelines, dataset_steps, rebind, train_steps
-from vlaforge.types import ACTION, DATASET, OBS_STATE, TASK, Context, FeatureMismatchError, RobotSpec, image_key
+from vlaforge.types import (
+    ACTION,
+    DATASET,
+    INPUT_IDS,
+    OBS_STATE,
+    TASK,
+    Context,
+    FeatureMismatchError,
+    RobotSpec,
+    image_key,
+)
 
 
 def _default_backbone() -> BackboneConfig:
@@ -220,7 +230,8 @@ class VLAPolicy(nn.Module):
 
     def _encode(self, batch: dict[str, Any]) -> Context:
         """The prefix; its features in the head's dtype for readout heads (an fp32 head on a bf16 VLM)."""
-        ctx = self.backbone.encode(batch, use_cache=self._use_cache)
+        suffix = self.head.prefix_suffix(self.backbone, batch[INPUT_IDS].shape[0])
+        ctx = self.backbone.encode(batch, use_cache=self._use_cache, suffix=suffix)
         dtype = next((p.dtype for p in self.head.parameters() if p.is_floating_point()), None)
         if dtype is not None and ctx.hidden.dtype != dtype and not self.head.in_sequence:
             ctx.hidden = ctx.hidden.to(dtype)

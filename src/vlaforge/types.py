@@ -167,3 +167,6 @@ class SequenceModel(Protocol):
     def action_token_ids(self, n: int) -> Tensor: ...  # the n vocabulary ids used for action tokens
 
     def reset(self, ctx: Context) -> None: ...  # crop the KV cache back to the prefix
+
+    @property
+    def eos_token_id(self) -> int | None: ...  # the tokenizer's end-of-sequence id

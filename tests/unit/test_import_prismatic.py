@@ -67,10 +67,8 @@ def _pixels(img):
     return torch.from_numpy(np.asarray(small)).float().div(255).permute(2, 0, 1)[None]
 
 
-def reference(src, img, instruction, unnorm_key, n_actions):
-    cfg = json.loads((src / "config.json").read_text())
-    sd = _original(src)
-    x = _pixels(img)
+def _patches(sd, x):
+    """Both towers on [0, 1] pixels, concatenated per patch, through the fused GELU projector."""
     dino = _vit(sd, "vision_backbone.featurizer.", (x - torch.tensor(DINO_MEAN).view(3, 1, 1))
                 / torch.tensor(DINO_STD).view(3, 1, 1), dino=True)
     sig = _vit(sd, "vision_backbone.fused_featurizer.", (x - 0.5) / 0.5, dino=False)
@@ -78,8 +76,20 @@ def reference(src, img, instruction, unnorm_key, n_actions):
     for i in (1, 2, 3):
         h = F.linear(h, sd[f"projector.fc{i}.weight"], sd[f"projector.fc{i}.bias"])
         h = F.gelu(h) if i < 3 else h
+    return h
+
+
+def _llama(cfg, sd):
     lm = LlamaForCausalLM(LlamaConfig(**cfg["text_config"])).eval()
     lm.load_state_dict({k[len("language_model."):]: v for k, v in sd.items() if k.startswith("language_model.")})
+    return lm
+
+
+def reference(src, img, instruction, unnorm_key, n_actions):
+    cfg = json.loads((src / "config.json").read_text())
+    sd = _original(src)
+    h = _patches(sd, _pixels(img))
+    lm = _llama(cfg, sd)
     tok = released.llama_tokenizer()
     prompt = f"In: What action should the robot take to {instruction}?\nOut:"
     ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids("▁")]
@@ -180,3 +190,82 @@ def test_openvla_import_refusals(tmp_path, openvla):
     (nostats / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LayoutError, match="no statistics"):
         import_openvla(nostats)
+
+
+def _tf_center_crop(img, area):
+    """TF ``crop_and_resize`` of the centre box with side sqrt(area) (bilinear), as OFT's LIBERO eval calls it,
+    then TF's float -> uint8 conversion (x 255.5, truncated); via scipy's map_coordinates."""
+    from scipy.ndimage import map_coordinates
+
+    x = img.astype(np.float64) / 255.0
+    h, w = x.shape[:2]
+    off = (1 - np.sqrt(area)) / 2
+    ys = off * (h - 1) + np.arange(h) * (1 - 2 * off) * (h - 1) / (h - 1)
+    xs = off * (w - 1) + np.arange(w) * (1 - 2 * off) * (w - 1) / (w - 1)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    out = np.stack([map_coordinates(x[..., c], [yy, xx], order=1) for c in range(3)], -1)
+    return np.floor(np.clip(out, 0, 1) * 255.5).clip(0, 255).astype(np.uint8)
+
+
+def reference_oft(src, images, proprio, instruction, key):
+    """OpenVLA-OFT's forward: both images' patches, the proprio token, the lower-cased prompt + ``▁``, chunk x
+    action_dim zero embeddings and EOS, bidirectional attention, the shifted hidden-state slice, MLP-ResNet."""
+    cfg = json.loads((src / "config.json").read_text())
+    stats = json.loads((src / "dataset_statistics.json").read_text())[key]
+    sd = _original(src)
+    head = {k.removeprefix("module.model."): v for k, v in torch.load(
+        src / "action_head--150000_checkpoint.pt", weights_only=True).items()}
+    proj = {k.removeprefix("module."): v for k, v in torch.load(
+        src / "proprio_projector--150000_checkpoint.pt", weights_only=True).items()}
+    patches = torch.cat([_patches(sd, _pixels(_tf_center_crop(np.asarray(
+        Image.fromarray(im).resize((released.IMAGE, released.IMAGE), Image.BICUBIC)), 0.9))) for im in images], 1)
+    ps = stats["proprio"]
+    lo, hi = np.array(ps["q01"]), np.array(ps["q99"])
+    p = torch.tensor(np.clip(2 * (proprio - lo) / (hi - lo + 1e-8) - 1, -1, 1), dtype=torch.float32)
+    ptok = F.linear(F.gelu(F.linear(p, proj["fc1.weight"], proj["fc1.bias"])), proj["fc2.weight"], proj["fc2.bias"])
+    lm = _llama(cfg, sd)
+    tok = released.llama_tokenizer()
+    prompt = f"In: What action should the robot take to {instruction.lower()}?\nOut:"
+    ids = [*tok(prompt, add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids("▁")]
+    da, chunk = len(stats["action"]["q01"]), 8
+    emb = lm.get_input_embeddings()
+    seq = torch.cat([emb(torch.tensor([[tok.bos_token_id]])), patches, ptok[None, None],
+                     emb(torch.tensor([ids])), torch.zeros(1, chunk * da, released.HIDDEN),
+                     emb(torch.tensor([[tok.eos_token_id]]))], 1)
+    n = seq.shape[1]
+    with torch.no_grad():
+        hidden = lm.model(inputs_embeds=seq, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool)).last_hidden_state
+    start = 1 + patches.shape[1] + 1 + len(ids) - 1  # the last prompt token, then the first K - 1 placeholders
+    x = hidden[:, start : start + chunk * da].reshape(1, chunk, -1)
+    ln = lambda t, n_: F.layer_norm(t, t.shape[-1:], head[f"{n_}.weight"], head[f"{n_}.bias"])  # noqa: E731
+    x = torch.relu(F.linear(ln(x, "layer_norm1"), head["fc1.weight"], head["fc1.bias"]))
+    for i in range(2):
+        b = f"mlp_resnet_blocks.{i}.ffn."
+        x = torch.relu(F.linear(ln(x, b + "0"), head[b + "1.weight"], head[b + "1.bias"])) + x
+    a = F.linear(ln(x, "layer_norm2"), head["fc2.weight"], head["fc2.bias"])[0].numpy()
+    st = stats["action"]
+    lo, hi = np.array(st["q01"]), np.array(st["q99"])
+    return np.where(st["mask"], 0.5 * (a + 1) * (hi - lo + 1e-8) + lo, a)
+
+
+def test_imported_openvla_oft_matches_the_reference_forward(tmp_path):
+    src = released.write_openvla_oft(tmp_path / "src")
+    from vlaforge.weights.openvla import import_openvla_oft
+
+    ckpt = write_checkpoint(import_openvla_oft(src, dtype="float32"), tmp_path / "ckpt")
+    policy = VLAPolicy.from_pretrained(ckpt)
+    assert policy.cfg.chunk == 8 and policy.cfg.cameras == ("primary", "wrist") and policy.cfg.state_dim == 8
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(2)]
+    proprio = rng.normal(0, 1, 8).astype(np.float32)
+    task = "Put the Bowl on the plate"
+    want = reference_oft(src, images, proprio, task, "libero_spatial_no_noops")
+    obs = {image_key("primary"): images[0], image_key("wrist"): images[1], "observation.state": proprio,
+           "task": task}
+    got = policy.predict_actions([obs])[0]
+    assert got.shape == (8, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    crop = policy.inputs(dict(obs))[image_key("primary")]  # the processor's crop equals TF's on a fixed array
+    small = np.asarray(Image.fromarray(images[0]).resize((released.IMAGE, released.IMAGE), Image.BICUBIC))
+    np.testing.assert_array_equal((crop.transpose(1, 2, 0) * 255).round().astype(np.uint8),
+                                  _tf_center_crop(small, 0.9))

@@ -112,6 +112,9 @@ class BackboneConfig(Choice, ChoiceType):
     freeze: tuple[str, ...] = ()  # any of "vision", "projector", "lm"
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+    # "causal" | "bidirectional": every token attends to every real token of the sequence (OpenVLA-OFT's patched
+    # Llama attention, for parallel decoding of placeholder tokens)
+    attention: str = "causal"
     # The resolved architecture (HF config dict and processor numbers), filled in when a policy is saved so a
     # checkpoint rebuilds the model without `pretrained`. Not meant to be set by hand.
     arch: dict[str, Any] | None = None
@@ -124,7 +127,8 @@ class BackboneConfig(Choice, ChoiceType):
                                      ("action_tokens", self.action_tokens, ACTION_TOKENS),
                                      ("dtype", self.dtype, tuple(DTYPES)),
                                      ("image_resize", self.image_resize, RESIZE_MODES),
-                                     ("image_interpolation", self.image_interpolation, INTERPOLATIONS)):
+                                     ("image_interpolation", self.image_interpolation, INTERPOLATIONS),
+                                     ("attention", self.attention, ("causal", "bidirectional"))):
             if value not in allowed:
                 raise ConfigError(f"backbone.{name}", f"one of {allowed}", value)
         unknown = [c for c in self.freeze if c not in COMPONENTS]
@@ -185,6 +189,9 @@ class Backbone(nn.Module):
         self.tokenizer = built.tokenizer
         self.image_mean, self.image_std = tuple(built.image_mean), tuple(built.image_std)
         self._init_family()  # sets image_size, hidden_size, lm, lm_head, token layout
+        if cfg.attention != "causal" and type(self).lm_forward is not Backbone.lm_forward:
+            raise ConfigError("backbone.attention", "causal (this family builds its own attention masks)",
+                              cfg.attention)
         self._setup_action_tokens(assets is not None)
         d = self.hidden_size
         self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -230,7 +237,10 @@ class Backbone(nn.Module):
     def lm_forward(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any,
                    prefix: PrefixInfo | None) -> Tensor:
         """Run the decoder (``prefix`` set when encoding one); families with special masks override this."""
-        out = self._lm[0](inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        attn = mask
+        if self.cfg.attention == "bidirectional":  # (B, 1, Q, K): every query sees every real key
+            attn = mask.bool()[:, None, None, :].expand(-1, 1, embeds.shape[1], -1)
+        out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, past_key_values=cache,
                           use_cache=cache is not None)
         return out.last_hidden_state
 
@@ -362,6 +372,10 @@ class Backbone(nn.Module):
         return LMSpec(self.hidden_size, layers, heads, kv, head_dim)
 
     @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
     def vocab_size(self) -> int:
         return self._lm_head[0].weight.shape[0]
 
@@ -422,17 +436,23 @@ class Backbone(nn.Module):
         bins = torch.floor((state.float().clamp(-1, 1) + 1) / 2 * n).long().clamp(0, n - 1)
         return self.embed_tokens(self.action_token_ids(n)[bins])
 
-    def encode(self, batch: dict[str, Any], use_cache: bool = False) -> Context:
-        """Encode the prefix of a processed batch (images in [0, 1], normalized state, prompt ids)."""
+    def encode(self, batch: dict[str, Any], use_cache: bool = False, suffix: Tensor | None = None) -> Context:
+        """Encode the prefix of a processed batch (images in [0, 1], normalized state, prompt ids).
+
+        ``suffix`` (B, K, D): embeddings encoded in the same pass after the prompt (OpenVLA-OFT's placeholder
+        tokens); their hidden states are the last K of ``ctx.hidden``, after the pads.
+        """
         images = self.gather_images(batch)  # (B, V, [T,] 3, S, S)
         state = batch.get(OBS_STATE)
         if state is not None and state.dim() == 3:
             state = state[:, -1]  # the current frame's state
         if images.dim() == 6 and self.cfg.history == "per_frame":
+            if suffix is not None:
+                raise ValueError("a joint suffix is not supported with history='per_frame'")
             return self._encode_per_frame(images, state, batch, use_cache)
         if images.dim() == 6:
             images = images.flatten(1, 2)  # interleaved history: every frame of every view in one sequence
-        return self._encode(images, state, batch, use_cache)
+        return self._encode(images, state, batch, use_cache, suffix)
 
     def _encode_per_frame(self, images: Tensor, state: Tensor | None, batch: dict[str, Any],
                           use_cache: bool) -> Context:
@@ -446,7 +466,8 @@ class Backbone(nn.Module):
         ctx.history = history
         return ctx
 
-    def _encode(self, images: Tensor, state: Tensor | None, batch: dict[str, Any], use_cache: bool) -> Context:
+    def _encode(self, images: Tensor, state: Tensor | None, batch: dict[str, Any], use_cache: bool,
+                suffix: Tensor | None = None) -> Context:
         b, v = images.shape[:2]
         pixels = self.normalize_images(images).flatten(0, 1).to(self.dtype)
         feats = self.embed_images(pixels)
@@ -470,13 +491,16 @@ class Backbone(nn.Module):
         if self.act_token is not None:
             seq.append(self.act_token.to(fixed.dtype).expand(b, 1, -1))
             masks.append(text_mask.new_ones(b, 1))
+        if suffix is not None:
+            seq.append(suffix.to(fixed.dtype))
+            masks.append(text_mask.new_ones(b, suffix.shape[1]))
         x, mask = torch.cat(seq, 1), torch.cat(masks, 1)
         pos = self.positions(mask, spans)
         cache = DynamicCache() if use_cache else None
         hidden = self.lm_forward(x, mask, pos, cache, PrefixInfo(spans, image_extra))
         rows = torch.arange(b, device=hidden.device)
-        last = torch.full((b,), x.shape[1] - 1, device=hidden.device) if self.act_token is not None \
-            else mask.sum(1) - 1  # the ACT token sits after the pads; otherwise the last real prompt token
+        last = torch.full((b,), fixed.shape[1] + ids.shape[1], device=hidden.device) if self.act_token is not None \
+            else fixed.shape[1] + text_mask.sum(1) - 1  # the ACT token sits after the pads; else the last prompt token
         if self.cfg.readout in ("act", "last"):
             pooled = hidden[rows, last]
         else:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vlaforge.config import Choice, ChoiceType
 from vlaforge.registry import Registry
-from vlaforge.types import ACTION, ACTION_IS_PAD, Context, LMSpec
+from vlaforge.types import ACTION, ACTION_IS_PAD, Context, LMSpec, SequenceModel
 
 HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
     "tokens": "vlaforge.heads.tokens", "dit": "vlaforge.heads.dit", "unet1d": "vlaforge.heads.unet1d",
@@ -72,6 +72,11 @@ class ActionHead(nn.Module):
 
     def fit(self, actions: np.ndarray) -> None:
         """Learn from normalized training action chunks (N, H, Da); only called when ``needs_fit``."""
+
+    def prefix_suffix(self, lm: SequenceModel, batch_size: int) -> Tensor | None:
+        """Embeddings (B, K, D) to encode in the same pass as the prefix, after the prompt (OpenVLA-OFT's
+        placeholder tokens); None for heads that read the prefix alone."""
+        return None
 
 
 def target_and_mask(batch: dict[str, Any], chunk: int, action_dim: int) -> tuple[Tensor, Tensor]:

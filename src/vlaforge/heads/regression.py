@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, masked_mean, target_and_mask
-from vlaforge.types import Context, LMSpec
+from vlaforge.types import Context, LMSpec, SequenceModel
 
 LOSSES = ("l1", "mse", "huber_bce")
+READOUTS = ("pooled", "placeholders")
+MLPS = ("gelu", "resnet")
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,15 @@ class RegressionHeadConfig(HeadConfig):
     gripper_weight: float = 0.01  # RoboVLMs' arm_gripper_loss_ratio
     tanh: bool = False  # squash arm outputs to [-1, 1] (RoboVLMs' MLPTanhHead)
     window: int = 16  # longest history the GPT fusion accepts (position embeddings)
+    # "pooled": the backbone's readout vector; "placeholders": OpenVLA-OFT's parallel decoding — chunk x action_dim
+    # zero-embedded tokens (+ EOS) encoded with the prompt, each step reads action_dim consecutive hidden states
+    readout: str = "pooled"
+    mlp: str = "gelu"  # "gelu": Linear-GELU stacks | "resnet": OFT's MLP-ResNet (LayerNorm, ReLU residual blocks)
 
     def validate(self) -> None:
+        self.check(self.readout in READOUTS, "readout", f"one of {READOUTS}")
+        self.check(self.mlp in MLPS, "mlp", f"one of {MLPS}")
+        self.check(self.readout == "pooled" or self.fusion == "none", "readout", "'pooled' with a history fusion")
         self.check(self.hidden >= 1 and self.layers >= 1, "hidden", "hidden >= 1 and layers >= 1")
         self.check(self.loss in LOSSES, "loss", f"one of {LOSSES}")
         self.check(self.loss != "huber_bce" or len(self.gripper_dims) > 0, "gripper_dims",
@@ -69,11 +78,35 @@ class GPTHeadConfig(RegressionHeadConfig):
     heads: int = 4
 
 
+class MLPResNet(nn.Module):
+    """OpenVLA-OFT's MLP-ResNet: LayerNorm -> Linear -> ReLU, ``blocks`` x (LayerNorm -> Linear -> ReLU, plus the
+    input), LayerNorm -> Linear."""
+
+    def __init__(self, inp: int, hidden: int, out: int, blocks: int) -> None:
+        super().__init__()
+        self.norm_in, self.fc_in = nn.LayerNorm(inp), nn.Linear(inp, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.ReLU())
+                                    for _ in range(blocks))
+        self.norm_out, self.fc_out = nn.LayerNorm(hidden), nn.Linear(hidden, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.fc_in(self.norm_in(x)))
+        for block in self.blocks:
+            x = block(x) + x
+        return self.fc_out(self.norm_out(x))
+
+
 class RegressionHead(ActionHead):
     def __init__(self, cfg: RegressionHeadConfig, action_dim: int, chunk: int, hidden_size: int,
                  state_dim: int) -> None:
         super().__init__(cfg, action_dim, chunk)
         h = cfg.hidden
+        self.placeholders = cfg.readout == "placeholders"
+        if self.placeholders:  # each chunk step reads action_dim hidden states: no pooled input, no state
+            self.mlp: nn.Module = MLPResNet(action_dim * hidden_size, h, action_dim, cfg.layers) \
+                if cfg.mlp == "resnet" else nn.Sequential(nn.Linear(action_dim * hidden_size, h), nn.GELU(),
+                                                          nn.Linear(h, action_dim))
+            return
         self.inp = nn.Linear(hidden_size, h)
         self.state = nn.Linear(state_dim, h) if state_dim > 0 else None
         if cfg.fusion == "lstm":
@@ -84,10 +117,13 @@ class RegressionHead(ActionHead):
                                              bos_token_id=0, eos_token_id=0))
         else:
             self.fuse = None
-        mlp: list[nn.Module] = []
-        for _ in range(cfg.layers if cfg.fusion == "none" else 1):
-            mlp += [nn.Linear(h, h), nn.GELU()]
-        self.mlp = nn.Sequential(*mlp, nn.Linear(h, chunk * action_dim))
+        if cfg.mlp == "resnet":
+            self.mlp = MLPResNet(h, h, chunk * action_dim, cfg.layers)
+        else:
+            mlp: list[nn.Module] = []
+            for _ in range(cfg.layers if cfg.fusion == "none" else 1):
+                mlp += [nn.Linear(h, h), nn.GELU()]
+            self.mlp = nn.Sequential(*mlp, nn.Linear(h, chunk * action_dim))
         grip = torch.zeros(action_dim, dtype=torch.bool)
         grip[list(cfg.gripper_dims)] = True
         self.register_buffer("_gripper", grip, persistent=False)
@@ -105,7 +141,30 @@ class RegressionHead(ActionHead):
             x = self.fuse(inputs_embeds=x).last_hidden_state
         return x[:, -1]
 
+    def prefix_suffix(self, lm: SequenceModel, batch_size: int) -> Tensor | None:
+        if not self.placeholders:
+            return None
+        eos = lm.eos_token_id
+        if eos is None:
+            raise ValueError("readout='placeholders' ends the placeholders with EOS; the tokenizer has none")
+        end = lm.embed_tokens(torch.tensor([[eos]], device=next(self.parameters()).device))
+        zeros = end.new_zeros(batch_size, self.chunk * self.action_dim, end.shape[-1])
+        return torch.cat([zeros, end.expand(batch_size, -1, -1)], 1)
+
+    def _placeholder_states(self, ctx: Context) -> Tensor:
+        """OFT's readout, shifted by one as it trains: the last prompt token and the first K - 1 placeholders
+        (next-token style), K = chunk x action_dim; (B, chunk, action_dim x D)."""
+        k = self.chunk * self.action_dim
+        start = ctx.hidden.shape[1] - (k + 1)  # the placeholders and EOS are the last K + 1 positions
+        pos = torch.cat([ctx.last_index[:, None], start + torch.arange(k - 1, device=ctx.hidden.device)
+                         .expand(ctx.hidden.shape[0], -1)], 1)
+        h = ctx.hidden.gather(1, pos[..., None].expand(-1, -1, ctx.hidden.shape[-1]))
+        return h.reshape(h.shape[0], self.chunk, -1)
+
     def _raw(self, ctx: Context) -> Tensor:
+        if self.placeholders:
+            h = self._placeholder_states(ctx)
+            return self.mlp(h.to(next(self.mlp.parameters()).dtype)).float()
         return self.mlp(self._features(ctx)).view(-1, self.chunk, self.action_dim).float()
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -73,10 +73,10 @@ def prismatic_parts(dino: dict[str, Tensor], siglip: dict[str, Tensor], projecto
 
 def openvla_backbone(arch: dict[str, Any], dtype: str, **options: Any) -> Any:
     """The prismatic backbone config with OpenVLA's conventions (see the module docstring)."""
-    return BACKBONES.get("prismatic")(
-        arch=arch, dtype=dtype, prompt_template=PROMPT, prompt_lowercase=False, prompt_suffix="▁",
-        max_prompt_tokens=96, image_resize="squash", image_interpolation="bicubic", action_tokens="count_down",
-        num_action_tokens=256, **options)
+    return BACKBONES.get("prismatic")(**{
+        "arch": arch, "dtype": dtype, "prompt_template": PROMPT, "prompt_lowercase": False, "prompt_suffix": "▁",
+        "max_prompt_tokens": 96, "image_resize": "squash", "image_interpolation": "bicubic",
+        "action_tokens": "count_down", "num_action_tokens": 256, **options})
 
 
 def _hf_parts(src: Path, hf: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -137,4 +137,100 @@ def import_openvla(src: Path, unnorm_key: str | None = None, cameras: tuple[str,
              "exact: vision towers, projector, Llama, prompt, action-token ids and bins, un-normalisation",
              "approximate: dims whose q01 == q99 are shifted by q01 instead of set to it (vlaforge never divides "
              "by a zero range)"]
+    return Imported(cfg, weights, load_source_tokenizer(src), stats, key, robot, notes)
+
+
+# ---------------------------------------------------------------- OpenVLA-OFT
+# Per-platform constants of OFT (``prismatic/vla/constants.py``), chosen by the statistics key:
+# chunk, cameras, normalization (BOUNDS_Q99 -> q01_q99, BOUNDS -> min_max), centre crop at inference
+OFT_PLATFORMS = {
+    "libero": (8, ("primary", "wrist"), "q01_q99", 0.9),
+    "aloha": (25, ("high", "left_wrist", "right_wrist"), "min_max", 1.0),
+    "bridge": (5, ("primary",), "q01_q99", 1.0),
+}
+
+
+def _oft_platform(key: str, chunk: int | None) -> tuple[int, tuple[str, ...], str, float]:
+    for name, spec in OFT_PLATFORMS.items():
+        if name in key.lower():
+            return (chunk or spec[0], *spec[1:])
+    if chunk is None:
+        raise LayoutError(f"unnorm_key {key!r} names no OFT platform ({sorted(OFT_PLATFORMS)}): pass --chunk")
+    return chunk, ("primary",), "q01_q99", 1.0
+
+
+def _oft_head(src: Path) -> tuple[dict[str, Tensor], int, int]:
+    """The MLP-ResNet action head (``action_head--*_checkpoint.pt``, DDP's ``module.`` prefix) in vlaforge names,
+    its hidden width and block count."""
+    from vlaforge.weights.common import drop_module_prefix, find_one, load_pt
+
+    f = find_one(src, "action_head--*checkpoint.pt", "action head")
+    sd = strip_prefix(drop_module_prefix(load_pt(f)), "model.")
+    blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("mlp_resnet_blocks.")})
+    names = {"layer_norm1": "norm_in", "fc1": "fc_in", "layer_norm2": "norm_out", "fc2": "fc_out"}
+    out = {}
+    for k, v in sd.items():
+        part, _, rest = k.partition(".")
+        if part in names:
+            out[f"head.mlp.{names[part]}.{rest}"] = v
+        elif part == "mlp_resnet_blocks":  # blocks.i.ffn.{0: LayerNorm, 1: Linear}
+            i, _, j, p = rest.split(".")
+            out[f"head.mlp.blocks.{i}.{j}.{p}"] = v
+        else:
+            raise LayoutError(f"{f}: unexpected action-head weight {k!r}")
+    if "head.mlp.fc_in.weight" not in out:
+        raise LayoutError(f"{f}: no MLP-ResNet weights (model.fc1.weight missing; found {sorted(sd)[:4]})")
+    return out, out["head.mlp.fc_in.weight"].shape[0], len(blocks)
+
+
+@IMPORTERS.register("openvla_oft")
+def import_openvla_oft(src: Path, unnorm_key: str | None = None, cameras: tuple[str, ...] | None = None,
+                       dtype: str = "bfloat16", chunk: int | None = None) -> Imported:
+    """An OpenVLA-OFT run directory: the merged HF-format shards + ``action_head--*_checkpoint.pt`` (+
+    ``proprio_projector--*_checkpoint.pt``) + ``dataset_statistics.json``.
+
+    OFT differs from OpenVLA in exactly these options: the Llama attends bidirectionally (its patched SDPA
+    attention), chunk x action_dim zero-embedded placeholder tokens and EOS follow the prompt and an MLP-ResNet
+    reads their hidden states (``mlp`` head, ``readout=placeholders``, ``mlp=resnet``, L1), the proprio projector
+    (Linear-GELU-Linear) adds one token after the image patches, every camera's patches enter the sequence, the
+    instruction is lower-cased, and LIBERO images are centre-cropped to 90 % of their area.
+    """
+    from vlaforge.weights.common import drop_module_prefix, find_one, load_pt
+
+    src = Path(src)
+    hf = read_json(src / "config.json", "OpenVLA-OFT config.json")
+    arch, weights = _hf_parts(src, hf)
+    stats, key, mask = _statistics(src, hf, unnorm_key)
+    chunk, default_cams, norm, crop = _oft_platform(key, chunk)
+    cameras = tuple(cameras or default_cams)
+    head_w, width, blocks = _oft_head(src)
+    weights.update(head_w)
+    action_dim = len(stats[key][ACTION]["q01"])
+    d = arch["configs"]["llm"].get("hidden_size", 4096)
+    if head_w["head.mlp.fc_in.weight"].shape[1] != action_dim * d:
+        raise LayoutError(f"{src}: the action head reads {head_w['head.mlp.fc_in.weight'].shape[1]} features, "
+                          f"expected action_dim x hidden = {action_dim} x {d}")
+    proprio = sorted(src.glob("proprio_projector--*checkpoint.pt"))
+    state_dim = 0
+    if proprio:
+        p = drop_module_prefix(load_pt(find_one(src, "proprio_projector--*checkpoint.pt", "proprio projector")))
+        state_dim = p["fc1.weight"].shape[1]
+        weights.update({f"backbone.proprio.{i}.{n}": p[f"fc{j}.{n}"] for i, j in ((0, 1), (2, 2))
+                        for n in ("weight", "bias")})
+    if "observation.state" not in stats[key] and state_dim:
+        raise LayoutError(f"{src}: a proprio projector but no 'proprio' statistics for {key!r}")
+    backbone = openvla_backbone(arch, dtype, proprio="mlp" if state_dim else "none", readout="last",
+                                attention="bidirectional", prompt_lowercase=True, image_crop=crop)
+    head = HEADS.get("mlp")(readout="placeholders", mlp="resnet", hidden=width, layers=blocks, loss="l1")
+    modes = {ACTION: norm, **({"observation.state": norm} if state_dim else {})}
+    cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=chunk, normalization=modes,
+                       normalize_skip=skip_dims(mask), cameras=cameras, state_dim=state_dim, action_dim=action_dim)
+    robot = RobotSpec(cameras={c: (0, 0) for c in cameras}, state_dim=state_dim, action_dim=action_dim)
+    notes = ["# Imported OpenVLA-OFT checkpoint", "", f"source: {src}", f"unnorm_key: {key}",
+             f"chunk {chunk}, cameras {list(cameras)}, normalization {norm}, centre crop {crop}",
+             "exact: towers, projector, proprio token, bidirectional Llama, placeholder readout, MLP-ResNet, "
+             "un-normalisation",
+             "approximate: the instruction is lower-cased with whitespace tidied (OFT: str.lower only); the env "
+             "must deliver OFT's LIBERO frames (rotated 180 deg, JPEG + lanczos to 224) and map the gripper "
+             "(OFT: 2g - 1, sign, inverted) — vlaforge's output pipeline returns the raw gripper value"]
     return Imported(cfg, weights, load_source_tokenizer(src), stats, key, robot, notes)
