@@ -83,8 +83,13 @@ def test_seed_specific_options():
     assert (llava.policy.backbone.views, llava.policy.backbone.proprio, llava.policy.chunk) == ("stitch", "tokens", 5)
     robo = get_preset("robovlms")
     assert (robo.policy.history, robo.policy.backbone.history, robo.policy.chunk) == (8, "per_frame", 10)
-    oft = get_preset("openvla_oft_like")
+    oft = get_preset("openvla_oft")
     assert (oft.policy.head.type, oft.policy.head.loss, oft.policy.chunk) == ("mlp", "l1", 8)
+    assert (oft.policy.head.readout, oft.policy.head.mlp, oft.policy.backbone.attention) == (
+        "placeholders", "resnet", "bidirectional")
+    ovla = get_preset("openvla")
+    assert (ovla.policy.head.binning, ovla.policy.head.decode_over, ovla.policy.backbone.action_tokens) == (
+        "uniform_edges", "vocab", "count_down")
 
 
 def test_dexvla_stage3_starts_from_stage2(reasoning_dataset, tmp_path):

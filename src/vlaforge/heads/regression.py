@@ -101,6 +101,9 @@ class RegressionHead(ActionHead):
                  state_dim: int) -> None:
         super().__init__(cfg, action_dim, chunk)
         h = cfg.hidden
+        grip = torch.zeros(action_dim, dtype=torch.bool)
+        grip[list(cfg.gripper_dims)] = True
+        self.register_buffer("_gripper", grip, persistent=False)
         self.placeholders = cfg.readout == "placeholders"
         if self.placeholders:  # each chunk step reads action_dim hidden states: no pooled input, no state
             self.mlp: nn.Module = MLPResNet(action_dim * hidden_size, h, action_dim, cfg.layers) \
@@ -124,9 +127,6 @@ class RegressionHead(ActionHead):
             for _ in range(cfg.layers if cfg.fusion == "none" else 1):
                 mlp += [nn.Linear(h, h), nn.GELU()]
             self.mlp = nn.Sequential(*mlp, nn.Linear(h, chunk * action_dim))
-        grip = torch.zeros(action_dim, dtype=torch.bool)
-        grip[list(cfg.gripper_dims)] = True
-        self.register_buffer("_gripper", grip, persistent=False)
 
     def _features(self, ctx: Context) -> Tensor:
         seq = ctx.history if ctx.history is not None else ctx.pooled[:, None]  # (B, T, D)

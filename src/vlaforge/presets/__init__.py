@@ -31,8 +31,10 @@ PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
     "robovlms_tiny": "vlaforge.presets.seeds",
     "pi0_like": "vlaforge.presets.seeds",
     "pi0_like_tiny": "vlaforge.presets.seeds",
-    "openvla_oft_like": "vlaforge.presets.seeds",
-    "openvla_oft_like_tiny": "vlaforge.presets.seeds",
+    "openvla": "vlaforge.presets.seeds",
+    "openvla_tiny": "vlaforge.presets.seeds",
+    "openvla_oft": "vlaforge.presets.seeds",
+    "openvla_oft_tiny": "vlaforge.presets.seeds",
 })
 
 

@@ -310,10 +310,51 @@ def pi0_like_tiny() -> TrainConfig:
     return _pi0_like(tiny=True)
 
 
-def _openvla_oft_like(tiny: bool) -> TrainConfig:
-    backbone = _backbone("prismatic", tiny, proprio="mlp", readout="act",
-                         lora=LoraConfig(r=32, alpha=16, dropout=0.0))
-    head = HEADS.get("mlp")(hidden=64 if tiny else 4096, layers=2, loss="l1")
+# The options OpenVLA's released models use (vlaforge.weights.openvla imports them with these): squashed
+# bicubic images, the instruction as given, bins counted down from the base vocabulary, 256 edges / 255 centres,
+# greedy over the whole vocabulary. prompt_suffix "▁" needs a Llama tokenizer (an import or a pretrained Llama dir:
+# --policy.backbone.prompt_suffix=▁); the random-init tokenizers have no such token.
+OPENVLA_BACKBONE = dict(prompt_template="In: What action should the robot take to {task}?\nOut:",
+                        prompt_lowercase=False, image_resize="squash", image_interpolation="bicubic",
+                        action_tokens="count_down", max_prompt_tokens=96)
+
+
+def _openvla(tiny: bool) -> TrainConfig:
+    backbone = _backbone("prismatic", tiny, proprio="none", readout="last", lora=LoraConfig(r=32, alpha=16,
+                         dropout=0.0), **OPENVLA_BACKBONE)
+    head = HEADS.get("tokens")(binning="uniform_edges", n_bins=256, decode_over="vocab")
+    policy = PolicyConfig(backbone=backbone, head=head, chunk=1, exec_steps=1, normalization={ACTION: "q01_q99"},
+                          normalize_skip={ACTION: GRIPPER})
+    optim = OptimConfig(lr=5e-4, weight_decay=0.0, betas=HF_BETAS, warmup_steps=0, min_lr_ratio=1.0)
+    return _train(policy, tiny, optim=optim, steps=200_000, batch_size=16, precision="bf16", distributed="ddp",
+                  data=DataConfig(shift_pad=0, crop_scale=0.9, color_jitter=0.2))
+
+
+@PRESETS.register("openvla")
+def openvla() -> TrainConfig:
+    """OpenVLA: Prismatic (DINOv2 + SigLIP + Llama-2) writing 7 action tokens, as ``vlaforge import openvla`` builds it.
+
+    Published: ``openvla/openvla-7b`` ≈ 7.5 B (Llama-2-7B 6.7 B + DINOv2-L 0.3 B + SigLIP So400m 0.4 B), 224 px,
+    256-bin action tokens counted down from the Llama vocabulary, chunk 1. Recipe (``vla-scripts/finetune.py``):
+    LoRA r 32 (alpha 16), AdamW lr 5e-4 constant, batch 16 per GPU, image augmentation (random-resized crop 0.9,
+    colour jitter), q01/q99 with the gripper raw, bf16. Start from a converted checkpoint with
+    ``--init_from`` (``vlaforge import openvla``). Memory (OpenVLA README): LoRA fine-tuning ≈ 27 GB at batch 1,
+    ≈ 72 GB at batch 16; inference ≈ 15 GB in bf16.
+    """
+    return _openvla(tiny=False)
+
+
+@PRESETS.register("openvla_tiny")
+def openvla_tiny() -> TrainConfig:
+    """OpenVLA's architecture and recipe on the tiny Prismatic."""
+    return _openvla(tiny=True)
+
+
+def _openvla_oft(tiny: bool) -> TrainConfig:
+    backbone = _backbone("prismatic", tiny, proprio="mlp", readout="last", attention="bidirectional",
+                         image_crop=0.9, lora=LoraConfig(r=32, alpha=16, dropout=0.0),
+                         **{**OPENVLA_BACKBONE, "prompt_lowercase": True})
+    head = HEADS.get("mlp")(readout="placeholders", mlp="resnet", hidden=64 if tiny else 4096, layers=2, loss="l1")
     policy = PolicyConfig(backbone=backbone, head=head, chunk=8, exec_steps=8,
                           normalization={OBS_STATE: "q01_q99", ACTION: "q01_q99"},
                           normalize_skip={ACTION: GRIPPER})
@@ -322,25 +363,27 @@ def _openvla_oft_like(tiny: bool) -> TrainConfig:
                   data=DataConfig(shift_pad=0, crop_scale=0.9, color_jitter=0.2))
 
 
-@PRESETS.register("openvla_oft_like")
-def openvla_oft_like() -> TrainConfig:
-    """OpenVLA-OFT-like: Prismatic + parallel decoding of a chunk of 8 with an L1-regressed MLP head.
+@PRESETS.register("openvla_oft")
+def openvla_oft() -> TrainConfig:
+    """OpenVLA-OFT: OpenVLA + parallel decoding of a chunk of 8, as ``vlaforge import openvla_oft`` builds it.
 
-    Published: OpenVLA-OFT ≈ 7.5 B (OpenVLA) + MLP action head (hidden 4096) and proprio projector. Recipe
-    (LIBERO): the whole chunk in one forward pass (no autoregression), L1 loss, proprio through an MLP, third
-    person + wrist cameras, LoRA r 32 (alpha 16), AdamW lr 5e-4 (the seed steps it ×0.1 after 100k; a cosine
+    Published: ≈ 7.5 B (OpenVLA) + an MLP-ResNet action head (hidden 4096, 2 blocks) + proprio projector.
+    Architecture: the Llama attends bidirectionally; chunk x action_dim zero-embedded placeholder tokens and EOS
+    follow the prompt and the head reads their hidden states in one pass (``readout=placeholders``); proprio is
+    one token after the image patches; third-person + wrist cameras; LIBERO frames centre-cropped to 90 %.
+    Recipe (LIBERO): L1 loss, LoRA r 32 (alpha 16), AdamW lr 5e-4 (the seed steps it ×0.1 after 100k; a cosine
     to 0.1 × lr here), 150k steps, 8 per GPU on 8 GPUs with DDP, bf16, q01/q99 (BOUNDS_Q99) with the gripper
     raw, random-resized-crop 0.9 + colour jitter. Memory (LIBERO.md): ≈ 62 GB/GPU at batch 8, ≈ 25 GB at
     batch 1; inference ≈ 16 GB.
     """
-    return _openvla_oft_like(tiny=False)
+    return _openvla_oft(tiny=False)
 
 
-@PRESETS.register("openvla_oft_like_tiny")
-def openvla_oft_like_tiny() -> TrainConfig:
-    """OpenVLA-OFT's recipe on the tiny Prismatic."""
-    return _openvla_oft_like(tiny=True)
+@PRESETS.register("openvla_oft_tiny")
+def openvla_oft_tiny() -> TrainConfig:
+    """OpenVLA-OFT's architecture and recipe on the tiny Prismatic."""
+    return _openvla_oft(tiny=True)
 
 
 SEED_PRESETS = ("hybridvla", "dexvla_stage2", "dexvla_stage3", "divla", "llava_vla", "robovlms", "pi0_like",
-                "openvla_oft_like")
+                "openvla", "openvla_oft")
