@@ -77,7 +77,7 @@ def timm_vit(g: torch.Generator, d: int, depth: int, kind: str) -> dict[str, tor
 def llama(g: torch.Generator, tok: PreTrainedTokenizerFast) -> tuple[dict, dict[str, torch.Tensor]]:
     """OpenVLA's text_config (LlamaConfig diff: vocab padded to a multiple of 64, pad id) and Llama weights whose
     action-token rows are boosted, so that greedy decoding mostly (not always) picks action tokens."""
-    rows = -(-len(tok) // 64) * 64
+    rows = -(-(len(tok) + 2) // 64) * 64  # padded to a multiple of 64 (as OpenVLA); room for HybridVLA's 2 rows
     text = {"model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": rows, "pad_token_id": tok.pad_token_id,
             "max_position_embeddings": 512, "torch_dtype": "bfloat16"}
@@ -168,3 +168,47 @@ def write_openvla_oft(path: Path, seed: int = 0, key: str = "libero_spatial_no_n
     stats = {key: norm_stats(action_dim, seed + 7, proprio_dim)}
     (path / "dataset_statistics.json").write_text(json.dumps(stats, indent=2))
     return path
+
+
+def write_hybridvla(run: Path, seed: int = 0, key: str = "rlbench", action_dim: int = 7) -> tuple[Path, Path]:
+    """A tiny HybridVLA run: ``checkpoints/step-000100-epoch-01-loss=0.1.pt`` = ``{"model": {part: state_dict}}``
+    (timm towers under ``dino_featurizer.`` / ``siglip_featurizer.``, ``projector.0/2/4``, ``llm.`` + Llama with
+    ``<BOD>``/``<EOD>`` rows, the diffusion modules), ``dataset_statistics.json`` and ``config.json``; and the
+    Llama-2-like tokenizer directory (the run ships none). Returns (run, tokenizer dir)."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tok = llama_tokenizer()
+    text, lm = llama(g, tok)
+    assert text["vocab_size"] >= tok.vocab_size + 3  # room for <PAD>, <BOD>, <EOD>
+    base_dir = run.parent / "llama2-tokenizer"
+    base = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+    base.save_pretrained(base_dir)
+    vis, d = DINO + SIGLIP, HIDDEN
+    vision = {f"dino_featurizer.{k.replace('scale_factor', 'gamma')}": v
+              for k, v in timm_vit(g, DINO, 3, "dino").items()}
+    vision.update({f"siglip_featurizer.{k}": v for k, v in timm_vit(g, SIGLIP, 3, "siglip").items()})
+    projector = {}
+    for i, (o, n) in zip((0, 2, 4), ((4 * vis, vis), (d, 4 * vis), (d, d)), strict=True):
+        projector[f"projector.{i}.weight"], projector[f"projector.{i}.bias"] = _randn(g, o, n, scale=n**-0.5), \
+            _randn(g, o)
+
+    def mlp(i: int, o: int) -> dict[str, torch.Tensor]:
+        return {"mlp.fc1.weight": _randn(g, o, i, scale=i**-0.5), "mlp.fc1.bias": _randn(g, o),
+                "mlp.fc2.weight": _randn(g, o, o, scale=o**-0.5), "mlp.fc2.bias": _randn(g, o)}
+
+    model = {"vision_backbone": vision, "projector": projector, "llm_backbone": {f"llm.{k}": v for k, v in lm.items()},
+             "x_embedder": mlp(action_dim, d), "proprio_embedder": mlp(action_dim, d),
+             "t_embedder": {"mlp.0.weight": _randn(g, d, 256, scale=1 / 16), "mlp.0.bias": _randn(g, d),
+                            "mlp.2.weight": _randn(g, d, d, scale=d**-0.5), "mlp.2.bias": _randn(g, d)},
+             "final_layer": {"norm_final.weight": 1 + _randn(g, d),
+                             "mlp.fc1.weight": _randn(g, d, d, scale=d**-0.5), "mlp.fc1.bias": _randn(g, d),
+                             "mlp.fc2.weight": _randn(g, action_dim, d, scale=d**-0.5),
+                             "mlp.fc2.bias": _randn(g, action_dim)}}
+    torch.save({"model": model}, run / "checkpoints" / "step-000100-epoch-01-loss=0.1000.pt")
+    stats = norm_stats(action_dim, seed + 3, action_dim)
+    stats["proprio"]["mask"] = [True] * (action_dim - 1) + [False]
+    (run / "dataset_statistics.json").write_text(json.dumps({key: stats}, indent=2))
+    (run / "config.json").write_text(json.dumps({"vla": {"base_vlm": "prism-dinosiglip-224px+7b"}}))
+    (base_dir / "config.json").write_text(json.dumps(text))  # the base LLM's config (Llama-2-7b-hf's, tiny here)
+    return run, base_dir

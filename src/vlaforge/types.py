@@ -170,3 +170,5 @@ class SequenceModel(Protocol):
 
     @property
     def eos_token_id(self) -> int | None: ...  # the tokenizer's end-of-sequence id
+
+    def token_id(self, token: str) -> int: ...  # a vocabulary token's id (a clear error if it is unknown)

@@ -269,3 +269,134 @@ def test_imported_openvla_oft_matches_the_reference_forward(tmp_path):
     small = np.asarray(Image.fromarray(images[0]).resize((released.IMAGE, released.IMAGE), Image.BICUBIC))
     np.testing.assert_array_equal((crop.transpose(1, 2, 0) * 255).round().astype(np.uint8),
                                   _tf_center_crop(small, 0.9))
+
+
+def _ddim_alpha_bar(steps=100):
+    """The cosine (squaredcos_cap_v2) schedule's cumulative alphas, betas capped at 0.999."""
+    f = lambda t: np.cos((t / steps + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    betas = np.minimum(1 - f(np.arange(1, steps + 1)) / f(np.arange(steps)), 0.999)
+    return np.cumprod(1 - betas)
+
+
+def reference_hybridvla(run, tok_dir, img, proprio, instruction, seed, need_to_sub=0, with_ar=True):
+    """HybridVLA's predict_action (diff+ar): AR tokens after [BOD][proprio][t][noise][EOD][▁] with t and noise
+    drawn first, then 4 DDIM steps over [BOD][proprio][t][x]; each path clamped, gripper snapped at 0.5,
+    un-normalized; averaged when the 6 arm confidences sum above 5.8."""
+    part = torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)["model"]
+    sd = {f"vision_backbone.featurizer.{k[len('dino_featurizer.'):].replace('gamma', 'scale_factor')}": v
+          for k, v in part["vision_backbone"].items() if k.startswith("dino_featurizer.")}
+    sd.update({f"vision_backbone.fused_featurizer.{k[len('siglip_featurizer.'):]}": v
+               for k, v in part["vision_backbone"].items() if k.startswith("siglip_featurizer.")})
+    sd.update({f"projector.fc{i}.{p}": part["projector"][f"projector.{j}.{p}"]
+               for i, j in ((1, 0), (2, 2), (3, 4)) for p in ("weight", "bias")})
+    sd.update({f"language_model.{k[4:]}": v for k, v in part["llm_backbone"].items()})
+    patches = _patches(sd, _pixels(img))
+    lm = _llama({"text_config": json.loads((tok_dir / "config.json").read_text())}, sd)
+    stats = json.loads((run / "dataset_statistics.json").read_text())["rlbench"]
+    tok = released.llama_tokenizer()
+    v = tok.vocab_size
+    bod, eod, space = v + 1, v + 2, tok.convert_tokens_to_ids("▁")
+    emb = lm.get_input_embeddings()
+    prompt = f"In: What action should the robot take to {instruction.lower()}?\nOut:"
+    ids = [*tok(prompt, add_special_tokens=False)["input_ids"], space]
+    prefix = torch.cat([emb(torch.tensor([[tok.bos_token_id]])), patches, emb(torch.tensor([ids]))], 1)
+
+    def mlp(p, x, act):
+        h = act(F.linear(x, p["mlp.fc1.weight"], p["mlp.fc1.bias"]))
+        return F.linear(h, p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+
+    tanh_gelu = lambda x: F.gelu(x, approximate="tanh")  # noqa: E731
+    ps = stats["proprio"]
+    lo, hi = np.array(ps["q01"]), np.array(ps["q99"])
+    pn = np.where(ps["mask"], np.clip(2 * (proprio - lo) / (hi - lo + 1e-8) - 1, -1, 1), proprio)
+    ptok = mlp(part["proprio_embedder"], torch.tensor(pn, dtype=torch.float32), tanh_gelu)[None, None]
+
+    def t_tok(t):
+        freqs = torch.exp(-np.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+        args = torch.tensor([float(t)])[:, None] * freqs[None]
+        e = torch.cat([torch.cos(args), torch.sin(args)], -1)
+        p = part["t_embedder"]
+        return F.linear(F.silu(F.linear(e, p["mlp.0.weight"], p["mlp.0.bias"])), p["mlp.2.weight"], p["mlp.2.bias"])
+
+    def block(t, x):
+        return torch.cat([emb(torch.tensor([[bod]])), ptok, t_tok(t)[None], mlp(part["x_embedder"], x, tanh_gelu)], 1)
+
+    g = torch.Generator().manual_seed(seed)
+    if with_ar:  # the AR path draws its timestep and noise block first
+        t_rand = int(torch.randint(0, 100, (1,), generator=g))
+        noise = torch.randn((1, 1, 7), generator=g)
+        seq = torch.cat([prefix, block(t_rand, noise), emb(torch.tensor([[eod, space]]))], 1)
+    out, conf = [], []
+    with torch.no_grad():
+        for _ in range(7 if with_ar else 0):
+            probs = lm(inputs_embeds=seq).logits[0, -1].softmax(-1)
+            nxt = int(probs.argmax())
+            out.append(nxt)
+            conf.append(float(probs[nxt]))
+            seq = torch.cat([seq, emb(torch.tensor([[nxt]]))], 1)
+        bins = np.linspace(-1, 1, 256)
+        centres = (bins[:-1] + bins[1:]) / 2
+        ar = centres[np.clip(v - need_to_sub - np.array(out, dtype=int) - 1, 0, 254)] if with_ar else np.zeros(7)
+        ab = _ddim_alpha_bar()
+        x = torch.randn((1, 1, 7), generator=g, dtype=torch.float32)
+        f = part["final_layer"]
+        for i, t in enumerate([75, 50, 25, 0]):
+            h = lm.model(inputs_embeds=torch.cat([prefix, block(t, x)], 1)).last_hidden_state[:, -1:]
+            hn = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * f["norm_final.weight"]
+            eps = mlp(f, hn, tanh_gelu)
+            prev = ab[[50, 25, 0][i]] if i < 3 else 1.0
+            x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+            x = np.sqrt(prev) * x0 + np.sqrt(1 - prev) * eps
+    diff = x[0, 0].numpy().astype(np.float64)
+
+    st = stats["action"]
+    lo, hi, mask = np.array(st["q01"]), np.array(st["q99"]), np.array(st["mask"])
+
+    def unnorm(a):
+        a = np.clip(a, -1, 1)
+        a[-1] = 0.0 if a[-1] < 0.5 else 1.0
+        return np.where(mask, 0.5 * (a + 1) * (hi - lo) + lo, a)
+
+    a_ar, a_diff = unnorm(ar.copy()), unnorm(diff.copy())
+    if with_ar and sum(conf[:6]) > 5.8:
+        both = (a_ar + a_diff) / 2
+        both[-1] = 1.0 if both[-1] > 0.5 else 0.0
+        return out, a_ar, a_diff, both
+    return out, a_ar, a_diff, a_diff
+
+
+def test_imported_hybridvla_matches_the_reference_forward(tmp_path):
+    from vlaforge.weights.hybridvla import import_hybridvla
+
+    run, tok_dir = released.write_hybridvla(tmp_path / "run")
+    imported = import_hybridvla(run, dtype="float32", tokenizer=tok_dir, llm_config=tok_dir / "config.json",
+                                cameras=("front",))
+    policy = VLAPolicy.from_pretrained(write_checkpoint(imported, tmp_path / "ckpt"))
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
+    proprio = rng.normal(0, 1, 7).astype(np.float32)
+    proprio[-1] = 1.0
+    task = "Close the Box"
+    ids, a_ar, _, both = reference_hybridvla(run, tok_dir, img, proprio, task, seed=5)
+    obs = {image_key("front"): img, "observation.state": proprio, "task": task}
+    info: dict = {}
+    np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5, mode="ar", info=info)[0, 0], a_ar,
+                               rtol=1e-5, atol=1e-5)
+    assert info["token_ids"][0] == ids
+    _, _, diff_only, _ = reference_hybridvla(run, tok_dir, img, proprio, task, seed=5, with_ar=False)
+    np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5, mode="diff")[0, 0], diff_only,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5)[0, 0], both, rtol=1e-4, atol=1e-4)
+
+
+def test_hybridvla_gate_semantics():
+    """sum of the 6 arm confidences > 5.8 -> average, the gripper 1 only if both paths say 1 (avg > 0.5)."""
+    from vlaforge.heads.hybrid import hybrid_gate, snap_gripper
+
+    ar = snap_gripper(torch.tensor([[[0.2] * 6 + [0.9]], [[0.2] * 6 + [0.9]]]), (-1,), (0.0, 1.0))
+    diff = snap_gripper(torch.tensor([[[0.6] * 6 + [0.3]], [[0.6] * 6 + [0.7]]]), (-1,), (0.0, 1.0))
+    conf = torch.tensor([[[0.99] * 6 + [0.1]], [[0.95] * 6 + [1.0]]])  # sums 5.94 (> 5.8) and 5.7
+    out, averaged = hybrid_gate(ar, diff, conf, 5.8 / 6, (-1,), (0.0, 1.0))
+    assert averaged.tolist() == [True, False]
+    torch.testing.assert_close(out[0, 0], torch.tensor([0.4] * 6 + [0.0]))  # 1 and 0 average to 0.5 -> closed
+    torch.testing.assert_close(out[1, 0], diff[1, 0])

@@ -101,6 +101,7 @@ class BackboneConfig(Choice, ChoiceType):
     readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
+    action_token_offset: int = 0  # count_down: start this many ids below the base vocabulary (HybridVLA's need_to_sub)
     prompt_template: str = "{task}"
     prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
     prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
@@ -135,6 +136,7 @@ class BackboneConfig(Choice, ChoiceType):
         if unknown:
             raise ConfigError("backbone.freeze", f"a subset of {COMPONENTS}", self.freeze)
         self.check(self.num_action_tokens >= 2, "num_action_tokens", ">= 2")
+        self.check(self.action_token_offset >= 0, "action_token_offset", ">= 0")
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
         self.check(0 < self.image_crop <= 1, "image_crop", "in (0, 1]")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
@@ -273,7 +275,7 @@ class Backbone(nn.Module):
                     self._lm_head = [self.model.get_output_embeddings()]
             ids = self.tokenizer.convert_tokens_to_ids(names)
         elif self.cfg.action_tokens == "count_down":
-            top = self.tokenizer.vocab_size
+            top = self.tokenizer.vocab_size - self.cfg.action_token_offset
             if top - n < 0 or top > self.vocab_size:
                 raise ValueError(f"backbone.action_tokens=count_down: {n} ids below the tokenizer's base vocabulary "
                                  f"({top}) within {self.vocab_size} LM-head rows are not available")
@@ -374,6 +376,12 @@ class Backbone(nn.Module):
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    def token_id(self, token: str) -> int:
+        i = self.tokenizer.convert_tokens_to_ids(token)
+        if i is None or (i == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
+            raise ValueError(f"token {token!r} is not in the backbone's vocabulary")
+        return int(i)
 
     @property
     def vocab_size(self) -> int:

@@ -1,4 +1,4 @@
-"""vlaforge import SYSTEM SRC --out CKPT [--unnorm_key KEY] [--cameras a,b] [--dtype bfloat16|float32]
+"""vlaforge import SYSTEM SRC --out CKPT [--unnorm_key KEY] [--cameras a,b] [--dtype bfloat16|float32] [...]
 
 Convert a released checkpoint in its original layout into an ordinary vlaforge checkpoint (config, safetensors,
 processors with the system's statistics, tokenizer) for predict_action, eval, serve and --init_from. Pickled
@@ -8,6 +8,7 @@ processors with the system's statistics, tokenizer) for predict_action, eval, se
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 from vlaforge.cli.common import setup_logging
@@ -27,12 +28,25 @@ def main(argv: list[str]) -> int:
                         help="comma-separated names for the model's camera inputs (they must match the env's)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                         help="dtype of the VLM's weights in the checkpoint (released weights are bf16)")
+    parser.add_argument("--chunk", type=int, default=None, help="openvla_oft: actions per chunk (default: by platform)")
+    parser.add_argument("--tokenizer", default=None, help="hybridvla: the Llama-2 tokenizer directory")
+    parser.add_argument("--llm_config", "--llm-config", dest="llm_config", default=None,
+                        help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
+    parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,
+                        help="hybridvla: the action-token offset it was trained with (README: 0; train.py: 7)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
-    kw = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
+    kw: dict = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    accepted = inspect.signature(importer).parameters
+    extra = sorted(k for k in kw if k not in accepted)
+    if extra:
+        raise ValueError(f"vlaforge import {args.system}: does not take --{', --'.join(extra)}")
     src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or directory")

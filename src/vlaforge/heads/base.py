@@ -58,6 +58,7 @@ class ActionHead(nn.Module):
     uses_kv_cache: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
     uses_action_tokens: ClassVar[bool] = False
+    provides_block: ClassVar[bool] = False  # has block(ctx, x, t): an in-sequence block other heads can read after
 
     def __init__(self, cfg: HeadConfig, action_dim: int, chunk: int) -> None:
         super().__init__()

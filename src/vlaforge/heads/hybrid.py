@@ -5,9 +5,14 @@ Both heads train on the same prefix encode with a weighted sum of their losses. 
 ``ar`` (the token head), ``diff`` (the continuous head) or ``diff+ar``: when the token head's mean
 max-probability over the action tokens (gripper dims excluded) is above ``threshold``, the two predictions are
 averaged — gripper dims then snapped to open/closed — otherwise the continuous prediction is used. HybridVLA
-sums 6 max-probabilities against 5.8, i.e. a mean of 0.9667, the default here. Difference: the token head reads
-the bare prefix rather than the prefix plus the noisy diffusion block, so the AR tokens never condition on
-noise; any continuous head (in-LLM diffusion, DiT, UNet, flow, MLP) can be paired with any token binning.
+sums 6 max-probabilities against 5.8, i.e. a mean of 0.9667, the default here. By default the token head reads
+the bare prefix, so the AR tokens never condition on noise, and any continuous head (in-LLM diffusion, DiT, UNet,
+flow, MLP) can be paired with any token binning. HybridVLA's released models need three options:
+``ar_context="diffusion_block"`` decodes the tokens after ``<BOD> proprio t x <EOD> ▁`` with a random ``t`` and
+pure-noise ``x`` (its ``predict_ar``; an in-LLM diffusion head provides the block), ``binarize_gripper`` with
+``gripper_values=(0, 1)`` snaps each path's gripper at 0.5 before the average (its ``unnormalize_actions``) and
+``clip`` clamps both paths to [-1, 1]. Difference that remains: in training the token loss still reads the bare
+prefix (HybridVLA's training sequence puts the noisy block before the action tokens).
 """
 
 from __future__ import annotations
@@ -46,10 +51,18 @@ class HybridHeadConfig(HeadConfig):
     continuous_weight: float = 1.0
     mode: str = "diff+ar"
     threshold: float = 5.8 / 6  # mean max-probability above which the two predictions are averaged
-    gripper_dims: tuple[int, ...] = (-1,)  # excluded from the confidence; snapped to +-1 when averaging
+    gripper_dims: tuple[int, ...] = (-1,)  # excluded from the confidence; snapped when averaging
+    gripper_values: tuple[float, float] = (-1.0, 1.0)  # closed / open; snapped at their midpoint (strictly above)
+    binarize_gripper: bool = False  # snap each path's gripper before averaging and in ar / diff modes (HybridVLA)
+    clip: bool = False  # clamp both paths to [-1, 1] first (HybridVLA's un-normalisation)
+    ar_context: str = "prefix"  # "prefix" | "diffusion_block": tokens decoded after the noisy diffusion block
+    ar_suffix: str = ""  # a token between the block and the action tokens (HybridVLA: "▁")
 
     def validate(self) -> None:
         self.check(self.mode in MODES, "mode", f"one of {MODES}")
+        self.check(self.ar_context in ("prefix", "diffusion_block"), "ar_context", "prefix | diffusion_block")
+        self.check(len(self.gripper_values) == 2 and self.gripper_values[0] < self.gripper_values[1],
+                   "gripper_values", "(closed, open) with closed < open")
         self.check(0 <= self.threshold <= 1, "threshold", "in [0, 1]")
         if self.token.type != "tokens":
             raise ConfigError("head.token.type", "'tokens'", self.token.type)
@@ -61,18 +74,30 @@ class HybridHeadConfig(HeadConfig):
         return HybridHead(self, action_dim, chunk, self.token.build(**kw), self.continuous.build(**kw))
 
 
-def hybrid_gate(ar: Tensor, diff: Tensor, confidence: Tensor, threshold: float,
-                gripper_dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+def _grip_mask(dims: tuple[int, ...], n: int, device: torch.device) -> Tensor:
+    grip = torch.zeros(n, dtype=torch.bool, device=device)
+    grip[list(dims)] = True
+    return grip
+
+
+def snap_gripper(a: Tensor, gripper_dims: tuple[int, ...], values: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Gripper dims -> ``values[1]`` strictly above the midpoint of ``values``, else ``values[0]``."""
+    grip = _grip_mask(gripper_dims, a.shape[-1], a.device)
+    out = a.clone()
+    out[..., grip] = torch.where(a[..., grip] > sum(values) / 2, values[1], values[0]).to(a.dtype)
+    return out
+
+
+def hybrid_gate(ar: Tensor, diff: Tensor, confidence: Tensor, threshold: float, gripper_dims: tuple[int, ...],
+                gripper_values: tuple[float, float] = (-1.0, 1.0)) -> tuple[Tensor, Tensor]:
     """HybridVLA's ensemble. ``confidence``: (B, H, Da) max-probability of each action token.
 
     Returns the actions (B, H, Da) and which rows were averaged (B,).
     """
-    grip = torch.zeros(ar.shape[-1], dtype=torch.bool, device=ar.device)
-    grip[list(gripper_dims)] = True
+    grip = _grip_mask(gripper_dims, ar.shape[-1], ar.device)
     conf = confidence[..., ~grip] if grip.any() and confidence.dim() == 3 else confidence
     use_avg = conf.float().flatten(1).mean(1) > threshold
-    avg = (ar + diff) / 2
-    avg[..., grip] = torch.where(avg[..., grip] > 0, 1.0, -1.0)
+    avg = snap_gripper((ar + diff) / 2, gripper_dims, gripper_values)
     return torch.where(use_avg[:, None, None], avg, diff), use_avg
 
 
@@ -83,6 +108,9 @@ class HybridHead(ActionHead):
         self.token, self.continuous = token, continuous
         self.in_sequence = True
         self.uses_kv_cache = continuous.uses_kv_cache
+        if cfg.ar_context == "diffusion_block" and not continuous.provides_block:
+            raise ValueError(f"head.ar_context=diffusion_block needs a continuous head that builds an in-sequence "
+                             f"block (inllm_diffusion), got {cfg.continuous.type!r}")
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
         t = self.token.loss(ctx, batch)
@@ -97,13 +125,31 @@ class HybridHead(ActionHead):
         mode = mode or self.cfg.mode
         if mode not in MODES:
             raise ValueError(f"hybrid mode: expected one of {MODES}, got {mode!r}")
+        ar = self._ar(ctx, batch, generator) if mode != "diff" else None  # first, as HybridVLA's diff+ar does
         if mode == "ar":
-            return self.token.sample(ctx, batch, generator=generator)
-        diff = self.continuous.sample(ctx, batch, generator=generator, **options)
+            return self._finish(ar)
+        diff = self._finish(self.continuous.sample(ctx, batch, generator=generator, **options))
         if mode == "diff":
             return diff
-        ar = self.token.sample(ctx, batch, generator=generator)
-        actions, averaged = hybrid_gate(ar, diff, ctx.extras["token_confidence"], self.cfg.threshold,
-                                        self.cfg.gripper_dims)
+        actions, averaged = hybrid_gate(self._finish(ar), diff, ctx.extras["token_confidence"], self.cfg.threshold,
+                                        self.cfg.gripper_dims, self.cfg.gripper_values)
         ctx.extras["hybrid_averaged"] = averaged
         return actions
+
+    def _finish(self, a: Tensor) -> Tensor:
+        """Each path as HybridVLA un-normalizes it: clamped to [-1, 1], the gripper snapped (when configured)."""
+        a = a.clamp(-1, 1) if self.cfg.clip else a
+        return snap_gripper(a, self.cfg.gripper_dims, self.cfg.gripper_values) if self.cfg.binarize_gripper else a
+
+    def _ar(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+        if self.cfg.ar_context == "prefix":
+            return self.token.sample(ctx, batch, generator=generator)
+        lm, b, dev = ctx.lm, ctx.mask.shape[0], ctx.mask.device
+        t = torch.randint(0, self.cfg.continuous.num_train_timesteps, (b,), generator=generator, device=dev)
+        x = torch.randn((b, self.chunk, self.action_dim), generator=generator, device=dev)
+        seq, _ = self.continuous.block(ctx, x, t)
+        if self.cfg.ar_suffix:
+            seq = torch.cat([seq, lm.embed_tokens(torch.tensor([[lm.token_id(self.cfg.ar_suffix)]], device=dev))
+                             .to(seq.dtype).expand(b, -1, -1)], 1)
+        h = lm.extend(ctx, seq, torch.ones(seq.shape[:2], device=dev))[:, -1]
+        return self.token.sample(ctx, batch, generator=generator, start=h)

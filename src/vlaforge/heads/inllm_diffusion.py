@@ -7,8 +7,9 @@ embedders, the timestep through a sinusoidal embedder, and the LLM's hidden stat
 through a final layer (zero-initialized output) that predicts the noise. Training tiles every sample
 ``repeated_diffusion_steps`` times with independent noise and timesteps (the prefix cache is copied, not
 re-encoded); inference runs DDIM (4 steps by default) where every step extends the cached prefix and crops the
-cache back, so the prefix is encoded once. Differences from HybridVLA: ``<BOD>``/``<EOD>`` are learned embeddings
-rather than new vocabulary rows, the whole chunk is denoised (HybridVLA's cache handling is only correct for one
+cache back, so the prefix is encoded once. ``markers="vocab"`` takes ``<BOD>``/``<EOD>`` from the vocabulary
+(HybridVLA's rows, what ``vlaforge import hybridvla`` uses); by default they are learned embeddings owned by the
+head. Differences from HybridVLA: the whole chunk is denoised (HybridVLA's cache handling is only correct for one
 action), and classifier-free guidance works: the unconditional pass hides the prefix from the suffix tokens and
 swaps the proprio token for a learned null (HybridVLA's ``forward_with_cfg`` does not exist).
 """
@@ -33,6 +34,13 @@ class InLLMDiffusionHeadConfig(DiffusionHeadConfig):
     """HybridVLA's in-LLM diffusion: proprio, timestep and noisy action tokens between <BOD> and <EOD>."""
 
     num_steps: int = 4  # HybridVLA's DDIM default
+    markers: str = "learned"  # "learned": <BOD>/<EOD> embeddings of the head | "vocab": the tokens below
+    bod_token: str = "<BOD>"
+    eod_token: str = "<EOD>"
+
+    def validate(self) -> None:
+        super().validate()
+        self.check(self.markers in ("learned", "vocab"), "markers", "learned | vocab")
 
     def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> InLLMDiffusionHead:
         return InLLMDiffusionHead(self, action_dim, chunk, state_dim, lm.hidden_size)
@@ -44,12 +52,14 @@ def _mlp(i: int, d: int) -> nn.Sequential:
 
 class InLLMDiffusionHead(ActionHead):
     in_sequence = True
+    provides_block = True  # block() builds the diffusion block for other heads (HybridVLA's AR context)
 
     def __init__(self, cfg: InLLMDiffusionHeadConfig, action_dim: int, chunk: int, state_dim: int,
                  hidden: int) -> None:
         super().__init__(cfg, action_dim, chunk)
-        self.bod = nn.Parameter(torch.randn(hidden) * 0.02)
-        self.eod = nn.Parameter(torch.randn(hidden) * 0.02)
+        learned = cfg.markers == "learned"
+        self.bod = nn.Parameter(torch.randn(hidden) * 0.02) if learned else None
+        self.eod = nn.Parameter(torch.randn(hidden) * 0.02) if learned else None
         self.proprio = _mlp(state_dim, hidden) if state_dim > 0 else None
         self.null_proprio = nn.Parameter(torch.zeros(hidden))  # the proprio token of the unconditional branch
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -61,23 +71,33 @@ class InLLMDiffusionHead(ActionHead):
         nn.init.zeros_(self.final[-1].bias)
         self.train_scheduler, self.sample_scheduler = make_schedulers(cfg)
 
-    def _eps(self, ctx: Context, x: Tensor, t: Tensor, hide: Tensor | None) -> Tensor:
-        """Extend the prefix with the diffusion block, read the noise prediction, crop the cache back."""
-        lm, b = ctx.lm, x.shape[0]
-        dtype = self.bod.dtype
-        parts = [self.bod.expand(b, 1, -1)]
+    def _marker(self, ctx: Context, which: str, b: int) -> Tensor:
+        if self.cfg.markers == "learned":
+            return getattr(self, which).expand(b, 1, -1)
+        token = self.cfg.bod_token if which == "bod" else self.cfg.eod_token
+        ids = torch.tensor([[ctx.lm.token_id(token)]], device=self.null_proprio.device)
+        return ctx.lm.embed_tokens(ids).to(self.null_proprio.dtype).expand(b, 1, -1)
+
+    def block(self, ctx: Context, x: Tensor, t: Tensor, hide: Tensor | None = None) -> tuple[Tensor, int]:
+        """``<BOD> [proprio] [timestep] [x_1 … x_H] <EOD>`` embeddings (B, K, D) and where ``x_1`` sits."""
+        b, dtype = x.shape[0], self.null_proprio.dtype
+        parts = [self._marker(ctx, "bod", b)]
         if self.proprio is not None and ctx.state is not None:
             prop = self.proprio(ctx.state.to(dtype))
             if hide is not None:
                 prop = torch.where(hide[:, None], self.null_proprio.to(dtype).expand_as(prop), prop)
             parts.append(prop[:, None])
         parts += [self.time_emb(self.time_proj(t).to(dtype))[:, None], self.x_emb(x.to(dtype)),
-                  self.eod.expand(b, 1, -1)]
-        seq = torch.cat(parts, 1)
+                  self._marker(ctx, "eod", b)]
+        return torch.cat(parts, 1), len(parts) - 2
+
+    def _eps(self, ctx: Context, x: Tensor, t: Tensor, hide: Tensor | None) -> Tensor:
+        """Extend the prefix with the diffusion block, read the noise prediction, crop the cache back."""
+        lm = ctx.lm
+        seq, start = self.block(ctx, x, t, hide)
         hidden = lm.extend(ctx, seq, torch.ones(seq.shape[:2], device=seq.device), hide_prefix=hide)
         lm.reset(ctx)
-        start = len(parts) - 2
-        return self.final(hidden[:, start : start + self.chunk].to(dtype)).float()
+        return self.final(hidden[:, start : start + self.chunk].to(seq.dtype)).float()
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
         target, valid = target_and_mask(batch, self.chunk, self.action_dim)

@@ -133,13 +133,15 @@ class TokenHead(ActionHead):
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
-               temperature: float = 0.0) -> Tensor:
+               temperature: float = 0.0, start: Tensor | None = None) -> Tensor:
+        """Greedy (or ``temperature``) decoding on the cached prefix; ``start`` (B, D): the hidden state to decode
+        from when the caller extended the prefix first (HybridVLA's tokens after the diffusion block)."""
         lm = ctx.lm
         vocab = lm.action_token_ids(self.tokenizer.vocab)
         b = ctx.hidden.shape[0]
         fixed = self.tokenizer.fixed_length
         k = self.chunk * self.action_dim if fixed else self.max_tokens
-        h = self._last_prefix_hidden(ctx)
+        h = self._last_prefix_hidden(ctx) if start is None else start
         toks, conf, chosen = [], [], []
         ones = torch.ones(b, 1, dtype=ctx.mask.dtype, device=ctx.mask.device)
         full = self.cfg.decode_over == "vocab"

@@ -221,11 +221,11 @@ def pick_unnorm_key(keys: list[str], requested: str | None, where: str) -> str:
     return requested
 
 
-def skip_dims(mask: list[bool] | None) -> dict[str, tuple[int, ...]]:
-    """OpenVLA's normalization mask (False = raw units) as a policy's ``normalize_skip``."""
+def skip_dims(mask: list[bool] | None, key: str = ACTION) -> dict[str, tuple[int, ...]]:
+    """OpenVLA's normalization mask (False = raw units) as a policy's ``normalize_skip`` entry for ``key``."""
     if mask is None or all(mask):
         return {}
-    return {ACTION: tuple(i for i, m in enumerate(mask) if not m)}
+    return {key: tuple(i for i, m in enumerate(mask) if not m)}
 
 
 # ---------------------------------------------------------------- writing
@@ -250,13 +250,18 @@ def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
         raise LayoutError(f"imported weights do not fit the architecture: missing {missing[:5]} ({len(missing)}), "
                            f"unexpected {unexpected[:5]} ({len(unexpected)}), wrong shape "
                            f"{[(k, tuple(weights[k].shape), tuple(own[k].shape)) for k in shape[:3]]}")
-    policy.load_state_dict({k: v.to(own[k].dtype) if torch.is_tensor(v) else v for k, v in weights.items()},
-                           assign=True)
+    policy.load_state_dict({k: _own_storage(v.to(own[k].dtype)) if torch.is_tensor(v) else v
+                            for k, v in weights.items()}, assign=True)
     policy.make_pipelines(imp.dataset_stats[imp.unnorm_key], imp.robot, dataset_stats=imp.dataset_stats,
                           unnorm_key=imp.unnorm_key)
     policy.save_pretrained(out)
     (out / "IMPORTED.md").write_text("\n".join(imp.notes) + "\n")
     return out
+
+
+def _own_storage(t: Tensor) -> Tensor:
+    """A view into a larger tensor (a slice of a fused qkv) copied into its own storage, so it saves alone."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
 def load_source_tokenizer(path: Path) -> Any:
