@@ -102,6 +102,9 @@ class BackboneConfig(Choice, ChoiceType):
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     action_token_offset: int = 0  # count_down: start this many ids below the base vocabulary (HybridVLA's need_to_sub)
+    # special tokens added to the tokenizer (rows grown if needed) unless it has them: HybridVLA's "<BOD>", "<EOD>";
+    # "▁" gives the random-init tokenizers OpenVLA's prompt suffix
+    add_tokens: tuple[str, ...] = ()
     prompt_template: str = "{task}"
     prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
     prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
@@ -191,6 +194,8 @@ class Backbone(nn.Module):
         self.tokenizer = built.tokenizer
         self.image_mean, self.image_std = tuple(built.image_mean), tuple(built.image_std)
         self._init_family()  # sets image_size, hidden_size, lm, lm_head, token layout
+        if cfg.add_tokens and assets is None:  # a checkpoint's tokenizer and weights already hold them
+            self._add_tokens(cfg.add_tokens)
         if cfg.attention != "causal" and type(self).lm_forward is not Backbone.lm_forward:
             raise ConfigError("backbone.attention", "causal (this family builds its own attention masks)",
                               cfg.attention)
@@ -286,6 +291,15 @@ class Backbone(nn.Module):
             if len(ids) < n:
                 raise ValueError(f"backbone.num_action_tokens={n}: the vocabulary has only {len(ids)} free ids")
         self.register_buffer("_action_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+
+    def _add_tokens(self, tokens: tuple[str, ...]) -> None:
+        vocab = self.tokenizer.get_vocab()
+        new = [t for t in tokens if t not in vocab]
+        if new:
+            self.tokenizer.add_tokens(new, special_tokens=True)
+            if len(self.tokenizer) > self.vocab_size:
+                self.model.resize_token_embeddings(len(self.tokenizer))
+                self._lm_head = [self.model.get_output_embeddings()]
 
     def check_action_tokens(self) -> None:
         """Refuse action-token ids that are also prefix tokens (called by the components that use them)."""

@@ -66,12 +66,15 @@ def _train(policy: PolicyConfig, tiny: bool, *, optim: OptimConfig, steps: int, 
 
 # ---------------------------------------------------------------- HybridVLA
 def _hybridvla(tiny: bool) -> TrainConfig:
-    backbone = _backbone("prismatic", tiny, proprio="mlp", freeze=("vision",), gradient_checkpointing=True)
+    backbone = _backbone("prismatic", tiny, proprio="none", readout="last", freeze=("vision",),
+                         gradient_checkpointing=True,
+                         **{**OPENVLA_BACKBONE, "prompt_lowercase": True, "add_tokens": ("▁", "<BOD>", "<EOD>")})
     diffusion = HEADS.get("inllm_diffusion")(num_train_timesteps=100, num_steps=4, beta_schedule="squaredcos_cap_v2",
-                                             repeated_diffusion_steps=4, clip_sample=None)
-    head = HEADS.get("hybrid")(token=HEADS.get("tokens")(binning="uniform", n_bins=256), continuous=diffusion,
-                               token_weight=1.0, continuous_weight=1.0, mode="diff+ar", threshold=5.8 / 6,
-                               gripper_dims=GRIPPER)
+                                             repeated_diffusion_steps=4, clip_sample=None, markers="vocab")
+    head = HEADS.get("hybrid")(token=HEADS.get("tokens")(binning="uniform_edges", n_bins=256, decode_over="vocab"),
+                               continuous=diffusion, token_weight=1.0, continuous_weight=1.0, mode="diff+ar",
+                               threshold=5.8 / 6, gripper_dims=GRIPPER, gripper_values=(0.0, 1.0),
+                               binarize_gripper=True, clip=True, ar_context="diffusion_block", ar_suffix="▁")
     policy = PolicyConfig(backbone=backbone, head=head, chunk=1, exec_steps=1,
                           normalization={OBS_STATE: "q01_q99", ACTION: "q01_q99"},
                           normalize_skip={OBS_STATE: GRIPPER, ACTION: GRIPPER})
@@ -84,8 +87,10 @@ def hybridvla() -> TrainConfig:
     """HybridVLA: Prismatic (DINOv2 + SigLIP + Llama-2) with AR action tokens and diffusion inside the LLM.
 
     Published: ``prism-dinosiglip-224px+7b`` ≈ 7.3 B parameters (Llama-2-7B 6.7 B + DINOv2-L 0.3 B + SigLIP
-    So400m 0.4 B). Recipe (``train.py``, README): hybrid loss CE(256-bin tokens) + MSE(ε), weights 1:1; the batch
-    tiled ``repeated_diffusion_steps=4`` times; DDPM 100 steps (squaredcos), 4 DDIM steps at inference; the
+    So400m 0.4 B); the architecture ``vlaforge import hybridvla`` builds (OpenVLA's prompt and tokens, ``<BOD>`` /
+    ``<EOD>`` vocabulary rows, the proprio token inside the diffusion block, tokens decoded after the noisy block,
+    the gripper in {0, 1}). Recipe (``train.py``, README): hybrid loss CE(256-bin tokens) + MSE(ε), weights 1:1;
+    the batch tiled ``repeated_diffusion_steps=4`` times; DDPM 100 steps (squaredcos), 4 DDIM steps at inference; the
     ``diff+ar`` gate at 5.8/6; q01/q99 ``BOUNDS_Q99`` with the gripper left unnormalized (``normalize_skip``);
     chunk 1 (``FUTURE_ACTION_STEPS=0``); vision frozen ("finetune" stage); AdamW lr 2e-5 constant, weight decay
     0, clip 1.0; FSDP full-shard, bf16, gradient checkpointing; 32 per GPU on 8×A100 (global 256). The seed
@@ -311,12 +316,12 @@ def pi0_like_tiny() -> TrainConfig:
 
 
 # The options OpenVLA's released models use (vlaforge.weights.openvla imports them with these): squashed
-# bicubic images, the instruction as given, bins counted down from the base vocabulary, 256 edges / 255 centres,
-# greedy over the whole vocabulary. prompt_suffix "▁" needs a Llama tokenizer (an import or a pretrained Llama dir:
-# --policy.backbone.prompt_suffix=▁); the random-init tokenizers have no such token.
+# bicubic images, the instruction as given, "▁" after the prompt (added to tokenizers that lack it: the
+# random-init ones), bins counted down from the base vocabulary, 256 edges / 255 centres, greedy over the whole
+# vocabulary.
 OPENVLA_BACKBONE = dict(prompt_template="In: What action should the robot take to {task}?\nOut:",
-                        prompt_lowercase=False, image_resize="squash", image_interpolation="bicubic",
-                        action_tokens="count_down", max_prompt_tokens=96)
+                        prompt_lowercase=False, prompt_suffix="▁", add_tokens=("▁",), image_resize="squash",
+                        image_interpolation="bicubic", action_tokens="count_down", max_prompt_tokens=96)
 
 
 def _openvla(tiny: bool) -> TrainConfig:
