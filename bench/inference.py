@@ -7,6 +7,11 @@ sampler that re-encodes the prefix at every one of its S steps — S single-step
 reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and prints a Markdown table.
 
     python bench/inference.py [--backbone qwen2_vl] [--sizes tiny,256m] [--heads dit,flow] [--repeats 5]
+
+``--released openvla,openvla_oft,hybridvla`` instead times the released models' architectures at their published
+sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
+builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
+into ``bench/results/released.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +89,110 @@ def measure(backbone: str, size: str, head: str, repeats: int) -> dict:
     return row
 
 
+# The published architectures (OpenVLA-7B = Prismatic dinosiglip-224px + Llama-2-7B), as the importers build them.
+DINO_L = dict(model_type="dinov2_with_registers", hidden_size=1024, mlp_ratio=4, num_hidden_layers=24,
+              num_attention_heads=16, image_size=224, patch_size=14, num_register_tokens=4, layer_norm_eps=1e-6,
+              hidden_act="gelu")
+SIGLIP_SO400M = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                     num_attention_heads=16, image_size=224, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu")
+LLAMA2_7B = dict(model_type="llama", vocab_size=32064, pad_token_id=32000, rms_norm_eps=1e-6)
+
+
+def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
+    """A released architecture with random bf16 weights (never initialised twice: built empty, then filled)."""
+    from accelerate import init_empty_weights
+
+    from vlaforge.backbones.tokenizer import build_tokenizer
+    from vlaforge.weights.openvla import openvla_backbone
+
+    arch = {"configs": {"dino": DINO_L, "siglip": SIGLIP_SO400M, "llm": LLAMA2_7B}, "image_mean": [0.0] * 3,
+            "image_std": [1.0] * 3}
+    extra = {"add_tokens": ("▁",)}  # the code-built tokenizer stands in for Llama-2's (timing only)
+    if system == "openvla":
+        cams, state, chunk = ("primary",), 0, 1
+        backbone = openvla_backbone(arch, "bfloat16", proprio="none", readout="last", **extra)
+        head = HEADS.get("tokens")(binning="uniform_edges", n_bins=256, decode_over="vocab")
+    elif system == "openvla_oft":
+        cams, state, chunk = ("primary", "wrist"), 8, 8
+        backbone = openvla_backbone(arch, "bfloat16", proprio="mlp", readout="last", attention="bidirectional",
+                                    image_crop=0.9, **extra)
+        head = HEADS.get("mlp")(readout="placeholders", mlp="resnet", hidden=4096, layers=2, loss="l1")
+    elif system == "hybridvla":
+        cams, state, chunk = ("front",), 7, 1
+        backbone = openvla_backbone(arch, "bfloat16", proprio="none", readout="last",
+                                    add_tokens=("▁", "<BOD>", "<EOD>"))
+        head = HEADS.get("hybrid")(
+            token=HEADS.get("tokens")(binning="uniform_edges", n_bins=256, decode_over="vocab"),
+            continuous=HEADS.get("inllm_diffusion")(num_train_timesteps=100, num_steps=4, clip_sample=None,
+                                                    markers="vocab"),
+            threshold=0.0, gripper_values=(0.0, 1.0), binarize_gripper=True, clip=True, ar_context="diffusion_block",
+            ar_suffix="▁")  # threshold 0: always both paths, as a confident model runs
+    else:
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla)")
+    robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
+    cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=chunk).with_robot(robot)
+    tok = build_tokenizer()
+    tok.add_tokens(list(backbone.add_tokens), special_tokens=True)  # built from `assets`: the tokenizer has them
+    tok.save_pretrained(str(tmp / system))
+    with init_empty_weights(include_buffers=False):
+        policy = VLAPolicy(cfg, assets=tmp / system)
+    gen = torch.Generator().manual_seed(0)
+    for mod_name, module in policy.named_modules():  # parameters only: buffers (position ids …) are real already
+        for name, p in list(module._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            if p.dim() > 1:
+                value = torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(p.dtype)
+            else:
+                one = any(s in f"{mod_name}.{name}" for s in ("norm", "layer_scale", "lambda"))
+                value = torch.full(p.shape, 1.0 if one else 0.0, dtype=p.dtype)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=p.requires_grad)
+    rng = np.random.default_rng(0)
+    d = {k: {"mean": np.zeros(n), "std": np.ones(n), "q01": -np.ones(n), "q99": np.ones(n), "min": -np.ones(n),
+             "max": np.ones(n)} for k, n in ((OBS_STATE, max(state, 1)), (ACTION, ACTION_DIM))}
+    policy.make_pipelines(d if state else {ACTION: d[ACTION]}, robot)
+    obs = {image_key(c): rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for c in cams}
+    obs[TASK] = "put the red block in the bowl"
+    if state:
+        obs[OBS_STATE] = rng.normal(size=state).astype(np.float32)
+    return policy.eval(), collate([policy.inputs(obs)]), chunk
+
+
+def time_released(system: str, tmp: Path, repeats: int) -> dict:
+    t0 = time.perf_counter()
+    policy, batch, chunk = build_released(system, tmp)
+    build_s = time.perf_counter() - t0
+    with torch.inference_mode():
+        ms = timed(lambda: policy.sample(batch, generator=torch.Generator().manual_seed(0)), repeats)
+    return {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
+            "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
+            "build_s": round(build_s, 1)}
+
+
+def measure_released(systems: list[str], repeats: int, out: Path) -> None:
+    import gc
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for system in systems:
+            rows.append(time_released(system, Path(tmp), repeats))
+            print(json.dumps(rows[-1]), flush=True)
+            gc.collect()
+    base = next((r for r in rows if r["system"] == "openvla"), None)
+    for r in rows:
+        r["actions_per_s_vs_openvla"] = round(r["actions_per_s"] / base["actions_per_s"], 2) if base else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1,
+                                        "dtype": "bfloat16", "image": 224, "weights": "random"}, "results": rows},
+                              indent=2))
+    print("\n| system | params (B) | chunk | ms / chunk | actions / s | vs OpenVLA |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']} | {r['actions_per_s']} | "
+              f"{r['actions_per_s_vs_openvla']}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="qwen2_vl")
@@ -91,9 +200,15 @@ def main() -> None:
     ap.add_argument("--heads", default="tokens,tokens_fast,mlp,lstm,gpt,dit,unet1d,flow,inllm_diffusion,hybrid")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "inference.json"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--released", default="", help="openvla,openvla_oft,hybridvla at published size (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    results = Path(__file__).parent / "results"
+    if args.released:
+        measure_released(args.released.split(","), args.repeats, Path(args.out or results / "released.json"))
+        return
+    args.out = args.out or str(results / "inference.json")
     rows = []
     for size in args.sizes.split(","):
         for head in args.heads.split(","):
