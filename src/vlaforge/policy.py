@@ -111,7 +111,14 @@ def save_state_dict(weights: dict[str, Tensor], path: str | Path) -> None:
 def load_weights(module: nn.Module, path: str | Path, device: str = "cpu") -> None:
     """Load a safetensors file into ``module`` (tied tensors restored); a mismatch is a ValueError naming the
     file and the first missing / unexpected names."""
-    missing, unexpected = load_model(module, str(path), strict=False, device=device)
+    from safetensors import SafetensorError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False, device=device)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

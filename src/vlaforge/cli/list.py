@@ -1,4 +1,4 @@
-"""vlaforge list [backbones|heads|formats|envs|presets]"""
+"""vlaforge list [backbones|heads|formats|envs|presets|importers]"""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ def _registries() -> dict[str, Registry]:
     from vlaforge.eval.envs.base import ENVS
     from vlaforge.heads.base import HEADS
     from vlaforge.presets import PRESETS
+    from vlaforge.weights import IMPORTERS
 
-    return {"backbones": BACKBONES, "heads": HEADS, "formats": FORMATS, "envs": ENVS, "presets": PRESETS}
+    return {"backbones": BACKBONES, "heads": HEADS, "formats": FORMATS, "envs": ENVS, "presets": PRESETS,
+            "importers": IMPORTERS}
 
 
 def _describe(obj: object) -> str:

@@ -57,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"vlaforge {cmd}: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # anything else still reaches the user as one line (the traceback on request)
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"vlaforge {cmd}: error: {type(e).__name__}: {first} (run with --traceback for details)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def read_safetensors_dir(path: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     out: dict[str, Tensor] = {}
-    for f in check_weight_files(path):
+    files = check_weight_files(path)
+    for i, f in enumerate(files, 1):
+        log.info("reading %s (%d/%d)", f.name, i, len(files))
         out.update(load_file(str(f)))
     return out
 
@@ -239,6 +241,8 @@ def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
         raise FileExistsError(f"--out {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     imp.tokenizer.save_pretrained(str(out / "tokenizer"))
+    log.info("building the %s policy (%d tensors, %.2f B parameters)", imp.cfg.head.type, len(imp.weights),
+             sum(v.numel() for v in imp.weights.values()) / 1e9)
     with init_empty_weights(include_buffers=False):
         policy = VLAPolicy(imp.cfg, assets=out / "tokenizer")
     own = policy.state_dict()
@@ -254,6 +258,7 @@ def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
                             for k, v in weights.items()}, assign=True)
     policy.make_pipelines(imp.dataset_stats[imp.unnorm_key], imp.robot, dataset_stats=imp.dataset_stats,
                           unnorm_key=imp.unnorm_key)
+    log.info("writing %s", out)
     policy.save_pretrained(out)
     (out / "IMPORTED.md").write_text("\n".join(imp.notes) + "\n")
     return out
@@ -265,7 +270,14 @@ def _own_storage(t: Tensor) -> Tensor:
 
 
 def load_source_tokenizer(path: Path) -> Any:
+    """The source's tokenizer (its config.json names a model type transformers does not know: say nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return load_tokenizer(path)
     except ValueError as e:
         raise LayoutError(str(e)) from None
+    finally:
+        hf_logging.set_verbosity(level)
