@@ -70,7 +70,7 @@ def _tokens_per_sample(policy, root: Path) -> float:
     batch = collate([policy.inputs(reader[i]) for i in range(2)])
     batch = {k: v.to(policy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     with torch.no_grad():
-        ctx = policy.backbone.encode(batch, use_cache=False)
+        ctx = policy.encode(batch)
     frames = policy.cfg.history if policy.cfg.backbone.history == "per_frame" else 1
     return float(ctx.mask.sum(-1).float().mean()) * frames + policy.cfg.chunk
 

@@ -136,8 +136,7 @@ class VLAPolicy(nn.Module):
         self.backbone: Backbone = cfg.backbone.build(list(cfg.cameras), cfg.state_dim, assets)
         self.head = cfg.head.build(action_dim=cfg.action_dim, chunk=cfg.chunk, state_dim=cfg.state_dim,
                                    lm=self.backbone.lm_spec())
-        if any(getattr(m, "uses_action_tokens", False) for m in self.head.modules()):
-            self.backbone.check_action_tokens()
+        self._check_head_fits_backbone()
         self.reasoner = Reasoner(cfg.reasoning, self.backbone.hidden_size) if cfg.reasoning else None
         self.robot: RobotSpec | None = None
         self.dataset_stats: dict[str, Stats] = {}  # mixtures: every training dataset's statistics
@@ -145,6 +144,22 @@ class VLAPolicy(nn.Module):
         self.unnorm_key: str | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
+
+    def _check_head_fits_backbone(self) -> None:
+        """What a head needs of the backbone, refused at build time rather than at the first step."""
+        heads = [m for m in self.head.modules() if isinstance(m, ActionHead)]
+        if any(h.uses_action_tokens for h in heads):
+            self.backbone.check_action_tokens()
+        for h in heads:
+            for token in h.required_tokens():
+                self.backbone.token_id(token)
+        bb = self.cfg.backbone
+        if bb.attention == "bidirectional" and self.head.in_sequence:
+            raise ConfigError("backbone.attention", "causal with an in-sequence head (bidirectional attention would "
+                              "let it see the tokens it predicts)", bb.attention)
+        if bb.readout == "act" and self.head.prefix_suffix(self.backbone, 1) is not None:
+            raise ConfigError("backbone.readout", "'last' or 'mean' with a head that reads after the prompt "
+                              "(placeholders)", bb.readout)
 
     # ------------------------------------------------------------ pipelines
     def make_pipelines(self, stats: Stats | None, robot: RobotSpec, *, dataset_stats: dict[str, Stats] | None = None,
@@ -156,7 +171,8 @@ class VLAPolicy(nn.Module):
         ``unnorm_key`` names the dataset whose statistics and image sizes the saved pipelines use.
         """
         diffs = RobotSpec({c: robot.cameras.get(c, (0, 0)) for c in self.cfg.cameras}, self.cfg.state_dim,
-                          self.cfg.action_dim).differences(robot, this="policy config", that="dataset")
+                          self.cfg.action_dim).differences(robot, this="policy config", that="dataset",
+                                                           stateless_ok=True)
         if diffs:
             raise FeatureMismatchError(diffs, "policy config does not match the dataset")
         if dataset_stats:
@@ -235,8 +251,9 @@ class VLAPolicy(nn.Module):
         """The training loss (so that DDP/FSDP wrappers, which hook ``forward``, see the whole computation)."""
         return self.loss(batch)
 
-    def _encode(self, batch: dict[str, Any]) -> Context:
-        """The prefix; its features in the head's dtype for readout heads (an fp32 head on a bf16 VLM)."""
+    def encode(self, batch: dict[str, Any]) -> Context:
+        """The prefix as the head reads it: with the head's joint suffix (OFT's placeholders) and, for readout
+        heads, the features in the head's dtype (an fp32 head on a bf16 VLM)."""
         suffix = self.head.prefix_suffix(self.backbone, batch[INPUT_IDS].shape[0])
         ctx = self.backbone.encode(batch, use_cache=self._use_cache, suffix=suffix)
         dtype = next((p.dtype for p in self.head.parameters() if p.is_floating_point()), None)
@@ -247,7 +264,7 @@ class VLAPolicy(nn.Module):
         return ctx
 
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        ctx = self._encode(batch)
+        ctx = self.encode(batch)
         r = self.reasoner.train_step(ctx, batch) if self.reasoner is not None else None
         out = self.head.loss(ctx, batch)
         if r is not None:
@@ -262,7 +279,7 @@ class VLAPolicy(nn.Module):
         ``info``, if given, receives what the policy produced besides actions (generated reasoning text,
         HybridVLA's per-row gate decision).
         """
-        ctx = self._encode(batch)
+        ctx = self.encode(batch)
         if self.reasoner is not None:
             ids = self.reasoner.generate(ctx, self.backbone.tokenizer.eos_token_id)
             if info is not None:
@@ -309,7 +326,7 @@ class VLAPolicy(nn.Module):
         """Raise :class:`FeatureMismatchError` listing every camera / dim difference with ``robot``."""
         if self.robot is None:
             raise RuntimeError("policy has no robot spec (it was not trained or loaded)")
-        diffs = self.robot.differences(robot, this="checkpoint", that=what)
+        diffs = self.robot.differences(robot, this="checkpoint", that=what, stateless_ok=True)
         if diffs:
             raise FeatureMismatchError(diffs, f"checkpoint does not match the {what}")
 

@@ -91,11 +91,13 @@ class RobotSpec:
         return cls(cameras={k: (int(v[0]), int(v[1])) for k, v in d["cameras"].items()},
                    state_dim=int(d["state_dim"]), action_dim=int(d["action_dim"]), fps=int(d.get("fps", 0)))
 
-    def differences(self, other: RobotSpec, *, this: str = "checkpoint", that: str = "data") -> list[str]:
+    def differences(self, other: RobotSpec, *, this: str = "checkpoint", that: str = "data",
+                    stateless_ok: bool = False) -> list[str]:
         """Human-readable differences, one per mismatching key; empty when compatible.
 
-        Image sizes may differ (the image step resizes); camera names, state and action dims may not — except
-        that a spec without state (``state_dim`` 0, e.g. an imported OpenVLA) ignores the other side's state.
+        Image sizes may differ (the image step resizes); camera names, state and action dims may not — except,
+        with ``stateless_ok``, that a policy reading no state (``state_dim`` 0, e.g. an imported OpenVLA) ignores
+        the other side's.
         """
         out = []
         for cam in sorted(set(self.cameras) | set(other.cameras)):
@@ -103,7 +105,7 @@ class RobotSpec:
                 out.append(f"camera '{cam}': in {this}, missing from {that} (has {sorted(other.cameras)})")
             elif cam not in self.cameras:
                 out.append(f"camera '{cam}': in {that}, unknown to {this} (expects {sorted(self.cameras)})")
-        if self.state_dim != other.state_dim and self.state_dim != 0:
+        if self.state_dim != other.state_dim and not (stateless_ok and self.state_dim == 0):
             out.append(f"{OBS_STATE} dim: {this} {self.state_dim}, {that} {other.state_dim}")
         if self.action_dim != other.action_dim:
             out.append(f"{ACTION} dim: {this} {self.action_dim}, {that} {other.action_dim}")

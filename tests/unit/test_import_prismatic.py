@@ -400,3 +400,43 @@ def test_hybridvla_gate_semantics():
     assert averaged.tolist() == [True, False]
     torch.testing.assert_close(out[0, 0], torch.tensor([0.4] * 6 + [0.0]))  # 1 and 0 average to 0.5 -> closed
     torch.testing.assert_close(out[1, 0], diff[1, 0])
+
+
+def test_components_refuse_what_they_cannot_use(tmp_path):
+    """Refused when the policy is built, not at the first step: bidirectional attention under a head that extends
+    the sequence, placeholders after an [ACT] readout, vocabulary markers the tokenizer lacks."""
+    from vlaforge.backbones.base import BACKBONES
+    from vlaforge.config import ConfigError
+    from vlaforge.heads.base import HEADS
+    from vlaforge.policy import PolicyConfig
+    from vlaforge.types import RobotSpec
+
+    robot = RobotSpec({"front": (32, 32)}, 4, 4)
+
+    def build(head, **bb):
+        cfg = PolicyConfig(backbone=BACKBONES.get("prismatic")(size="tiny", **bb), head=head, chunk=2, exec_steps=2)
+        return VLAPolicy(cfg.with_robot(robot))
+
+    with pytest.raises(ConfigError, match="backbone.attention"):
+        build(HEADS.get("tokens")(), attention="bidirectional")
+    with pytest.raises(ConfigError, match="backbone.readout"):
+        build(HEADS.get("mlp")(readout="placeholders"), readout="act")
+    with pytest.raises(ValueError, match="'<BOD>' is not in the tokenizer"):
+        build(HEADS.get("inllm_diffusion")(markers="vocab"))
+    build(HEADS.get("inllm_diffusion")(markers="vocab"), add_tokens=("<BOD>", "<EOD>"))
+    with pytest.raises(ConfigError, match="ar_suffix"):
+        HEADS.get("hybrid")(ar_suffix="▁")
+
+
+def test_a_failed_import_leaves_no_checkpoint_and_names_missing_weights(tmp_path):
+    from vlaforge.weights.openvla import import_openvla_oft
+
+    src = released.write_openvla_oft(tmp_path / "src")
+    good = import_openvla_oft(src, dtype="float32")
+    good.weights.pop("head.mlp.fc_out.bias")
+    with pytest.raises(LayoutError, match=r"missing \['head.mlp.fc_out.bias'\]"):
+        write_checkpoint(good, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "ckpt.partial").exists()
+    torch.save({"module.fc1.weight": torch.zeros(4, 8)}, src / "proprio_projector--150000_checkpoint.pt")
+    with pytest.raises(LayoutError, match=r"proprio_projector--150000_checkpoint.pt: no 'fc1.bias'"):
+        import_openvla_oft(src)

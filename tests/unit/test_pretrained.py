@@ -173,30 +173,29 @@ def test_qwen_image_size_follows_the_processor_and_the_config(tmp_path):
         BACKBONES.get("qwen2_vl")(pretrained=str(src), image_size=224).build(["front"], 0)  # above the bounds
 
 
-def test_bf16_weights_stay_bf16_when_asked_and_train(dataset, tmp_path):
+def _llava_policy(dataset, tmp_path, head, **backbone):
+    """A policy on a real-shaped LLaVA directory (untied LM head, padded rows), and the fixture reader."""
     src = hf_dirs.write("llava", tmp_path / "hf")
-    root, _ = dataset
-    reader = LeRobotDataset(root, chunk=4)
-    cfg = PolicyConfig(backbone=BACKBONES.get("llava")(pretrained=str(src), dtype="bfloat16"),
-                       head=HEADS.get("dit")(), chunk=4).with_robot(reader.meta.robot_spec())
+    reader = LeRobotDataset(dataset[0], chunk=4)
+    cfg = PolicyConfig(backbone=BACKBONES.get("llava")(pretrained=str(src), **backbone), head=HEADS.get(head)(),
+                       chunk=4).with_robot(reader.meta.robot_spec())
     policy = VLAPolicy(cfg)
-    assert {p.dtype for p in policy.backbone.model.parameters()} == {torch.bfloat16}
     policy.make_pipelines(reader.meta.stats, reader.meta.robot_spec())
+    return policy, reader
+
+
+def test_bf16_weights_stay_bf16_when_asked_and_train(dataset, tmp_path):
+    policy, reader = _llava_policy(dataset, tmp_path, "dit", dtype="bfloat16")
+    assert {p.dtype for p in policy.backbone.model.parameters()} == {torch.bfloat16}
     _train_steps(policy, reader)
 
 
 def test_add_action_tokens_on_an_untied_output_layer(dataset, tmp_path):
     """``action_tokens=add`` grows an untied LM head (LLaVA's Llama): the backbone uses the new one."""
-    src = hf_dirs.write("llava", tmp_path / "hf")
-    root, _ = dataset
-    reader = LeRobotDataset(root, chunk=4)
-    cfg = PolicyConfig(backbone=BACKBONES.get("llava")(pretrained=str(src), action_tokens="add"),
-                       head=HEADS.get("tokens")(), chunk=4).with_robot(reader.meta.robot_spec())
-    policy = VLAPolicy(cfg)
+    policy, reader = _llava_policy(dataset, tmp_path, "tokens", action_tokens="add")
     bb = policy.backbone
     assert bb.vocab_size == len(bb.tokenizer) and bb._lm_head[0] is bb.model.get_output_embeddings()
     assert bb._action_ids.min() >= len(bb.tokenizer) - 256
-    policy.make_pipelines(reader.meta.stats, reader.meta.robot_spec())
     _train_steps(policy, reader)
 
 
@@ -262,3 +261,20 @@ def test_cli_reports_a_broken_pretrained_directory_in_one_line(dataset, tmp_path
                f"--policy.backbone.pretrained={src}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and first.name in err[0] and "Traceback" not in err[0]
+
+
+def test_checkpoints_keep_their_action_ids(dataset, tmp_path):
+    """The reserved ids are recorded in the checkpoint; one written before they were recorded gets the last N
+    rows, as it was trained with (LLaVA's <image> sits in them: the current rule would skip it)."""
+    import json
+
+    policy, _ = _llava_policy(dataset, tmp_path, "tokens")
+    image = policy.backbone.token_id("<image>")
+    assert image not in policy.backbone._action_ids.tolist()
+    ckpt = policy.save_pretrained(tmp_path / "ckpt")
+    assert VLAPolicy.from_pretrained(ckpt).backbone._action_ids.tolist() == policy.backbone._action_ids.tolist()
+    meta = json.loads((ckpt / "config.json").read_text())
+    del meta["policy"]["backbone"]["arch"]["action_ids"]
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    rows = policy.backbone.vocab_size
+    assert VLAPolicy.from_pretrained(ckpt).backbone._action_ids.tolist() == list(range(rows - 256, rows))

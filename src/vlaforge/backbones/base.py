@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, DynamicCache
 from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
 from vlaforge.processors.base import Step
 from vlaforge.processors.image import INTERPOLATIONS, RESIZE_MODES, ImageStep
-from vlaforge.processors.text import Tokenize
+from vlaforge.processors.text import Tokenize, token_id
 from vlaforge.registry import Registry
 from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, STITCHED_CAMERA, Context, LMSpec, image_key
 
@@ -245,8 +245,10 @@ class Backbone(nn.Module):
                    prefix: PrefixInfo | None) -> Tensor:
         """Run the decoder (``prefix`` set when encoding one); families with special masks override this."""
         attn = mask
-        if self.cfg.attention == "bidirectional":  # (B, 1, Q, K): every query sees every real key
-            attn = mask.bool()[:, None, None, :].expand(-1, 1, embeds.shape[1], -1)
+        if self.cfg.attention == "bidirectional":  # additive (B, 1, Q, K): every query sees every real key
+            keys = mask.bool()[:, None, None, :].expand(-1, 1, embeds.shape[1], -1)
+            attn = torch.zeros(keys.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(
+                ~keys, torch.finfo(embeds.dtype).min)
         out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, past_key_values=cache,
                           use_cache=cache is not None)
         return out.last_hidden_state
@@ -285,6 +287,9 @@ class Backbone(nn.Module):
                 raise ValueError(f"backbone.action_tokens=count_down: {n} ids below the tokenizer's base vocabulary "
                                  f"({top}) within {self.vocab_size} LM-head rows are not available")
             ids = list(range(top - 1, top - 1 - n, -1))
+        elif from_checkpoint and self.cfg.arch is not None:  # the ids it was trained with
+            # (checkpoints written before the ids were recorded used the last n rows)
+            ids = self.cfg.arch.get("action_ids") or list(range(self.vocab_size - n, self.vocab_size))
         else:
             reserved = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
             ids = [i for i in range(self.vocab_size - 1, -1, -1) if i not in reserved][:n][::-1]
@@ -302,13 +307,16 @@ class Backbone(nn.Module):
                 self._lm_head = [self.model.get_output_embeddings()]
 
     def check_action_tokens(self) -> None:
-        """Refuse action-token ids that are also prefix tokens (called by the components that use them)."""
+        """Refuse action-token ids that are also prefix tokens (called by the components that use them; once)."""
+        if getattr(self, "_tokens_checked", False):
+            return
         used = set(torch.cat([self._start, self._view_prefix, self._view_suffix, self._prompt_prefix]).tolist())
         clash = sorted(used & set(self._action_ids.tolist()))
         if clash:
             names = self.tokenizer.convert_ids_to_tokens(clash[:5])
             raise ValueError(f"backbone: action-token ids {clash[:5]} ({names}) are also prefix tokens of the "
                              f"{type(self.cfg).__name__}; use --backbone.action_tokens=add")
+        self._tokens_checked = True
 
     def _apply_training_options(self) -> None:
         cfg = self.cfg
@@ -355,7 +363,7 @@ class Backbone(nn.Module):
     def resolved_config(self) -> BackboneConfig:
         """The config with ``arch`` filled in, as written into checkpoints."""
         return self.cfg.replace(arch={**self.arch(), "image_mean": list(self.image_mean),
-                                      "image_std": list(self.image_std)})
+                                      "image_std": list(self.image_std), "action_ids": self._action_ids.tolist()})
 
     def save_assets(self, directory: Path) -> None:
         """Write the tokenizer with ``save_pretrained`` (what rebuilding needs besides the weights)."""
@@ -392,10 +400,7 @@ class Backbone(nn.Module):
         return self.tokenizer.eos_token_id
 
     def token_id(self, token: str) -> int:
-        i = self.tokenizer.convert_tokens_to_ids(token)
-        if i is None or (i == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
-            raise ValueError(f"token {token!r} is not in the backbone's vocabulary")
-        return int(i)
+        return token_id(self.tokenizer, token)
 
     @property
     def vocab_size(self) -> int:

@@ -107,7 +107,8 @@ class _TaskRunner:
         slots = list(range(n))
         self.envs = self.threads.map(lambda i: self.env_cfg.make(self.task), slots)
         try:
-            diffs = self.policy.robot.differences(self.envs[0].robot, this="checkpoint", that="environment")
+            diffs = self.policy.robot.differences(self.envs[0].robot, this="checkpoint", that="environment",
+                                                  stateless_ok=True)
             if diffs:
                 raise FeatureMismatchError(diffs, f"checkpoint does not match environment {self.env_cfg.type}/"
                                                   f"{self.task}")

@@ -74,6 +74,10 @@ class ActionHead(nn.Module):
     def fit(self, actions: np.ndarray) -> None:
         """Learn from normalized training action chunks (N, H, Da); only called when ``needs_fit``."""
 
+    def required_tokens(self) -> list[str]:
+        """Vocabulary tokens the head embeds by name (checked when the policy is built)."""
+        return []
+
     def prefix_suffix(self, lm: SequenceModel, batch_size: int) -> Tensor | None:
         """Embeddings (B, K, D) to encode in the same pass as the prefix, after the prompt (OpenVLA-OFT's
         placeholder tokens); None for heads that read the prefix alone."""

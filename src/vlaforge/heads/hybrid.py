@@ -61,6 +61,8 @@ class HybridHeadConfig(HeadConfig):
     def validate(self) -> None:
         self.check(self.mode in MODES, "mode", f"one of {MODES}")
         self.check(self.ar_context in ("prefix", "diffusion_block"), "ar_context", "prefix | diffusion_block")
+        self.check(not self.ar_suffix or self.ar_context == "diffusion_block", "ar_suffix",
+                   "empty unless ar_context=diffusion_block")
         self.check(len(self.gripper_values) == 2 and self.gripper_values[0] < self.gripper_values[1],
                    "gripper_values", "(closed, open) with closed < open")
         self.check(0 <= self.threshold <= 1, "threshold", "in [0, 1]")
@@ -135,6 +137,9 @@ class HybridHead(ActionHead):
                                         self.cfg.gripper_dims, self.cfg.gripper_values)
         ctx.extras["hybrid_averaged"] = averaged
         return actions
+
+    def required_tokens(self) -> list[str]:
+        return [self.cfg.ar_suffix] if self.cfg.ar_suffix else []
 
     def _finish(self, a: Tensor) -> Tensor:
         """Each path as HybridVLA un-normalizes it: clamped to [-1, 1], the gripper snapped (when configured)."""

@@ -71,6 +71,9 @@ class InLLMDiffusionHead(ActionHead):
         nn.init.zeros_(self.final[-1].bias)
         self.train_scheduler, self.sample_scheduler = make_schedulers(cfg)
 
+    def required_tokens(self) -> list[str]:
+        return [self.cfg.bod_token, self.cfg.eod_token] if self.cfg.markers == "vocab" else []
+
     def _marker(self, ctx: Context, which: str, b: int) -> Tensor:
         if self.cfg.markers == "learned":
             return getattr(self, which).expand(b, 1, -1)

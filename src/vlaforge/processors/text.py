@@ -11,6 +11,14 @@ from vlaforge.processors.base import STEPS, Step
 from vlaforge.types import ATTENTION_MASK, INPUT_IDS, REASONING, REASONING_IDS, REASONING_MASK, TASK
 
 
+def token_id(tokenizer: Any, token: str) -> int:
+    """A vocabulary token's id, by its string; a ValueError names it when the tokenizer does not have it."""
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+    return int(i)
+
+
 def normalize_instruction(text: str) -> str:
     """Lower-case, collapse whitespace, drop a trailing period (instructions arrive in many spellings)."""
     return " ".join(str(text).strip().lower().split()).rstrip(".")
@@ -34,12 +42,6 @@ class Tokenize(Step):
         self._tokenizer = tokenizer
         self._cache.clear()
 
-    def _suffix_id(self) -> int:
-        i = self._tokenizer.convert_tokens_to_ids(self.suffix)
-        if i is None or i == self._tokenizer.unk_token_id:
-            raise ValueError(f"tokenize: prompt suffix {self.suffix!r} is not a token of the tokenizer")
-        return int(i)
-
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         if self._tokenizer is None:
             raise RuntimeError("tokenize step has no tokenizer; load the pipeline with tokenizer=...")
@@ -51,7 +53,7 @@ class Tokenize(Step):
             text = self.template.format(task=normalize_instruction(task) if self.lowercase else task)
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             if self.suffix:
-                ids = [*ids, self._suffix_id()]
+                ids = [*ids, token_id(self._tokenizer, self.suffix)]
             ids = np.asarray(ids, dtype=np.int64)
             if len(ids) > self.max_tokens:
                 raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "

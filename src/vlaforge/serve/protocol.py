@@ -389,7 +389,8 @@ def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
         raw = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
         with Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as im:  # no EPS/TIFF/... on untrusted input
             if not shape_matches((im.height, im.width), tuple(want[-3:-1])):  # checked before decoding the pixels
-                raise ProtocolError.one(name, f"an image of {want[-2]}x{want[-3]} (WxH)", f"{im.width}x{im.height}")
+                size = f"{want[-2]}x{want[-3]} (WxH)" if want[-2] else f"any size, sides 1..{MAX_IMAGE_SIDE}"
+                raise ProtocolError.one(name, f"an image of {size}", f"{im.width}x{im.height}")
             return np.array(im.convert("RGB"))
     except ProtocolError:
         raise

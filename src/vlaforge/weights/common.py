@@ -30,6 +30,19 @@ class LayoutError(ValueError):  # a ValueError: the CLI prints it as one line
     """The source does not have the layout an importer expects; the message says what was found."""
 
 
+class Weights(dict):
+    """A state dict that names its source and what it holds when a key is missing (an unknown layout), instead
+    of a bare KeyError."""
+
+    def __init__(self, items: Any = (), where: str = "") -> None:
+        super().__init__(items)
+        self.where = where
+
+    def __missing__(self, key: str) -> Tensor:
+        raise LayoutError(f"{self.where or 'weights'}: no {key!r} (the layout differs from the release's; found "
+                          f"{len(self)} keys like {sorted(self)[:4]})")
+
+
 @dataclass
 class Imported:
     """An imported policy before it is written: its config, weights (vlaforge names) and everything else."""
@@ -56,7 +69,7 @@ def read_safetensors_dir(path: Path) -> dict[str, Tensor]:
     """Every tensor of an HF directory's safetensors file(s) (index + shards, or one file), files checked first."""
     from safetensors.torch import load_file
 
-    out: dict[str, Tensor] = {}
+    out = Weights(where=str(path))
     files = check_weight_files(path)
     for i, f in enumerate(files, 1):
         log.info("reading %s (%d/%d)", f.name, i, len(files))
@@ -75,7 +88,7 @@ def load_pt(path: Path) -> dict[str, Any]:
         raise LayoutError(f"{path}: not a weights-only torch file ({first})") from None
     if not isinstance(obj, dict):
         raise LayoutError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    return obj
+    return Weights(obj, where=str(path))
 
 
 def find_one(src: Path, pattern: str, what: str) -> Path:
@@ -88,7 +101,8 @@ def find_one(src: Path, pattern: str, what: str) -> Path:
 
 def strip_prefix(sd: dict[str, Tensor], prefix: str, required: bool = True) -> dict[str, Tensor]:
     """The entries under ``prefix``, without it."""
-    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    where = f"{getattr(sd, 'where', '') or 'weights'} under {prefix!r}"
+    out = Weights({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, where=where)
     if required and not out:
         sample = sorted(sd)[:4]
         raise LayoutError(f"no weights under {prefix!r} (found keys like {sample})")
@@ -97,7 +111,7 @@ def strip_prefix(sd: dict[str, Tensor], prefix: str, required: bool = True) -> d
 
 def drop_module_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Remove DDP's ``module.`` prefix (checkpoints saved from a wrapped module)."""
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return Weights({k.removeprefix("module."): v for k, v in sd.items()}, where=getattr(sd, "where", ""))
 
 
 # ---------------------------------------------------------------- timm ViT -> transformers towers
@@ -233,13 +247,30 @@ def skip_dims(mask: list[bool] | None, key: str = ACTION) -> dict[str, tuple[int
 # ---------------------------------------------------------------- writing
 def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
     """Build the policy without random initialisation (weights are assigned), check that every tensor came from
-    the source, attach pipelines with the system's statistics, and save an ordinary checkpoint."""
-    from accelerate import init_empty_weights
+    the source, attach pipelines with the system's statistics, and save an ordinary checkpoint. Everything is
+    written to ``OUT.partial`` and renamed at the end: a failed import leaves no half checkpoint at ``out``."""
+    import shutil
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"--out {out} exists and is not empty (--overwrite replaces it)")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(imp, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+    return out
+
+
+def _write(imp: Imported, out: Path) -> None:
+    from accelerate import init_empty_weights
+
+    out.mkdir(parents=True)
     imp.tokenizer.save_pretrained(str(out / "tokenizer"))
     log.info("building the %s policy (%d tensors, %.2f B parameters)", imp.cfg.head.type, len(imp.weights),
              sum(v.numel() for v in imp.weights.values()) / 1e9)
@@ -252,8 +283,8 @@ def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
     shape = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
     if missing or unexpected or shape:
         raise LayoutError(f"imported weights do not fit the architecture: missing {missing[:5]} ({len(missing)}), "
-                           f"unexpected {unexpected[:5]} ({len(unexpected)}), wrong shape "
-                           f"{[(k, tuple(weights[k].shape), tuple(own[k].shape)) for k in shape[:3]]}")
+                          f"unexpected {unexpected[:5]} ({len(unexpected)}), wrong shape "
+                          f"{[(k, tuple(weights[k].shape), tuple(own[k].shape)) for k in shape[:3]]}")
     policy.load_state_dict({k: _own_storage(v.to(own[k].dtype)) if torch.is_tensor(v) else v
                             for k, v in weights.items()}, assign=True)
     policy.make_pipelines(imp.dataset_stats[imp.unnorm_key], imp.robot, dataset_stats=imp.dataset_stats,
@@ -261,7 +292,6 @@ def write_checkpoint(imp: Imported, out: Path, overwrite: bool = False) -> Path:
     log.info("writing %s", out)
     policy.save_pretrained(out)
     (out / "IMPORTED.md").write_text("\n".join(imp.notes) + "\n")
-    return out
 
 
 def _own_storage(t: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from vlaforge.weights import IMPORTERS
 from vlaforge.weights.common import (
     Imported,
     LayoutError,
+    Weights,
     find_one,
     load_pt,
     load_source_tokenizer,
@@ -118,6 +119,7 @@ def import_hybridvla(src: Path, unnorm_key: str | None = None, cameras: tuple[st
     if ids != [base, base + 1, base + 2]:
         raise LayoutError(f"{tokenizer}: <PAD>/<BOD>/<EOD> got ids {ids}, HybridVLA's are {[base, base + 1, base + 2]}"
                           f" (the tokenizer must be Llama-2's, without added tokens)")
+    model = {k: Weights(v, where=f"{pt} ['model']['{k}']") if isinstance(v, dict) else v for k, v in model.items()}
     vision = model["vision_backbone"]
     dino, siglip = strip_prefix(vision, "dino_featurizer."), strip_prefix(vision, "siglip_featurizer.")
     proj = strip_prefix(model["projector"], "projector.")
