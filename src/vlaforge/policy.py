@@ -284,7 +284,11 @@ class VLAPolicy(nn.Module):
             ids = self.reasoner.generate(ctx, self.backbone.tokenizer.eos_token_id)
             if info is not None:
                 info["reasoning"] = self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        if not torch.isfinite(ctx.hidden[ctx.mask.bool()]).all():  # a token head would decode NaN as bin 0
+            raise ValueError("the backbone produced non-finite (NaN/inf) features for this batch")
         actions = self.head.sample(ctx, batch, generator=generator, **options)
+        if not torch.isfinite(actions).all():
+            raise ValueError(f"the {self.cfg.head.type} head produced non-finite (NaN/inf) actions")
         if info is not None:
             for key in ("hybrid_averaged", "token_ids"):
                 if key in ctx.extras:
@@ -378,6 +382,10 @@ class VLAPolicy(nn.Module):
         cfg = PolicyConfig.from_dict(meta["policy"])
         policy = cls(cfg, assets=directory / "tokenizer")
         load_weights(policy, directory / "model.safetensors", device=str(map_location))
+        bad = [n for n, t in policy.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"{directory / 'model.safetensors'}: non-finite (NaN/inf) weights in {len(bad)} tensors, "
+                             f"e.g. {bad[:3]}")
         policy.robot = RobotSpec.from_json(meta["robot"])
         policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
         policy.outputs = Pipeline.load(directory / "processors", "outputs")

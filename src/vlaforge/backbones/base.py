@@ -249,7 +249,7 @@ class Backbone(nn.Module):
             keys = mask.bool()[:, None, None, :].expand(-1, 1, embeds.shape[1], -1)
             attn = torch.zeros(keys.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(
                 ~keys, torch.finfo(embeds.dtype).min)
-        out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, past_key_values=cache,
+        out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, cache=cache,
                           use_cache=cache is not None)
         return out.last_hidden_state
 
@@ -689,7 +689,8 @@ def from_pretrained_checked(model_cls: Any, path: Path, dtype: torch.dtype) -> n
     mis-shaped weight refused by name (transformers would initialise them randomly and go on)."""
     check_weight_files(path)
     try:
-        model, info = model_cls.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+        model, info = model_cls.from_pretrained(str(path), dtype=dtype, output_loading_info=True,
+                                                trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"backbone.pretrained: cannot load {path} as {model_cls.__name__}: {first}") from None
@@ -732,7 +733,7 @@ def load_tokenizer(path: Path) -> Any:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer directory is missing")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never run a directory's code
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: cannot load the tokenizer ({first})") from None

@@ -84,5 +84,5 @@ class Kosmos2Backbone(Backbone):
     def lm_forward(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any,
                    prefix: PrefixInfo | None) -> Tensor:
         out = self._lm[0](inputs_embeds=embeds, attention_mask=mask, position_ids=positions + self._offset,
-                          past_key_values=cache, use_cache=cache is not None)
+                          cache=cache, use_cache=cache is not None)
         return out.last_hidden_state

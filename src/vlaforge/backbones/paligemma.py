@@ -87,12 +87,12 @@ class PaliGemmaBackbone(Backbone):
 
     def lm_forward(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any, prefix: Any) -> Tensor:
         kwargs = {"config": self._text_config, "inputs_embeds": embeds, "attention_mask": mask,
-                  "past_key_values": cache, "position_ids": positions}
+                  "cache": cache, "position_ids": positions}
         if prefix is not None:  # one bidirectional block over the prefix (pads are masked by attention_mask)
             kwargs["block_sequence_ids"] = torch.zeros_like(mask)
         attn: Any = create_causal_mask(**kwargs)
         if getattr(self._text_config, "sliding_window", None) is not None:
             attn = {"full_attention": attn, "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
-        out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, past_key_values=cache,
+        out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, cache=cache,
                           use_cache=cache is not None)
         return out.last_hidden_state

@@ -237,6 +237,6 @@ class QwenVLBackbone(Backbone):
             for start, n in prefix.spans:
                 visual[:, start : start + n] = True
             kwargs = {"visual_pos_masks": visual, "deepstack_visual_embeds": list(deep)}
-        out = self._lm[0](inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = self._lm[0](inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
                           use_cache=cache is not None, **kwargs)
         return out.last_hidden_state

@@ -22,6 +22,9 @@ def _registries() -> dict[str, Registry]:
 
 def _describe(obj: object) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
+    name = getattr(obj, "__name__", "")
+    if name and doc.startswith(f"{name}("):  # a dataclass without a docstring: its generated signature
+        return ""
     return doc.splitlines()[0] if doc else ""
 
 

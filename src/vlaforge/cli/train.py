@@ -35,4 +35,8 @@ def main(argv: list[str]) -> int:
 
     ckpt = train(cfg)
     print(f"final checkpoint: {ckpt}", file=sys.stderr)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # join gloo/NCCL threads before the interpreter exits
+        dist.destroy_process_group()
     return 0

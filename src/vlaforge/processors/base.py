@@ -99,6 +99,9 @@ class Pipeline:
             step = step_cls(**entry["config"])
             if "state" in entry:
                 state_path = directory / entry["state"]
+                if not state_path.resolve().is_relative_to(directory.resolve()):
+                    raise ValueError(f"{path}: step '{entry['type']}' names state file {entry['state']!r} outside "
+                                     f"{directory} (a checkpoint's files must lie inside it)")
                 if not state_path.is_file():
                     raise FileNotFoundError(f"processor state {state_path} (for step '{entry['type']}') not found")
                 step.load_state_dict(load_file(str(state_path)))

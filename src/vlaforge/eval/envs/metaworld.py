@@ -91,6 +91,8 @@ def _import_metaworld() -> Any:
 @ENVS.register("metaworld")
 @dataclass(frozen=True)
 class MetaWorldConfig(EnvConfig):
+    """Meta-World v3 (MuJoCo): any of its 50 tasks or mt10/mt50, two upright cameras, 4-d actions and state."""
+
     # camera role -> MuJoCo camera name; "scene" sees the table from above, "wrist" rides on the gripper
     cameras: dict[str, str] = field(default_factory=lambda: {"scene": "topview", "wrist": "gripperPOV"})
     image_size: int = 96

@@ -1,0 +1,107 @@
+"""Load-time and inference-time refusals of hostile or broken checkpoints (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file as save_torch
+
+from helpers import tiny_policy_config
+from vlaforge.data.lerobot import LeRobotDataset
+from vlaforge.policy import VLAPolicy
+from vlaforge.types import image_key
+
+
+@pytest.fixture
+def ckpt(dataset, tmp_path):
+    reader = LeRobotDataset(dataset[0], chunk=4)
+    policy = VLAPolicy(tiny_policy_config().with_robot(reader.meta.robot_spec()))
+    policy.make_pipelines(reader.meta.stats, reader.meta.robot_spec())
+    return policy.save_pretrained(tmp_path / "ckpt"), reader
+
+
+def test_a_state_file_outside_the_checkpoint_is_refused(ckpt, tmp_path):
+    path, _ = ckpt
+    save_file({"action/mean": np.zeros(4, np.float32)}, str(tmp_path / "outside.safetensors"))
+    spec = json.loads((path / "processors" / "inputs.json").read_text())
+    stateful = next(e for e in spec["steps"] if "state" in e)
+    stateful["state"] = "../../outside.safetensors"
+    (path / "processors" / "inputs.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"outside .*a checkpoint's files must lie inside it"):
+        VLAPolicy.from_pretrained(path)
+
+
+def test_a_tokenizer_with_custom_code_is_never_run_even_on_a_terminal(ckpt, tmp_path):
+    """transformers asks "run the custom code? [y/N]" on a terminal; vlaforge never lets it ask (or run it)."""
+    import os
+    import pty
+    import time
+
+    path, _ = ckpt
+    tok = path / "tokenizer"
+    marker = tmp_path / "ran"
+    (tok / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
+    cfg.pop("tokenizer_class", None)  # only the custom class names a tokenizer
+    (tok / "tokenizer_config.json").write_text(json.dumps(cfg))
+    code = ("from pathlib import Path; from vlaforge.backbones.base import load_tokenizer\n"
+            f"try:\n    load_tokenizer(Path({str(tok)!r}))\nexcept ValueError as e:\n    print('refused:', e)\n")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child runs on a terminal, where transformers would prompt
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    deadline, out, answered = time.time() + 120, b"", False
+    while time.time() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if b"[y/N]" in out and not answered:
+            os.write(fd, b"y\n")  # what a user might type
+            answered = True
+    os.waitpid(pid, 0)
+    assert b"[y/N]" not in out and not marker.exists(), out.decode(errors="replace")
+
+
+def test_non_finite_weights_are_refused_at_load_and_actions_at_inference(ckpt):
+    path, reader = ckpt
+    weights = load_file(path / "model.safetensors")
+    name = next(k for k in weights if k.startswith("backbone.model.") and k.endswith("q_proj.weight"))
+    clean = dict(weights)
+    weights[name] = weights[name].clone()
+    weights[name][0, 0] = float("nan")
+    save_torch(weights, str(path / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"model.safetensors: non-finite .*{name}"):
+        VLAPolicy.from_pretrained(path)
+    save_torch(clean, str(path / "model.safetensors"))
+    policy = VLAPolicy.from_pretrained(path)
+    with torch.no_grad():
+        dict(policy.named_parameters())[name][0].fill_(float("nan"))  # NaN reaching a tokens head at run time
+    item = reader[2]
+    with pytest.raises(ValueError, match="non-finite"):
+        policy.predict_action({c: item[image_key(c)] for c in ("front", "wrist")}, item["task"],
+                              item["observation.state"])
+
+
+def test_python_dash_m_vlaforge_runs():
+    out = subprocess.run([sys.executable, "-m", "vlaforge", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_list_describes_registries_in_words(capsys):
+    from vlaforge.cli.list import main
+
+    assert main(["envs", "importers"]) == 0
+    out = capsys.readouterr().out
+    assert "metaworld" in out and "Meta-World v3" in out and "MetaWorldConfig(" not in out
+    assert "openvla_oft" in out and "hybridvla" in out
