@@ -385,8 +385,8 @@ def test_imported_hybridvla_matches_the_reference_forward(tmp_path):
     assert info["token_ids"][0] == ids
     _, _, diff_only, _ = reference_hybridvla(run, tok_dir, img, proprio, task, seed=5, with_ar=False)
     np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5, mode="diff")[0, 0], diff_only,
-                               rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5)[0, 0], both, rtol=1e-4, atol=1e-4)
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(policy.predict_actions([dict(obs)], seed=5)[0, 0], both, rtol=1e-5, atol=1e-5)
 
 
 def test_hybridvla_gate_semantics():
