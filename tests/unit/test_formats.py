@@ -204,7 +204,7 @@ def test_calvin_annotations_refuse_a_tampered_dtype_state(tmp_path):
 
     class Tampered:
         def __reduce__(self):
-            return (np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("f8"), 1 << 40)}, 8, 1, 0))
+            return (np.dtype, ("f8", False, True), (3, "<", None, None, None, 1 << 40, 8, 0))  # itemsize 2**40
 
     arr = np.empty(1, dtype=object)
     arr[0] = Tampered()

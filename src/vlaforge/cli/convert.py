@@ -4,6 +4,9 @@ Options are the source's keyword arguments (``vlaforge convert hdf5 --help`` lis
 JSON when it parses (``--fps=50``, ``--cameras='{"cam_high": "top"}'``), as a list when it has commas
 (``--cameras=cam_high,cam_left_wrist``), as a mapping when every item is ``key:value``
 (``--cameras=cam_high:top,cam_left_wrist:wrist``), else as a string.
+
+vlaforge convert calvin-annotations DIR [--overwrite]: CALVIN's pickled ``auto_lang_ann.npy`` -> JSON next to it
+(once per dataset; the ``calvin`` format then reads the JSON and never unpickles).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import inspect
 import json
 from typing import Any
 
+from vlaforge.data.calvin import convert_annotations
 from vlaforge.data.convert import SOURCES, convert
+
+ANNOTATIONS_COMMAND = "calvin-annotations"
 
 
 def parse_value(text: str) -> Any:
@@ -36,7 +42,10 @@ def _options(cls: type) -> dict[str, inspect.Parameter]:
 
 def _usage(fmt: str | None = None) -> str:
     lines = ["usage: vlaforge convert FORMAT SRC --out DST [--overwrite] [--OPTION=VALUE ...]",
-             f"formats: {', '.join(SOURCES.names())}"]
+             f"formats: {', '.join(SOURCES.names())}",
+             f"       vlaforge convert {ANNOTATIONS_COMMAND} DIR [--overwrite]",
+             "         CALVIN's lang_annotations/auto_lang_ann.npy -> auto_lang_ann.json next to it, for DIR (a split",
+             "         or a dataset with training/ and validation/); the calvin format reads the JSON when present"]
     if fmt is not None:
         cls = SOURCES.get(fmt)
         lines.append(f"\n{fmt} options:")
@@ -45,11 +54,23 @@ def _usage(fmt: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _calvin_annotations(argv: list[str]) -> int:
+    unknown = [a for a in argv if a.startswith("--") and a != "--overwrite"]
+    dirs = [a for a in argv if not a.startswith("--")]
+    if unknown or len(dirs) != 1:
+        raise ValueError(f"usage: vlaforge convert {ANNOTATIONS_COMMAND} DIR [--overwrite] (got {' '.join(argv)})")
+    for path, ann in convert_annotations(dirs[0], overwrite="--overwrite" in argv):
+        print(f"wrote {path}: {len(ann.segments)} segments")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     words = [a for a in argv if not a.startswith("--")]
     if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
         print(_usage(words[0] if words and words[0] in SOURCES.names() else None))
         return 0
+    if argv[0] == ANNOTATIONS_COMMAND:
+        return _calvin_annotations(argv[1:])
     out, overwrite, options, positional = None, False, {}, []
     i = 0
     while i < len(argv):
