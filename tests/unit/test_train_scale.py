@@ -102,6 +102,24 @@ def _torchrun(args: list[str], nproc: int = 2) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+def _rewind(run: Path, step: int, dest: Path) -> Path:
+    """A copy of ``run`` as it stood after checkpoint ``step`` (later checkpoints gone, ``last`` pointing at it):
+    resuming it must reproduce ``run`` exactly, without paying another process launch for a --stop_at run."""
+    shutil.copytree(run, dest, symlinks=True)
+    ckpts = dest / "checkpoints"
+    for c in ckpts.iterdir():
+        if c.name.isdigit() and int(c.name) > step:
+            shutil.rmtree(c)
+    (ckpts / "last").unlink()
+    (ckpts / "last").symlink_to(f"{step:07d}")
+    return dest
+
+
+def _two_process_args(common: list[str]) -> list[str]:
+    """The 2-process run saves at step 2 as well, for _rewind."""
+    return [*(a for a in common if not a.startswith("--save_every")), "--save_every=2", "--batch_size=4"]
+
+
 def _common(root: Path) -> list[str]:
     return ["train", "quickstart_tokens", "--data", str(root), "--head.type=mlp", "--backbone.image_size=32",
             "--chunk=1", "--exec_steps=1", "--steps=4", "--save_every=4", "--log_every=1", "--data.shift_pad=0",
@@ -126,7 +144,7 @@ def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_pat
     root, _ = dataset
     common = [*_common(root), *extra]
     assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
-    two_args = [*common, "--batch_size=4", f"--distributed={engine}"]
+    two_args = [*_two_process_args(common), f"--distributed={engine}"]
     _torchrun([*two_args, "--out", str(tmp_path / "two")])
     one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
     assert _max_diff(_weights(one), _weights(two)) < PARAM_ATOL  # the EMA
@@ -139,8 +157,7 @@ def test_two_cpu_processes_equal_one_process_and_resume_exactly(dataset, tmp_pat
     rng = load_file(str(two / "train_state" / "rng.safetensors"))
     assert not torch.equal(rng["rank0/torch"], rng["rank1/torch"])  # each process's own stream is kept
 
-    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--stop_at=2"])
-    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--resume"])
+    _torchrun([*two_args, "--out", str(_rewind(tmp_path / "two", 2, tmp_path / "cut")), "--resume"])
     cut = tmp_path / "cut" / "checkpoints" / "last"
     assert _max_diff(_weights(cut), _weights(two)) == 0
     assert _max_diff(load_file(str(cut / raw)), load_file(str(two / raw))) == 0
@@ -173,7 +190,7 @@ def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exac
     atol, rtol = (PARAM_ATOL, 1e-4) if precision == "fp32" else (1e-2, 2e-2)
     assert main([*common, "--out", str(tmp_path / "one"), "--batch_size=8"]) == 0
     config = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / f"zero{stage}.json"
-    two_args = [*common, "--batch_size=4", "--distributed=deepspeed", f"--deepspeed_config={config}"]
+    two_args = [*_two_process_args(common), "--distributed=deepspeed", f"--deepspeed_config={config}"]
     _torchrun([*two_args, "--out", str(tmp_path / "two")])
     one, two = tmp_path / "one" / "checkpoints" / "last", tmp_path / "two" / "checkpoints" / "last"
     assert _max_diff(_weights(one), _weights(two)) < atol
@@ -185,8 +202,7 @@ def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exac
     assert (summary["distributed"], summary["processes"]) == ("deepspeed", 2)
     assert summary["optimizer"] == ("DeepSpeedCPUAdam" if "offload" in str(stage) else "AdamW")
 
-    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--stop_at=2"])
-    _torchrun([*two_args, "--out", str(tmp_path / "cut"), "--resume"])
+    _torchrun([*two_args, "--out", str(_rewind(tmp_path / "two", 2, tmp_path / "cut")), "--resume"])
     assert _max_diff(_weights(tmp_path / "cut" / "checkpoints" / "last"), _weights(two)) == 0
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "two")
 
