@@ -599,34 +599,36 @@ class LeRobotDataset:
                                f"{fps} ({bad.size} frames differ); is the fps in meta/info.json right?")
 
     def _check_videos(self) -> dict[tuple[str, int], Path]:
+        """Every episode's mp4 exists, runs at the dataset fps and holds the episode's frames (from the container
+        metadata: nothing is decoded; a file that cannot be opened is left to the decoder to report)."""
         files = {}
         template = self.meta.info.get("video_path") or VIDEO_PATH
         fps = self.meta.fps
         for k in [k for k, f in self.meta.features.items() if f.dtype == "video"]:
             streams: dict[Path, tuple[float, int] | None] = {}
+            chunks, file_ids = (self._episodes[f"videos/{k}/{c}_index"].to_numpy(np.int64) for c in ("chunk", "file"))
+            starts, stops = (np.round(self._episodes[f"videos/{k}/{t}_timestamp"].to_numpy(np.float64) * fps)
+                             .astype(np.int64) for t in ("from", "to"))
             for e in range(self.meta.num_episodes):
-                row = self._episodes.iloc[e]
-                path = self.root / template.format(video_key=k, chunk_index=int(row[f"videos/{k}/chunk_index"]),
-                                                   file_index=int(row[f"videos/{k}/file_index"]))
+                path = self.root / template.format(video_key=k, chunk_index=int(chunks[e]), file_index=int(file_ids[e]))
                 rel, where = path.relative_to(self.root), f"{self.root}: episode {e}, camera '{k}'"
-                if not path.is_file():
-                    raise DatasetError(f"{where}: video file {rel} not found")
-                files[(k, e)] = path
                 if path not in streams:
+                    if not path.is_file():
+                        raise DatasetError(f"{where}: video file {rel} not found")
                     try:
                         streams[path] = stream_info(path)
                     except VideoError:
                         streams[path] = None  # unreadable: decoding reports it, naming the episodes
+                files[(k, e)] = path
                 if streams[path] is None:
                     continue
                 rate, frames = streams[path]
                 if rate and abs(rate - fps) > 0.01 * fps:
                     raise DatasetError(f"{where}: {rel} runs at {rate:g} fps, meta/info.json says fps {fps}")
-                start, stop = (round(float(row[f"videos/{k}/{t}_timestamp"]) * fps) for t in ("from", "to"))
-                length = int(self.meta.episode_lengths[e])
-                if stop - start != length:
-                    raise DatasetError(f"{where}: the episodes table spans {stop - start} frames of {rel} at {fps} fps "
-                                       f"(from/to_timestamp), the episode has {length}")
+                start, length = int(starts[e]), int(self.meta.episode_lengths[e])
+                if stops[e] - start != length:
+                    raise DatasetError(f"{where}: the episodes table spans {stops[e] - start} frames of {rel} at {fps} "
+                                       f"fps (from/to_timestamp), the episode has {length}")
                 if frames and start + length > frames:
                     raise DatasetError(f"{where}: {rel} has {frames} frames, the episode needs frames "
                                        f"[{start}, {start + length})")
