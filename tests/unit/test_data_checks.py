@@ -151,23 +151,40 @@ def test_bad_stats_json_alone_is_recomputed(dataset, tmp_path, bad):
     assert LeRobotDataset(root).meta.stats is not None
 
 
+class _Plain:
+    """A reader without whole-column checks: only the per-sample check sees its values."""
+
+    def __init__(self, reader: LeRobotDataset) -> None:
+        self.reader, self.meta = reader, reader.meta
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.reader[i]
+
+
+def _first_batch(reader, batch_size: int | None = None):
+    loader = make_loader(reader, Pipeline([]), batch_size=batch_size or len(reader), seed=0, start_step=0, steps=1)
+    return next(iter(loader))
+
+
 def test_training_refuses_non_finite_targets_naming_dataset_episode_frame(nan_dataset):
     reader = LeRobotDataset(nan_dataset, chunk=4)
-    loader = make_loader(reader, Pipeline([]), batch_size=len(reader), seed=0, start_step=0, steps=1)
+    with pytest.raises(DatasetError, match=rf"{nan_dataset}: 'action' is not finite at episode 1, frame 3 .*refusing "
+                                           r"to train"):
+        _first_batch(reader)  # before the first step
     with pytest.raises(DatasetError, match=rf"training data {nan_dataset}: 'action' is not finite at episode 1, "
-                                           r"frame [35]"):
-        next(iter(loader))
-    clean = LeRobotDataset(nan_dataset, chunk=1, episodes=[0, 2])  # the other episodes still train
-    next(iter(make_loader(clean, Pipeline([]), batch_size=4, seed=0, start_step=0, steps=1)))
+                                           r"frame [35] "):
+        _first_batch(_Plain(reader))  # any reader: where samples are read
+    _first_batch(LeRobotDataset(nan_dataset, chunk=4, episodes=[0, 2]), 4)  # the other episodes still train
 
 
 def test_training_names_the_frame_of_a_non_finite_state_in_a_history_window(dataset, tmp_path):
     root = _copy(dataset, tmp_path)
     _edit_column(root, OBS_STATE, lambda a: np.where(np.arange(len(a))[:, None] == 7 + 4, np.nan, a))
-    reader = LeRobotDataset(root, history=3, episodes=[1])
-    loader = make_loader(reader, Pipeline([]), batch_size=len(reader), seed=0, start_step=0, steps=1)
-    with pytest.raises(DatasetError, match=rf"'{OBS_STATE}' is not finite at episode 1, frame 4 "):
-        next(iter(loader))
+    with pytest.raises(DatasetError, match=rf"training data .*'{OBS_STATE}' is not finite at episode 1, frame 4 "):
+        _first_batch(_Plain(LeRobotDataset(root, history=3, episodes=[1])))
 
 
 # ---------------------------------------------------------------- 4. collect --out

@@ -733,17 +733,17 @@ class LeRobotDataset:
         return out
 
     def check_finite(self, why: str = "") -> None:
-        """Refuse NaN or inf in any numeric column, naming the column, the first episode and frame holding one,
-        and how many there are."""
+        """Refuse NaN or inf in any numeric column of the exposed episodes, naming the column, the first episode
+        and frame holding one, and how many there are (one vectorised pass; milliseconds per million values)."""
         for k, col in self._columns.items():
             if not isinstance(col, np.ndarray) or col.dtype.kind != "f":
                 continue
-            bad = ~np.isfinite(col.reshape(len(col), -1))
+            bad = ~np.isfinite(col[self._frame_table].reshape(len(self._frame_table), -1))  # exposed episodes
             rows = np.flatnonzero(bad.any(1))
             if rows.size:
-                g = int(rows[0])
+                g = int(self._frame_table[rows[0]])
                 ep = int(self._columns["episode_index"][g])
-                frame, dims = g - int(self.meta.episode_starts[ep]), np.flatnonzero(bad[g]).tolist()[:8]
+                frame, dims = g - int(self.meta.episode_starts[ep]), np.flatnonzero(bad[rows[0]]).tolist()[:8]
                 raise DatasetError(f"{self.root}: '{k}' is not finite at episode {ep}, frame {frame} (dims {dims}, in "
                                    f"{self._data_file(ep)}); {int(bad.sum())} non-finite values in {rows.size} "
                                    f"frames{why}")

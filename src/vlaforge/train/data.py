@@ -106,6 +106,9 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
     """
     if len(reader) == 0:
         raise ValueError("training data has no frames")
+    for part in getattr(reader, "readers", [reader]):  # whole columns at once where the reader can (fail early)
+        if hasattr(part, "check_finite"):
+            part.check_finite("; refusing to train on them (fix or drop those episodes)")
     # a mixture draws a weighted dataset per position; a single dataset walks seeded permutations
     sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None),
                              rank, world)
