@@ -277,4 +277,6 @@ def test_collect_overwrite_replaces_only_its_own_dataset_and_keeps_it_on_failure
     _collect(out, calls, overwrite=True)
     assert (out / "NOTES.md").read_text() == "mine"
     assert LeRobotDataset(out).meta.num_episodes == 4 and (out / "meta/collection.json").is_file()
+    with pytest.raises(RuntimeError, match="simulator crashed"):  # nothing collected: nothing left behind
+        _collect(tmp_path / "new", calls, fail_task="a")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demos"]

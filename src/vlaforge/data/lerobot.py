@@ -156,7 +156,8 @@ class LeRobotWriter:
         self.out, self.overwrite = check_output_dir(root, overwrite), overwrite
         # everything goes to OUT.partial first and is moved into place by finalize(): no half-written dataset
         # ever replaces a good one, and a failed run leaves the previous dataset as it was
-        self.root = self.out.with_name(self.out.name + ".partial")
+        base = self.out if self.out.name else self.out.resolve()  # "--out ." has no name to extend
+        self.root = base.with_name(base.name + ".partial")
         if self.root.exists():
             if not self.root.is_dir() or any(p.name not in OWN_ENTRIES for p in self.root.iterdir()):
                 raise FileExistsError(f"{self.root}: exists and is not an unfinished dataset vlaforge wrote; "
@@ -298,10 +299,7 @@ class LeRobotWriter:
         if self._finalized:
             return self.root
         self._finalized = True
-        if self._data_writer is not None:
-            self._data_writer.close()
-        for enc in self._encoders.values():
-            enc.close()
+        self._close_files()
         if not self.episodes:
             shutil.rmtree(self.root, ignore_errors=True)
             raise DatasetError(f"{self.out}: no episodes were written")
@@ -309,6 +307,12 @@ class LeRobotWriter:
         if publish:
             self._publish()
         return self.root
+
+    def _close_files(self) -> None:
+        if self._data_writer is not None:
+            self._data_writer.close()
+        for enc in self._encoders.values():
+            enc.close()
 
     def _publish(self) -> None:
         """Replace ``OUT``'s own entries (a dataset vlaforge wrote) by the new ones; other files stay."""
@@ -371,7 +375,11 @@ class LeRobotWriter:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is None:
             self.finalize()
-        elif self.episodes and not self._finalized:
+        elif not self.episodes and not self._finalized:  # nothing worth keeping: leave no OUT.partial behind
+            self._finalized = True
+            self._close_files()
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif not self._finalized:
             # keep every episode written so far, without replacing a previous dataset by an unfinished one
             keep_aside = self.out.is_dir() and any(self.out.iterdir())
             self.finalize(publish=not keep_aside)
