@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,13 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from vlaforge.data.base import DatasetMeta, window_indices
 from vlaforge.data.stats import (
     Stats,
-    StatsError,
     aggregate,
     flatten_episode_stats,
     image_stats,
@@ -41,7 +43,15 @@ from vlaforge.data.stats import (
     read_stats,
     write_stats,
 )
-from vlaforge.data.video import DEFAULT_CODEC, VideoEncoder, VideoError, decode_all, decode_range, video_info
+from vlaforge.data.video import (
+    DEFAULT_CODEC,
+    VideoEncoder,
+    VideoError,
+    decode_all,
+    decode_range,
+    stream_info,
+    video_info,
+)
 from vlaforge.types import (
     ACTION,
     ACTION_IS_PAD,
@@ -52,7 +62,11 @@ from vlaforge.types import (
     FeatureSpec,
 )
 
+log = logging.getLogger(__name__)
+
 CODEBASE_VERSION = "v3.0"
+WRITER_KEY = "vlaforge_version"  # info.json key marking a dataset vlaforge wrote (LeRobot ignores unknown keys)
+OWN_ENTRIES = ("meta", "data", "videos", "images")  # what a LeRobot v3 writer puts in its directory
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -67,6 +81,38 @@ DEFAULT_FEATURES = {
 
 class DatasetError(RuntimeError):
     """A dataset on disk is incomplete or corrupt; the message names the episode and file."""
+
+
+def _is_own_dataset(root: Path) -> bool:
+    """True for a directory holding a dataset vlaforge wrote (its info.json carries the writer key)."""
+    try:
+        return WRITER_KEY in json.loads((root / "meta" / "info.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output directory that cannot take a new dataset; returns it as a Path.
+
+    An existing non-empty directory needs ``overwrite``, and even then only a dataset vlaforge wrote is replaced
+    (:class:`LeRobotWriter` removes its ``meta/ data/ videos/ images/`` only, never other files there).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file, expected a dataset directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {out}: directory exists and is not empty (pass --overwrite to replace a "
+                                  f"dataset vlaforge wrote there)")
+        if not _is_own_dataset(out):
+            raise FileExistsError(f"--out {out}: not empty and not a dataset vlaforge wrote (no meta/info.json with "
+                                  f"'{WRITER_KEY}'); refusing to overwrite it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DatasetError(f"--out {out}: directory {parent} is not writable")
+    return out
 
 
 def _advance(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
@@ -102,17 +148,24 @@ class LeRobotWriter:
     def __init__(self, root: str | Path, fps: int, features: dict[str, FeatureSpec], *, robot_type: str | None = None,
                  codec: str = DEFAULT_CODEC, chunks_size: int = 1000, data_files_size_in_mb: int = 100,
                  video_files_size_in_mb: int = 200, overwrite: bool = False) -> None:
-        self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True / --overwrite)")
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
         if fps <= 0:
             raise ValueError(f"fps: expected > 0, got {fps}")
         for k in features:
             if k in DEFAULT_FEATURES or "/" in k:
                 raise ValueError(f"feature name {k!r}: reserved or contains '/'")
+        self.out, self.overwrite = check_output_dir(root, overwrite), overwrite
+        # everything goes to OUT.partial first and is moved into place by finalize(): no half-written dataset
+        # ever replaces a good one, and a failed run leaves the previous dataset as it was
+        base = self.out if self.out.name else self.out.resolve()  # "--out ." has no name to extend
+        self.root = base.with_name(base.name + ".partial")
+        if self.root.exists():
+            if not self.root.is_dir() or any(p.name not in OWN_ENTRIES for p in self.root.iterdir()):
+                raise FileExistsError(f"{self.root}: exists and is not an unfinished dataset vlaforge wrote; "
+                                      f"move it away")
+            if (self.root / "meta" / "info.json").exists():
+                raise FileExistsError(f"{self.root}: holds the episodes of an interrupted run; move or delete it")
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
         self.fps, self.robot_type, self.codec = fps, robot_type, codec
         self.features = {**features, **DEFAULT_FEATURES}
         self.video_keys = [k for k, f in features.items() if f.dtype == "video"]
@@ -238,17 +291,47 @@ class LeRobotWriter:
                 f"videos/{key}/from_timestamp": float(start), f"videos/{key}/to_timestamp": float(enc.seconds)}
 
     # ---------------------------------------------------------------- metadata
-    def finalize(self) -> Path:
-        """Close files and write ``meta/``. Safe to call twice."""
+    def finalize(self, publish: bool = True) -> Path:
+        """Close files, write ``meta/`` and (``publish``) move the dataset from ``OUT.partial`` to ``OUT``.
+
+        Safe to call twice. Unpublished, the finished dataset stays readable at ``OUT.partial``.
+        """
         if self._finalized:
             return self.root
         self._finalized = True
+        self._close_files()
+        if not self.episodes:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise DatasetError(f"{self.out}: no episodes were written")
+        self._write_meta()
+        if publish:
+            self._publish()
+        return self.root
+
+    def _close_files(self) -> None:
         if self._data_writer is not None:
             self._data_writer.close()
         for enc in self._encoders.values():
             enc.close()
-        if not self.episodes:
-            raise DatasetError(f"{self.root}: no episodes were written")
+
+    def _publish(self) -> None:
+        """Replace ``OUT``'s own entries (a dataset vlaforge wrote) by the new ones; other files stay."""
+        check_output_dir(self.out, self.overwrite)
+        if self.out.is_dir():
+            for name in OWN_ENTRIES:
+                old = self.out / name
+                if old.is_dir():
+                    shutil.rmtree(old)
+                elif old.exists():
+                    old.unlink()
+            for entry in self.root.iterdir():
+                entry.rename(self.out / entry.name)
+            self.root.rmdir()
+        else:
+            self.root.rename(self.out)
+        self.root = self.out
+
+    def _write_meta(self) -> None:
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
         tasks = pd.DataFrame({"task_index": np.arange(len(self.tasks), dtype=np.int64)},
@@ -273,13 +356,13 @@ class LeRobotWriter:
             "data_files_size_in_mb": self.data_mb,
             "video_files_size_in_mb": self.video_mb,
             "fps": self.fps,
+            WRITER_KEY: _version(),
             "splits": {"train": f"0:{len(self.episodes)}"},
             "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if self.video_keys else None,
             "features": features,
         }
         (meta / "info.json").write_text(json.dumps(info, indent=4))
-        return self.root
 
     def _dataset_stats(self) -> Stats:
         """Exact statistics for numeric features; count-weighted episode aggregates for images."""
@@ -290,8 +373,25 @@ class LeRobotWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None or self.episodes:
-            self.finalize()  # keep every episode written so far, even when collection was interrupted
+        if exc_type is None:
+            self.finalize()
+        elif not self.episodes and not self._finalized:  # nothing worth keeping: leave no OUT.partial behind
+            self._finalized = True
+            self._close_files()
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif not self._finalized:
+            # keep every episode written so far, without replacing a previous dataset by an unfinished one
+            keep_aside = self.out.is_dir() and any(self.out.iterdir())
+            self.finalize(publish=not keep_aside)
+            if keep_aside:
+                log.warning("interrupted: the %d episodes written so far are in %s; %s is unchanged",
+                            len(self.episodes), self.root, self.out)
+
+
+def _version() -> str:
+    from vlaforge import __version__
+
+    return __version__
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -301,17 +401,25 @@ def _png(img: np.ndarray) -> bytes:
 
 
 # ==================================================================== reader
-def load_meta(root: str | Path) -> tuple[DatasetMeta, pd.DataFrame]:
-    """Read ``meta/`` and check the version; returns the metadata and the episodes table."""
+def load_meta(root: str | Path, *, load_stats: bool = True) -> tuple[DatasetMeta, pd.DataFrame]:
+    """Read ``meta/`` and check the version, fps and feature declarations; returns the metadata and the
+    episodes table. ``load_stats=False`` skips ``meta/stats.json`` (to recompute it)."""
     root = Path(root)
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise DatasetError(f"not a LeRobot dataset: {info_path} not found")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as e:
+        raise DatasetError(f"{info_path}: not valid JSON ({e})") from e
     version = str(info.get("codebase_version", "?"))
     if not version.startswith("v3."):
         raise DatasetError(f"{root}: codebase_version {version!r} is not supported (expected v3.x; convert v2.1 "
                            f"datasets with LeRobot's convert_dataset_v21_to_v30)")
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0 or fps != int(fps):
+        raise DatasetError(f"{info_path}: 'fps' must be a positive integer, got {fps!r}")
+    features = _features(info, info_path)
     tasks_path = root / "meta" / "tasks.parquet"
     if not tasks_path.is_file():
         raise DatasetError(f"{root}: {tasks_path.relative_to(root)} not found")
@@ -322,21 +430,47 @@ def load_meta(root: str | Path) -> tuple[DatasetMeta, pd.DataFrame]:
         raise DatasetError(f"{root}: no episode tables under meta/episodes/")
     episodes = pd.concat([pq.read_table(f).to_pandas() for f in ep_files], ignore_index=True)
     episodes = episodes.sort_values("episode_index").reset_index(drop=True)
-    try:
+    stats = None
+    if load_stats and (root / "meta" / "stats.json").exists():
         stats = read_stats(root / "meta" / "stats.json")
-    except StatsError:
-        if (root / "meta" / "stats.json").exists():
-            raise
-        stats = None
     meta = DatasetMeta(
-        root=root, fps=int(info["fps"]),
-        features={k: FeatureSpec.from_json(v) for k, v in info["features"].items()},
+        root=root, fps=int(fps), features=features,
         tasks=tasks, stats=stats,
         episode_lengths=episodes["length"].to_numpy(np.int64),
         episode_starts=episodes["dataset_from_index"].to_numpy(np.int64),
         robot_type=info.get("robot_type"), info=info,
     )
     return meta, episodes
+
+
+def _features(info: dict[str, Any], info_path: Path) -> dict[str, FeatureSpec]:
+    """``info["features"]`` as FeatureSpecs; a malformed entry or an unknown dtype names the feature."""
+    if not isinstance(info.get("features"), dict):
+        raise DatasetError(f"{info_path}: 'features' must be an object, got {type(info.get('features')).__name__}")
+    out = {}
+    for k, v in info["features"].items():
+        try:
+            spec = FeatureSpec.from_json(v)
+            if spec.dtype not in ("video", "image", "string") and np.dtype(spec.dtype).kind not in "biuf":
+                raise TypeError(f"dtype {spec.dtype!r} is not numeric")
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{info_path}: features.{k}: malformed ({e}); expected dtype (a numpy dtype, "
+                               f"image, video or string) and shape (a list of ints)") from e
+        out[k] = spec
+    return out
+
+
+def _arrow_leaf(col: pa.ChunkedArray) -> tuple[pa.DataType, int | None, pa.ChunkedArray | pa.Array]:
+    """Leaf value type, fixed values per row (None for variable-length lists) and the flattened values."""
+    t, width, flat = col.type, 1, col
+    while pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        if pa.types.is_fixed_size_list(t) and width is not None:
+            width *= t.list_size
+        else:
+            width = None
+        flat = pc.list_flatten(flat)
+        t = t.value_type
+    return t, width, flat
 
 
 class LeRobotDataset:
@@ -350,13 +484,14 @@ class LeRobotDataset:
             for datasets that fit in RAM), ``"episode"`` decodes one episode at a time with a small LRU cache,
             ``"auto"`` preloads under ``preload_limit_gb``.
         episodes: optional subset of episode indices to expose.
+        load_stats: read ``meta/stats.json`` (False to recompute it).
     """
 
     def __init__(self, root: str | Path, *, history: int = 1, chunk: int = 1, video_cache: str = "auto",
-                 preload_limit_gb: float = 4.0, episodes: list[int] | None = None) -> None:
+                 preload_limit_gb: float = 4.0, episodes: list[int] | None = None, load_stats: bool = True) -> None:
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
-        self.meta, self._episodes = load_meta(root)
+        self.meta, self._episodes = load_meta(root, load_stats=load_stats)
         self.root = self.meta.root
         self.history, self.chunk = history, chunk
         self._obs_deltas = np.arange(-(history - 1), 1)
@@ -391,7 +526,8 @@ class LeRobotDataset:
                 tables.append(pq.read_table(f))
             except (pa.ArrowInvalid, OSError) as e:
                 raise DatasetError(f"{self.root}: cannot read {f.relative_to(self.root)}: {e}") from e
-        table = pa.concat_tables(tables).combine_chunks()
+            self._check_schema(tables[-1], f.relative_to(self.root))
+        table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
         n = table.num_rows
         if n != self.meta.num_frames:
             raise DatasetError(f"{self.root}: data files hold {n} frames, episodes table says {self.meta.num_frames}")
@@ -403,8 +539,9 @@ class LeRobotDataset:
                 continue
             if spec.dtype == "image" or spec.dtype == "string":
                 self._columns[name] = col.to_pylist()
-            elif pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
-                self._columns[name] = np.asarray(col.to_pylist(), dtype=spec.dtype).reshape(n, *spec.shape)
+            elif spec.shape != (1,) or pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+                flat = _arrow_leaf(col)[2].to_numpy(zero_copy_only=False)
+                self._columns[name] = np.asarray(flat, spec.dtype).reshape(n, *spec.shape)
             else:
                 self._columns[name] = col.to_numpy().astype(spec.dtype)
         order = self._columns["index"]
@@ -413,22 +550,96 @@ class LeRobotDataset:
         ep_col = self._columns["episode_index"]
         for e, (s, length) in enumerate(zip(self.meta.episode_starts, self.meta.episode_lengths, strict=True)):
             if not (ep_col[s : s + length] == e).all():
-                files_for = self._episodes.loc[e, ["data/chunk_index", "data/file_index"]].tolist()
-                path = DATA_PATH.format(chunk_index=int(files_for[0]), file_index=int(files_for[1]))
-                raise DatasetError(f"{self.root}: episode {e} rows are missing or out of place in {path}")
+                raise DatasetError(f"{self.root}: episode {e} rows are missing or out of place in {self._data_file(e)}")
+        self._check_timestamps()
+
+    def _data_file(self, ep: int) -> str:
+        row = self._episodes.iloc[ep]
+        return (self.meta.info.get("data_path") or DATA_PATH).format(chunk_index=int(row["data/chunk_index"]),
+                                                                      file_index=int(row["data/file_index"]))
+
+    def _check_schema(self, table: pa.Table, rel: Path) -> None:
+        """Declared dtype and shape of every stored feature (meta/info.json) against the parquet schema."""
+        for k, spec in self.meta.features.items():
+            if spec.dtype == "video":
+                continue
+            if k not in table.column_names:
+                raise DatasetError(f"{self.root}: {rel} has no column '{k}' (declared in meta/info.json features)")
+            col = table.column(k)
+            said = f"{self.root}: feature '{k}': meta/info.json declares"
+            if spec.dtype in ("image", "string"):
+                ok = (pa.types.is_struct(col.type) and col.type.get_field_index("bytes") >= 0 if spec.dtype == "image"
+                      else pa.types.is_string(col.type) or pa.types.is_large_string(col.type))
+                if not ok:
+                    raise DatasetError(f"{said} dtype {spec.dtype}, {rel} stores {col.type}")
+                continue
+            leaf, width, flat = _arrow_leaf(col)
+            try:
+                actual = np.dtype(leaf.to_pandas_dtype())
+            except (NotImplementedError, TypeError):
+                actual = np.dtype(object)
+            declared = np.dtype(spec.dtype)
+            if actual.kind not in "biuf":
+                raise DatasetError(f"{said} dtype {declared}, {rel} stores {col.type}")
+            per_frame = int(np.prod(spec.shape))
+            if (width if width is not None else len(flat) / max(1, table.num_rows)) != per_frame:
+                got = (f"{width} values per frame" if width is not None
+                       else f"{len(flat)} values in {table.num_rows} frames")
+                raise DatasetError(f"{said} shape {list(spec.shape)} ({per_frame} values per frame), {rel} holds {got}")
+            if not (actual == declared or np.can_cast(actual, declared, "safe") or actual.kind == declared.kind == "f"):
+                raise DatasetError(f"{said} dtype {declared}, {rel} stores {actual} (reading it as {declared} would "
+                                   f"change the values)")
+
+    def _check_timestamps(self) -> None:
+        """``timestamp`` must be ``frame_index / fps`` within half a frame (the fps in meta/info.json is used to
+        find video frames, so a wrong fps would silently return other frames)."""
+        if "timestamp" not in self._columns or "frame_index" not in self._columns:
+            return
+        fps = self.meta.fps
+        ts = np.asarray(self._columns["timestamp"], np.float64).reshape(-1)
+        expected = np.asarray(self._columns["frame_index"], np.float64).reshape(-1) / fps
+        bad = np.flatnonzero(np.abs(ts - expected) > 0.5 / fps + 1e-4)
+        if bad.size:
+            g = int(bad[0])
+            ep, f = int(self._columns["episode_index"][g]), int(self._columns["frame_index"][g])
+            raise DatasetError(f"{self.root}: episode {ep}, frame {f} in {self._data_file(ep)}: timestamp "
+                               f"{ts[g]:.4f} s, expected frame_index/fps = {expected[g]:.4f} s with meta/info.json fps "
+                               f"{fps} ({bad.size} frames differ); is the fps in meta/info.json right?")
 
     def _check_videos(self) -> dict[tuple[str, int], Path]:
+        """Every episode's mp4 exists, runs at the dataset fps and holds the episode's frames (from the container
+        metadata: nothing is decoded; a file that cannot be opened is left to the decoder to report)."""
         files = {}
         template = self.meta.info.get("video_path") or VIDEO_PATH
+        fps = self.meta.fps
         for k in [k for k, f in self.meta.features.items() if f.dtype == "video"]:
+            streams: dict[Path, tuple[float, int] | None] = {}
+            chunks, file_ids = (self._episodes[f"videos/{k}/{c}_index"].to_numpy(np.int64) for c in ("chunk", "file"))
+            starts, stops = (np.round(self._episodes[f"videos/{k}/{t}_timestamp"].to_numpy(np.float64) * fps)
+                             .astype(np.int64) for t in ("from", "to"))
             for e in range(self.meta.num_episodes):
-                row = self._episodes.iloc[e]
-                path = self.root / template.format(video_key=k, chunk_index=int(row[f"videos/{k}/chunk_index"]),
-                                                   file_index=int(row[f"videos/{k}/file_index"]))
-                if not path.is_file():
-                    raise DatasetError(f"{self.root}: episode {e}, camera '{k}': video file "
-                                       f"{path.relative_to(self.root)} not found")
+                path = self.root / template.format(video_key=k, chunk_index=int(chunks[e]), file_index=int(file_ids[e]))
+                rel, where = path.relative_to(self.root), f"{self.root}: episode {e}, camera '{k}'"
+                if path not in streams:
+                    if not path.is_file():
+                        raise DatasetError(f"{where}: video file {rel} not found")
+                    try:
+                        streams[path] = stream_info(path)
+                    except VideoError:
+                        streams[path] = None  # unreadable: decoding reports it, naming the episodes
                 files[(k, e)] = path
+                if streams[path] is None:
+                    continue
+                rate, frames = streams[path]
+                if rate and abs(rate - fps) > 0.01 * fps:
+                    raise DatasetError(f"{where}: {rel} runs at {rate:g} fps, meta/info.json says fps {fps}")
+                start, length = int(starts[e]), int(self.meta.episode_lengths[e])
+                if stops[e] - start != length:
+                    raise DatasetError(f"{where}: the episodes table spans {stops[e] - start} frames of {rel} at {fps} "
+                                       f"fps (from/to_timestamp), the episode has {length}")
+                if frames and start + length > frames:
+                    raise DatasetError(f"{where}: {rel} has {frames} frames, the episode needs frames "
+                                       f"[{start}, {start + length})")
         return files
 
     def _video_bytes(self) -> float:
@@ -529,14 +740,35 @@ class LeRobotDataset:
         out[TASK] = self.meta.tasks[int(self._columns["task_index"][start])]
         return out
 
+    def check_finite(self, why: str = "") -> None:
+        """Refuse NaN or inf in any numeric column of the exposed episodes, naming the column, the first episode
+        and frame holding one, and how many there are (one vectorised pass; milliseconds per million values)."""
+        for k, col in self._columns.items():
+            if not isinstance(col, np.ndarray) or col.dtype.kind != "f":
+                continue
+            bad = ~np.isfinite(col[self._frame_table].reshape(len(self._frame_table), -1))  # exposed episodes
+            rows = np.flatnonzero(bad.any(1))
+            if rows.size:
+                g = int(self._frame_table[rows[0]])
+                ep = int(self._columns["episode_index"][g])
+                frame, dims = g - int(self.meta.episode_starts[ep]), np.flatnonzero(bad[rows[0]]).tolist()[:8]
+                raise DatasetError(f"{self.root}: '{k}' is not finite at episode {ep}, frame {frame} (dims {dims}, in "
+                                   f"{self._data_file(ep)}); {int(bad.sum())} non-finite values in {rows.size} "
+                                   f"frames{why}")
+
     def column(self, key: str) -> np.ndarray:
         """A whole numeric column over the exposed episodes (for statistics)."""
         return self._columns[key][self._frame_table]
 
 
 def compute_dataset_stats(root: str | Path, write: bool = True) -> Stats:
-    """Recompute ``meta/stats.json`` from the data (exact numeric quantiles; sampled video frames)."""
-    ds = LeRobotDataset(root, video_cache="episode")
+    """Recompute ``meta/stats.json`` from the data (exact numeric quantiles; sampled video frames).
+
+    The current ``meta/stats.json`` is not read (it may be the broken thing being replaced); non-finite data is
+    refused, naming where it is, and nothing is written then.
+    """
+    ds = LeRobotDataset(root, video_cache="episode", load_stats=False)
+    ds.check_finite("; refusing to compute meta/stats.json from them (fix or drop those episodes)")
     stats: Stats = {}
     for k, spec in ds.meta.features.items():
         if spec.dtype in ("video", "image"):

@@ -97,10 +97,18 @@ def write_stats(path: Path, stats: Stats) -> None:
 
 
 def read_stats(path: Path) -> Stats:
+    """Statistics from ``path``; missing, malformed or non-finite ones are a StatsError saying how to recompute."""
+    fix = f"(run `vlaforge stats {path.parent.parent}` to recompute it from the data)"
     if not path.is_file():
-        raise StatsError(f"statistics file not found: {path} (run `vlaforge stats {path.parent.parent}`)")
-    stats = stats_from_json(json.loads(path.read_text()))
-    check_finite(stats, str(path))
+        raise StatsError(f"statistics file not found: {path} {fix}")
+    try:
+        stats = stats_from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise StatsError(f"{path}: malformed ({e}); expected {{feature: {{stat: list}}}} {fix}") from e
+    try:
+        check_finite(stats, str(path))
+    except StatsError as e:
+        raise StatsError(f"{e} {fix}") from e
     return stats
 
 

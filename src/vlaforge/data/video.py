@@ -136,6 +136,20 @@ def decode_range(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
     return np.stack(out)
 
 
+def stream_info(path: str | os.PathLike) -> tuple[float, int]:
+    """Frame rate and frame count (0 when the container does not say) of the first video stream, from the
+    container's metadata only (nothing is decoded)."""
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"video {path} has no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate
+            return float(rate) if rate else 0.0, int(s.frames or 0)
+    except (av.error.FFmpegError, ValueError) as e:
+        raise VideoError(f"cannot read video {path}: {e}") from e
+
+
 def video_info(path: str | os.PathLike) -> dict[str, Any]:
     """The ``info`` block LeRobot records for a video feature."""
     with av.open(str(path)) as c:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from vlaforge.config import ConfigBase
-from vlaforge.data.lerobot import LeRobotWriter
+from vlaforge.data.lerobot import LeRobotWriter, check_output_dir
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
 from vlaforge.utils import progress_bar
@@ -73,12 +73,14 @@ def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, s
     """Collect ``episodes`` successful expert episodes per task (failed attempts are dropped).
 
     Tasks run on ``workers`` threads (simulation and rendering release the GIL); episodes are written in task
-    order, so the dataset does not depend on the number of workers.
+    order, so the dataset does not depend on the number of workers. ``out`` is checked before any work; the
+    dataset is written to ``OUT.partial`` and moved into place at the end (see :class:`LeRobotWriter`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     if not tasks:
         raise ValueError("collect: no tasks given")
+    out = check_output_dir(out, overwrite)
     max_attempts = max_attempts or 3 * episodes
     summary: list[TaskCollection] = []
     writer = None
@@ -97,11 +99,15 @@ def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, s
                 for episode in kept:
                     writer.add_episode(episode, result.instruction)
                 summary.append(result)
+        except BaseException as e:
+            if writer is not None:
+                writer.__exit__(type(e), e, e.__traceback__)  # keeps the episodes so far (never over a dataset)
+            raise
         finally:
             for fut in futures:
                 fut.cancel()
     writer.finalize()
-    (Path(out) / "meta" / "collection.json").write_text(json.dumps(
+    (out / "meta" / "collection.json").write_text(json.dumps(
         {"env": env_cfg.to_dict(), "tasks": [vars(s) for s in summary]}, indent=2))
     return summary
 

@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlaforge.data.base import EpisodeReader
+from vlaforge.data.lerobot import DatasetError
 from vlaforge.processors.base import AUG_SEED, Pipeline, Step, collate
 from vlaforge.processors.image import ColorJitter, RandomResizedCrop, RandomRotation, RandomShift
+from vlaforge.types import ACTION, DATASET, OBS_IS_PAD
 
 
 def augmentation(cfg: Any, cameras: list[str]) -> list[Step]:
@@ -35,9 +37,28 @@ def augmentation(cfg: Any, cameras: list[str]) -> list[Step]:
     return steps
 
 
+def check_finite_item(item: dict[str, Any], source: str) -> None:
+    """Refuse NaN or inf in a raw training item's float arrays (action targets, states), naming the dataset, the
+    episode and the frame that holds it. Costs one ``isfinite`` per array."""
+    for k, v in item.items():
+        if not isinstance(v, np.ndarray) or v.dtype.kind != "f" or np.isfinite(v).all():
+            continue
+        ep, frame = int(item.get("episode_index", -1)), int(item.get("frame_index", -1))
+        if k == ACTION or (OBS_IS_PAD in item and v.ndim >= 2):  # time-major: (chunk | history, ...)
+            row = int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(1))[0])
+            # an action chunk starts at the frame (rows past the end repeat the last frame, which comes first);
+            # a history window ends at it (rows before the start repeat frame 0)
+            frame = frame + row if k == ACTION else max(0, frame - (len(v) - 1) + row)
+        name = item.get(DATASET) or source
+        raise DatasetError(f"training data {name}: '{k}' is not finite at episode {ep}, frame {frame} (`vlaforge "
+                           f"stats DATASET` finds them all; fix or drop those episodes)")
+
+
 class _Processed(Dataset):
     def __init__(self, reader: EpisodeReader, pipeline: Pipeline, seed: int) -> None:
         self.reader, self.pipeline, self.seed = reader, pipeline, seed
+        meta = getattr(reader, "meta", None)
+        self.source = str(getattr(meta, "root", None) or type(reader).__name__)
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -45,6 +66,7 @@ class _Processed(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, position = key
         item = dict(self.reader[index])
+        check_finite_item(item, self.source)
         item[AUG_SEED] = np.random.SeedSequence([self.seed, position]).generate_state(1)[0]
         return self.pipeline(item)
 
@@ -84,6 +106,9 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
     """
     if len(reader) == 0:
         raise ValueError("training data has no frames")
+    for part in getattr(reader, "readers", [reader]):  # whole columns at once where the reader can (fail early)
+        if hasattr(part, "check_finite"):
+            part.check_finite("; refusing to train on them (fix or drop those episodes)")
     # a mixture draws a weighted dataset per position; a single dataset walks seeded permutations
     sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None),
                              rank, world)
