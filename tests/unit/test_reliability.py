@@ -105,3 +105,26 @@ def test_list_describes_registries_in_words(capsys):
     out = capsys.readouterr().out
     assert "metaworld" in out and "Meta-World v3" in out and "MetaWorldConfig(" not in out
     assert "openvla_oft" in out and "hybridvla" in out
+
+
+def test_quickstart_overwrite_removes_only_its_own_outputs(dataset, tmp_path):
+    import shutil
+
+    from vlaforge.cli.quickstart import clear_outputs
+
+    out = tmp_path / "qs"
+    shutil.copytree(dataset[0], out / "data")
+    (out / "train" / "checkpoints").mkdir(parents=True)
+    (out / "train" / "metrics.jsonl").write_text("")
+    (out / "report.md").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    clear_outputs(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    with pytest.raises(FileExistsError, match="holds no quick start outputs"):
+        clear_outputs(out)  # a folder holding only someone else's files
+    (out / "data").mkdir()
+    (out / "data" / "thesis.tex").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a dataset vlaforge wrote"):
+        clear_outputs(out)
+    assert (out / "data" / "thesis.tex").read_text() == "mine"

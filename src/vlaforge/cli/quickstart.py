@@ -1,7 +1,8 @@
 """vlaforge quickstart: collect Meta-World demos -> train a tiny VLA -> evaluate -> report, on a CPU.
 
 Re-running continues where it stopped: complete data is reused, an interrupted training resumes, and
-evaluation runs again. ``--overwrite`` starts from scratch.
+evaluation runs again. ``--overwrite`` starts from scratch: it removes what a quick start wrote there (its dataset,
+training run, videos and report) and nothing else, and refuses a folder that does not look like a quick start's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import draccus
 
 from vlaforge.cli.common import setup_logging, to_draccus
 from vlaforge.config import ConfigBase, Paths, parse_overrides
+from vlaforge.data.lerobot import is_own_dataset
 from vlaforge.eval.collect import collect
 from vlaforge.eval.envs.metaworld import INSTRUCTIONS, MetaWorldConfig
 from vlaforge.eval.report import machine, plot_success, write_report
@@ -42,14 +44,41 @@ class QuickstartConfig(ConfigBase):
         self.check(self.eval_episodes >= 1, "eval_episodes", ">= 1")
 
 
+# what a quick start writes into its folder; --overwrite removes these and nothing else
+OUTPUT_FILES = ("report.md", "report.json", "success.png")
+OUTPUT_DIRS = ("data", "train", "videos")
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove a previous quick start's outputs from ``out``; other files there stay. A folder that holds none of
+    them (or a ``data``/``train`` that vlaforge did not write) is refused before anything is removed."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file, expected a quick start folder")
+    if not any(out.iterdir()):
+        return
+    data, run_dir = out / "data", out / "train"
+    if data.exists() and any(data.iterdir()) and not is_own_dataset(data):
+        raise FileExistsError(f"--overwrite: {data} is not a dataset vlaforge wrote; refusing to delete it")
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "metrics.jsonl").is_file():
+        raise FileExistsError(f"--overwrite: {run_dir} is not a vlaforge training run; refusing to delete it")
+    ours = [out / n for n in (*OUTPUT_FILES, *OUTPUT_DIRS) if (out / n).exists()]
+    if not ours:
+        raise FileExistsError(f"--overwrite: {out} holds no quick start outputs ({', '.join(OUTPUT_DIRS)}, "
+                              f"report.md); refusing to write into a folder vlaforge did not create")
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     from vlaforge.data.lerobot import LeRobotDataset
     from vlaforge.inference import LocalPolicy
     from vlaforge.train.trainer import train
 
     out = Path(cfg.out) if cfg.out else Paths().run("quickstart")
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
+    if cfg.overwrite:
+        clear_outputs(out)
     env = MetaWorldConfig()
     tasks = env.task_names(cfg.tasks)
     data, run_dir = out / "data", out / "train"

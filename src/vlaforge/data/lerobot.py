@@ -83,7 +83,7 @@ class DatasetError(RuntimeError):
     """A dataset on disk is incomplete or corrupt; the message names the episode and file."""
 
 
-def _is_own_dataset(root: Path) -> bool:
+def is_own_dataset(root: Path) -> bool:
     """True for a directory holding a dataset vlaforge wrote (its info.json carries the writer key)."""
     try:
         return WRITER_KEY in json.loads((root / "meta" / "info.json").read_text())
@@ -104,7 +104,7 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise FileExistsError(f"--out {out}: directory exists and is not empty (pass --overwrite to replace a "
                                   f"dataset vlaforge wrote there)")
-        if not _is_own_dataset(out):
+        if not is_own_dataset(out):
             raise FileExistsError(f"--out {out}: not empty and not a dataset vlaforge wrote (no meta/info.json with "
                                   f"'{WRITER_KEY}'); refusing to overwrite it")
     parent = out.parent
