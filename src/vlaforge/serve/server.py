@@ -605,7 +605,8 @@ def logging_off_the_loop(names: tuple[str, ...] = ("vlaforge.serve", "aiohttp", 
     """While serving, the records of ``names`` go through a queue to the root logger's handlers on a listener
     thread: formatting and writing them (rich's console handler is slow) never stalls the event loop."""
     handler = _DroppingQueueHandler(queue.Queue(capacity))
-    listener = logging.handlers.QueueListener(handler.queue, *logging.getLogger().handlers,
+    targets = logging.getLogger().handlers or [logging.lastResort]  # what those records reached before
+    listener = logging.handlers.QueueListener(handler.queue, *[h for h in targets if h is not None],
                                               respect_handler_level=True)
     loggers = [logging.getLogger(n) for n in names]
     saved = [lg.propagate for lg in loggers]
