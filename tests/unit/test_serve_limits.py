@@ -244,6 +244,26 @@ def test_a_client_that_hangs_up_takes_its_queued_request_with_it():
         assert thread.server.batcher.pending_bytes == 0
 
 
+def test_an_http_client_that_hangs_up_is_dropped_quietly(capfd, caplog):
+    policy = FakePolicy(delay=0.4)
+    body = json.dumps({"images": {"scene": [[[0, 0, 0]] * 8] * 8}, "state": [0, 0], "instruction": "gone"}).encode()
+    with caplog.at_level(logging.DEBUG), start(policy, max_batch=1) as thread:
+        busy = ws(thread)
+        busy.send(P.packb(obs("first")))  # occupies the worker for 0.4 s
+        time.sleep(0.1)
+        with socket.create_connection((thread.server.cfg.host, thread.server.http_port)) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.1)  # queued behind "first"; then the client hangs up
+        assert P.unpackb(busy.recv(5))["actions"].shape == (2, 2)
+        time.sleep(0.5)
+        busy.close()
+    assert "gone" not in policy.rows  # its request left the queue with it
+    assert "Traceback" not in capfd.readouterr().err
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith(("aiohttp", "vlaforge"))
+             and "serving" not in r.getMessage()]
+    assert len(lines) <= 1, [r.getMessage() for r in lines]
+
+
 def test_serve_config_validates_the_new_limits():
     for field, value in [("max_queue_bytes", 0), ("max_keys", 1), ("max_items", 2), ("read_timeout_s", 0),
                          ("max_connections", 0), ("http_backlog", 0)]:
