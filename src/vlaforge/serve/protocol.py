@@ -8,7 +8,9 @@ Encoding (the same bytes as openpi-client's ``msgpack_numpy``; the code is our o
 * everything else is plain msgpack (maps, lists, str, bytes, numbers); never pickle, never object arrays.
 
 Decoding untrusted frames is strict: only bool / int / uint / float dtypes, a shape that matches the byte
-count, at most 8 dimensions; arrays come back writable and in native byte order.
+count, at most 8 dimensions; arrays come back writable and in native byte order. The server also bounds the work
+per frame before looking at its contents (:class:`FrameLimits`): keys per map, items in the whole frame, string
+length; a frame over a limit is refused as soon as msgpack meets it, with one problem naming the limit.
 
 Frames (client -> server; the server first sends its metadata, see ``vlaforge.serve.server``):
 
@@ -42,6 +44,9 @@ PROTOCOL = "vlaforge-serve"
 PROTOCOL_VERSION = 1
 MAX_NDIM = 8
 MAX_TASK_CHARS = 4096
+MAX_STR_BYTES = 4 * MAX_TASK_CHARS  # a UTF-8 instruction of MAX_TASK_CHARS characters fits
+MAX_PROBLEMS = 10  # problems an error message lists (the rest are counted)
+MAX_QUOTE = 300  # characters of a value or a message that an error quotes
 MAX_RNG_STATE_BYTES = 1 << 16
 MAX_IMAGE_SIDE = 4096  # a camera of any size (schema side 0) still has bounded sides
 EXAMPLE_SIDE = 224  # the example observation's side for such a camera
@@ -60,15 +65,29 @@ class Problem:
     actual: str
 
     def __str__(self) -> str:
-        return f"{self.field}: expected {self.expected}, got {self.actual}"
+        return f"{clip(self.field, 80)}: expected {clip(self.expected)}, got {clip(self.actual)}"
+
+
+def clip(text: str, limit: int = MAX_QUOTE) -> str:
+    """``text`` cut to ``limit`` characters (an error never quotes more of what a client sent)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def summarize_keys(keys: list[Any], shown: int = 3) -> str:
+    """``"100000 unknown keys, e.g. a, b, c"``: a count and the first few, never the whole list."""
+    names = ", ".join(clip(str(k), 40) for k in keys[:shown])
+    return f"{len(keys)} unknown key{'s' if len(keys) != 1 else ''}, e.g. {names}"
 
 
 class ProtocolError(ValueError):
-    """A request the server refuses; ``problems`` lists every field at fault (the message shows them all)."""
+    """A request the server refuses; ``problems`` lists every field at fault (the message shows the first
+    :data:`MAX_PROBLEMS`, each clipped, and counts the rest)."""
 
     def __init__(self, problems: list[Problem], title: str = "invalid request") -> None:
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
+        lines = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS])
+        if len(problems) > MAX_PROBLEMS:
+            lines += f"\n  - ... and {len(problems) - MAX_PROBLEMS} more"
         n = len(problems)
         super().__init__(f"{title} ({n} problem{'s' if n != 1 else ''}):\n{lines}")
 
@@ -77,7 +96,8 @@ class ProtocolError(ValueError):
         return cls([Problem(field, expected, actual)], title)
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": str(self), "problems": [p.__dict__ for p in self.problems]}
+        return {"error": str(self), "problems": [{k: clip(v) for k, v in p.__dict__.items()}
+                                                 for p in self.problems[:MAX_PROBLEMS]]}
 
 
 def describe(value: Any) -> str:
@@ -91,7 +111,8 @@ def describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"list of length {len(value)}"
     if isinstance(value, dict):
-        return f"map with keys {sorted(map(str, value))[:8]}"
+        keys = [clip(str(k), 40) for k in list(value)[:8]]
+        return f"map of {len(value)} keys {keys}" if len(value) > 8 else f"map with keys {keys}"
     return type(value).__name__
 
 
@@ -146,14 +167,58 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_pack_default, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
-    """msgpack-numpy decode of untrusted bytes; raises :class:`ProtocolError` on anything malformed."""
+@dataclass(frozen=True)
+class FrameLimits:
+    """Bounds on the work one untrusted frame may cost, checked while msgpack decodes it: ``max_keys`` per map,
+    ``max_items`` elements in all the frame's maps and lists together, strings of at most ``max_str`` bytes.
+    Nesting is bounded by msgpack itself (a fixed stack) and by ``max_items``."""
+
+    max_keys: int = 64
+    max_items: int = 1 << 18
+    max_str: int = MAX_STR_BYTES
+
+    def describe(self) -> str:
+        return (f"maps of at most {self.max_keys} keys (max_keys), at most {self.max_items} items in all "
+                f"(max_items), strings of at most {self.max_str} bytes")
+
+
+class _ItemBudget:
+    """Counts the elements of every map and list msgpack builds; raises once over ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError(f"more than {self.limit} items in one frame")
+
+    def map_hook(self, obj: dict) -> Any:
+        self.take(len(obj))
+        return _unpack_hook(obj)
+
+    def list_hook(self, obj: list) -> list:
+        self.take(len(obj))
+        return obj
+
+
+def unpackb(data: bytes, limits: FrameLimits | None = None) -> Any:
+    """msgpack-numpy decode of untrusted bytes; raises :class:`ProtocolError` on anything malformed or, with
+    ``limits``, on the first map / list / string over them (before the rest of the frame is decoded)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError.one("frame", "a binary msgpack frame", f"a {type(data).__name__} frame")
+    kwargs: dict[str, Any] = {"object_hook": _unpack_hook}
+    expected = "valid msgpack-numpy"
+    if limits is not None:
+        budget = _ItemBudget(limits.max_items)
+        kwargs = {"object_hook": budget.map_hook, "list_hook": budget.list_hook, "max_map_len": limits.max_keys,
+                  "max_array_len": limits.max_items, "max_str_len": limits.max_str, "max_ext_len": 0}
+        expected += f" within the limits ({limits.describe()})"
     try:
-        return msgpack.unpackb(data, object_hook=_unpack_hook, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, **kwargs)
     except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError, StackError ...)
-        raise ProtocolError.one("frame", "valid msgpack-numpy", f"{type(e).__name__}: {e}"[:300]) from None
+        raise ProtocolError.one("frame", expected, clip(f"{type(e).__name__}: {e}")) from None
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -301,10 +366,18 @@ class ObservationSchema:
             problems.append(Problem(f"{where}{TASK}", f"at most {MAX_TASK_CHARS} characters", f"{len(task)}"))
         else:
             out[TASK] = task
-        for k in obs:
-            if k not in self.keys:
-                problems.append(Problem(f"{where}{k}", f"one of {self.keys} (or seed / rng_state)", "unknown key"))
+        known = set(self.keys)
+        unknown_keys(list(obs), known, where, f"one of {self.keys} (or seed / rng_state)", problems)
         return out
+
+
+def unknown_keys(keys: list[Any], known: set[str], where: str, expected: str, problems: list[Problem]) -> None:
+    """One problem per unknown key, or one for them all when there are more than three."""
+    unknown = [k for k in keys if k not in known]
+    if len(unknown) <= 3:
+        problems.extend(Problem(f"{where}{clip(str(k), 80)}", expected, "unknown key") for k in unknown)
+    else:
+        problems.append(Problem(f"{where}<keys>", expected, summarize_keys(unknown)))
 
 
 # ----------------------------------------------------------------------------------------------- requests
@@ -339,18 +412,21 @@ def _controls(msg: dict, where: str, problems: list[Problem]) -> tuple[int | Non
     return (None if seed is None else int(seed)), state
 
 
-def parse_request(msg: Any, schema: ObservationSchema, max_rows: int = 256) -> Request:
-    """A decoded frame (or JSON body) -> :class:`Request`; raises :class:`ProtocolError` naming every problem."""
+def parse_request(msg: Any, schema: ObservationSchema, max_rows: int = 256, max_keys: int = 64) -> Request:
+    """A decoded frame (or JSON body) -> :class:`Request`; raises :class:`ProtocolError` naming every problem
+    (a map of more than ``max_keys`` keys is refused before its keys are looked at one by one)."""
     problems: list[Problem] = []
     if not isinstance(msg, dict):
         raise ProtocolError.one("frame", "a map (one observation, or {'observations': [...]})", describe(msg))
+    if len(msg) > max_keys:
+        raise ProtocolError.one("frame", f"a map of at most {max_keys} keys (max_keys)",
+                                summarize_keys(list(msg)).replace("unknown ", ""))
     msg = dict(msg)
     seed, state = _controls(msg, "", problems)
     if BATCH_KEY in msg:
         rows = msg.pop(BATCH_KEY)
-        for k in msg:
-            problems.append(Problem(str(k), f"only '{BATCH_KEY}', '{SEED_KEY}', '{RNG_STATE_KEY}' in a batch",
-                                    "unknown key"))
+        unknown_keys(list(msg), set(), "", f"only '{BATCH_KEY}', '{SEED_KEY}', '{RNG_STATE_KEY}' in a batch",
+                     problems)
         if not isinstance(rows, list) or not 1 <= len(rows) <= max_rows:
             problems.append(Problem(BATCH_KEY, f"a list of 1..{max_rows} observations", describe(rows)))
             rows = []
@@ -399,11 +475,13 @@ def _json_image(value: Any, name: str, want: tuple[int, ...]) -> Any:
                                 f"{type(e).__name__}: {e}"[:200]) from None
 
 
-def request_from_json(body: Any, schema: ObservationSchema, max_rows: int = 256) -> Request:
+def request_from_json(body: Any, schema: ObservationSchema, max_rows: int = 256, max_keys: int = 64) -> Request:
     """HTTP ``POST /predict`` body -> :class:`Request` (LLaVA-VLA style ``{"images": {cam: base64}, "instruction",
     "state"}``; also the canonical keys, and ``{"observations": [...]}`` batches)."""
     if not isinstance(body, dict):
         raise ProtocolError.one("body", "a JSON object", type(body).__name__)
+    if len(body) > max_keys:  # before decoding any image
+        return parse_request(body, schema, max_rows, max_keys)
 
     def decode(obs: Any, where: str) -> Any:
         if not isinstance(obs, dict):
@@ -427,7 +505,7 @@ def request_from_json(body: Any, schema: ObservationSchema, max_rows: int = 256)
     body = decode(body, "")
     if isinstance(body.get(BATCH_KEY), list):
         body[BATCH_KEY] = [decode(o, f"{BATCH_KEY}[{i}].") for i, o in enumerate(body[BATCH_KEY])]
-    return parse_request(body, schema, max_rows)
+    return parse_request(body, schema, max_rows, max_keys)
 
 
 def reply_to_json(out: dict[str, Any]) -> dict[str, Any]:
@@ -438,5 +516,6 @@ def reply_to_json(out: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-__all__ = ["ALIASES", "OBS_IMAGES", "PROTOCOL", "PROTOCOL_VERSION", "ObservationSchema", "Problem", "ProtocolError",
-           "Request", "describe", "packb", "parse_request", "reply", "reply_to_json", "request_from_json", "unpackb"]
+__all__ = ["ALIASES", "OBS_IMAGES", "PROTOCOL", "PROTOCOL_VERSION", "FrameLimits", "ObservationSchema", "Problem",
+           "ProtocolError", "Request", "clip", "describe", "packb", "parse_request", "reply", "reply_to_json",
+           "request_from_json", "summarize_keys", "unknown_keys", "unpackb"]

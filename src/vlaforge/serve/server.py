@@ -3,7 +3,10 @@
 One port speaks websocket (openpi's protocol, see :mod:`vlaforge.serve.protocol`) and answers ``GET /healthz``
 during the handshake (websockets' ``process_request`` hook). websockets parses GET requests only, so simple HTTP
 clients get a second port (``http_port``, default ``port + 1``): ``POST /predict`` (JSON in, JSON out, LLaVA-VLA
-style), ``GET /metadata``, ``GET /healthz``.
+style), ``GET /metadata``, ``GET /healthz``, served by aiohttp on the same event loop: a client must send its
+headers within ``read_timeout_s`` of connecting (or of its previous reply: the keep-alive timeout) and its body
+within ``read_timeout_s`` after them (else 408, and the request is not run); at most ``max_connections``
+connections at once (more are closed on accept); bodies of at most ``max_bytes``; no compressed bodies.
 
 On connect the server sends its metadata (msgpack): ``protocol``/``protocol_version``, ``robot``, ``chunk``,
 ``exec_steps``, ``history``, ``observation_schema`` (key -> shape, dtype), ``action_schema``,
@@ -12,8 +15,14 @@ gets one binary reply ``{"actions", "server_timing"[, "rng_state"]}``, or one te
 wrong; the connection stays open after an error. A frame over ``max_bytes`` makes websockets close that
 connection with code 1009 and a reason giving the size and the limit; other connections are unaffected.
 
-Dynamic batching: requests are validated one by one in the event loop (a bad one never joins a batch), then
-queued; a batcher task takes the oldest request and, for up to ``max_wait_ms`` after it arrived, adds others
+Nothing slow runs on the event loop: frames are decoded and validated on a small thread pool, after msgpack has
+bounded their work (``max_keys`` per map, ``max_items`` in the frame, see :class:`~vlaforge.serve.protocol.
+FrameLimits`); error messages quote a few hundred characters at most; log records go through a queue to a
+listener thread (the console handler formats them there).
+
+Dynamic batching: requests are validated one by one (a bad one never joins a batch), then queued (at most
+``max_queue`` requests and ``max_queue_bytes`` of observations; a client that hangs up takes its queued request
+with it); a batcher task takes the oldest request and, for up to ``max_wait_ms`` after it arrived, adds others
 until ``max_batch`` observations; the batch runs on one worker thread (the event loop never blocks). If a merged
 batch raises, its requests are retried one by one so that only the culprit fails. Requests carrying ``seed`` /
 ``rng_state`` run alone, with their own generator (reproducible: see :class:`vlaforge.serve.client.RemotePolicy`);
@@ -21,7 +30,7 @@ the others share the policy's generator (seeded with ``seed`` at start).
 
 Safe by default: binds 127.0.0.1, optional API key (``x-api-key: KEY``, ``Authorization: Bearer KEY`` or openpi's
 ``Authorization: Api-Key KEY``; ``/healthz`` stays open), a payload limit, a per-request timeout, a bounded queue,
-msgpack/JSON only (no pickle), strict decoding of arrays.
+HTTP read timeouts and a connection limit, msgpack/JSON only (no pickle), strict decoding of arrays.
 """
 
 from __future__ import annotations
@@ -33,19 +42,21 @@ import hmac
 import io
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import torch
+from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
@@ -72,6 +83,12 @@ class ServeConfig(ConfigBase):
     timeout_s: float = 30.0  # per request, queueing included
     max_queue: int = 256  # requests waiting; more are refused ("server busy")
     max_rows: int = 64  # observations in one {"observations": [...]} request
+    max_queue_bytes: int = 256 * 2**20  # bytes of observations waiting; more are refused ("server busy")
+    max_keys: int = 64  # keys in one map of a request (msgpack or JSON); more are refused before validation
+    max_items: int = 1 << 18  # elements of all maps and lists of one msgpack frame together (work per frame)
+    read_timeout_s: float = 30.0  # HTTP: headers within this of connecting (keep-alive: of the last reply), body after
+    max_connections: int = 64  # HTTP connections at once; more are closed on accept
+    http_backlog: int = 128  # HTTP listen backlog
     api_key: str = ""  # required from clients when set (also read from $VLAFORGE_API_KEY)
     seed: int = 0  # the shared generator of unseeded requests
     device: str = "cpu"
@@ -85,6 +102,16 @@ class ServeConfig(ConfigBase):
         self.check(self.timeout_s > 0, "timeout_s", "> 0")
         self.check(self.max_queue >= 1, "max_queue", ">= 1")
         self.check(self.max_rows >= 1, "max_rows", ">= 1")
+        self.check(self.max_queue_bytes >= 1024, "max_queue_bytes", ">= 1024")
+        self.check(self.max_keys >= 8, "max_keys", ">= 8")
+        self.check(self.max_items >= max(self.max_rows, self.max_keys), "max_items", ">= max_rows and >= max_keys")
+        self.check(self.read_timeout_s > 0, "read_timeout_s", "> 0")
+        self.check(self.max_connections >= 1, "max_connections", ">= 1")
+        self.check(self.http_backlog >= 1, "http_backlog", ">= 1")
+
+    @property
+    def frame_limits(self) -> P.FrameLimits:
+        return P.FrameLimits(max_keys=self.max_keys, max_items=self.max_items)
 
 
 class RequestError(Exception):
@@ -96,13 +123,18 @@ class RequestError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- batching
-@dataclass
+@dataclass(eq=False)  # compared by identity (queue removal), never by the arrays it holds
 class Job:
-    """One queued request; ``rows`` observations; ``exclusive`` jobs run alone."""
+    """One queued request; ``rows`` observations; ``exclusive`` jobs run alone; ``nbytes`` of observations."""
 
     request: P.Request
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nbytes = sum(v.nbytes if isinstance(v, np.ndarray) else len(v) if isinstance(v, str) else 8
+                          for o in self.request.observations for v in o.values())
 
     @property
     def rows(self) -> int:
@@ -123,12 +155,16 @@ class Outcome:
 
 
 class DynamicBatcher:
-    """Groups queued jobs up to ``max_batch`` rows within ``max_wait_s`` and runs ``run(jobs)`` on one thread."""
+    """Groups queued jobs up to ``max_batch`` rows within ``max_wait_s`` and runs ``run(jobs)`` on one thread.
+    The queue holds at most ``max_queue`` jobs and ``max_queue_bytes`` of observations (a single job of any size
+    is taken when the queue is empty)."""
 
     def __init__(self, run: Callable[[list[Job]], list[Outcome]], max_batch: int, max_wait_s: float,
-                 max_queue: int) -> None:
+                 max_queue: int, max_queue_bytes: int = 256 * 2**20) -> None:
         self.run, self.max_batch, self.max_wait_s, self.max_queue = run, max_batch, max_wait_s, max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.pending: deque[Job] = deque()
+        self.pending_bytes = 0
         self._wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaforge-infer")
         self.batches = 0
@@ -137,19 +173,34 @@ class DynamicBatcher:
         if len(self.pending) >= self.max_queue:
             raise RequestError(f"server busy: {len(self.pending)} requests waiting (max_queue={self.max_queue}); "
                                 "retry later", HTTPStatus.SERVICE_UNAVAILABLE)
+        if self.pending and self.pending_bytes + job.nbytes > self.max_queue_bytes:
+            raise RequestError(f"server busy: {self.pending_bytes} bytes of observations waiting, this request "
+                                f"adds {job.nbytes} (max_queue_bytes={self.max_queue_bytes}); retry later",
+                                HTTPStatus.SERVICE_UNAVAILABLE)
         self.pending.append(job)
+        self.pending_bytes += job.nbytes
         self._wake.set()
+
+    def _remove(self, job: Job) -> None:
+        self.pending.remove(job)
+        self.pending_bytes -= job.nbytes
+
+    def discard(self, job: Job) -> None:
+        """Forget a job whose client stopped waiting (timed out, hung up): it frees its queue space now."""
+        job.future.cancel()
+        if job in self.pending:
+            self._remove(job)
 
     def _take_shared(self, room: int) -> Job | bool:
         """Remove and return the oldest live non-exclusive job if it fits in ``room`` rows; else whether one
         is waiting that does not fit (the batch is then full)."""
         for job in list(self.pending):
             if job.future.done():
-                self.pending.remove(job)
+                self._remove(job)
             elif not job.exclusive:
                 if job.rows > room:
                     return True
-                self.pending.remove(job)
+                self._remove(job)
                 return job
         return False
 
@@ -165,7 +216,8 @@ class DynamicBatcher:
         while True:
             while not self.pending:
                 await self._wait(None)
-            first = self.pending.popleft()
+            first = self.pending[0]
+            self._remove(first)
             if not first.future.done():
                 break
         jobs, rows = [first], first.rows
@@ -218,7 +270,8 @@ class PolicyServer:
         self._metadata_frame = b""
         self.batcher: DynamicBatcher | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: web.ServerRunner | None = None
+        self._decoder: ThreadPoolExecutor | None = None  # decodes and validates requests off the event loop
         warm = self._run_one(P.Request([self.schema.example()], False, seed=0))
         if warm.error is not None:
             raise RuntimeError(f"the policy fails on the schema's example observation: {warm.error}")
@@ -293,9 +346,12 @@ class PolicyServer:
         try:
             out: Outcome = await asyncio.wait_for(asyncio.shield(job.future), self.cfg.timeout_s)
         except TimeoutError:
-            job.future.cancel()
+            self.batcher.discard(job)
             raise RequestError(f"request timed out after {self.cfg.timeout_s:g} s (timeout_s); the server is "
                                 "overloaded or the policy is too slow", HTTPStatus.GATEWAY_TIMEOUT) from None
+        except asyncio.CancelledError:  # the client hung up: its request leaves the queue
+            self.batcher.discard(job)
+            raise
         if out.error is not None:
             raise out.error
         queue_ms = (time.monotonic() - job.enqueued) * 1000 - out.infer_ms
@@ -303,22 +359,51 @@ class PolicyServer:
                   "batch_rows": out.batch_rows}
         return P.reply(out.actions, request.batched, timing, out.rng_state)
 
+    def _parse_frame(self, message: bytes) -> P.Request:
+        """Decode and validate one websocket frame (on the decoder pool: never on the event loop)."""
+        return P.parse_request(P.unpackb(message, self.cfg.frame_limits), self.schema, self.cfg.max_rows,
+                               self.cfg.max_keys)
+
+    def _parse_json(self, body: bytes) -> P.Request:
+        """Decode and validate one ``POST /predict`` body (on the decoder pool)."""
+        try:
+            data = json.loads(body)
+        except Exception as e:
+            raise P.ProtocolError.one("body", "JSON", P.clip(f"{type(e).__name__}: {e}")) from None
+        return P.request_from_json(data, self.schema, self.cfg.max_rows, self.cfg.max_keys)
+
+    def _refused(self, err: Exception) -> None:
+        self.counts["errors"] += 1
+        log.info("refused a request: %s", P.clip(str(err).replace("\n", " ")))
+
     async def _answer(self, message: bytes | str) -> bytes | str:
+        assert self.loop is not None
         try:
             if isinstance(message, str):
                 raise P.ProtocolError.one("frame", "a binary msgpack frame", "a text frame")
-            request = P.parse_request(P.unpackb(message), self.schema, self.cfg.max_rows)
+            request = await self.loop.run_in_executor(self._decoder, self._parse_frame, message)
             return P.packb(await self.submit(request))
         except (P.ProtocolError, RequestError) as e:
-            self.counts["errors"] += 1
-            log.info("refused a request: %s", str(e).replace("\n", " "))
+            self._refused(e)
             return str(e)
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
             await ws.send(self._metadata_frame)
             async for message in ws:
-                await ws.send(await self._answer(message))
+                answer = asyncio.ensure_future(self._answer(message))
+                closed = asyncio.ensure_future(ws.wait_closed())
+                try:
+                    await asyncio.wait((answer, closed), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+                    hung_up = not answer.done()  # or the server stops
+                    if hung_up:
+                        answer.cancel()
+                if hung_up:
+                    log.debug("connection %s closed mid-request; its request was dropped", ws.remote_address)
+                    return
+                await ws.send(answer.result())
         except ConnectionClosed as e:  # client went away (maybe mid-request); nothing to answer
             log.debug("connection %s closed: %s", ws.remote_address, e)
 
@@ -364,7 +449,9 @@ class PolicyServer:
                             "request: such requests run alone with their own generator",
             "limits": {"max_bytes": self.cfg.max_bytes, "max_batch": self.cfg.max_batch,
                        "max_wait_ms": self.cfg.max_wait_ms, "max_rows": self.cfg.max_rows,
-                       "timeout_s": self.cfg.timeout_s, "max_queue": self.cfg.max_queue},
+                       "timeout_s": self.cfg.timeout_s, "max_queue": self.cfg.max_queue,
+                       "max_queue_bytes": self.cfg.max_queue_bytes, "max_keys": self.cfg.max_keys,
+                       "max_items": self.cfg.max_items, "read_timeout_s": self.cfg.read_timeout_s},
             "http": {"port": self.http_port, "predict": "POST /predict", "metadata": "GET /metadata",
                      "healthz": "GET /healthz"} if self._http else None,
             "auth": "api key (x-api-key or Authorization: Bearer)" if self.api_key else None,
@@ -394,121 +481,148 @@ class PolicyServer:
         """Run until ``stop`` resolves (forever when None)."""
         self.loop = asyncio.get_running_loop()
         self.batcher = DynamicBatcher(self.run_jobs, self.cfg.max_batch, self.cfg.max_wait_ms / 1000,
-                                      self.cfg.max_queue)
+                                      self.cfg.max_queue, self.cfg.max_queue_bytes)
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlaforge-decode")
         batch_task = asyncio.create_task(self.batcher.loop())
-        try:
-            async with ws_serve(self._handle, self.cfg.host, self.cfg.port, max_size=self.cfg.max_bytes,
-                                        compression=None, process_request=self._process_request,
-                                        server_header="vlaforge-serve") as ws_server:
-                self.port = next(iter(ws_server.sockets)).getsockname()[1]
-                if self.cfg.http:
-                    self._start_http()
-                self._build_metadata()
-                log.info("serving %s on ws://%s:%d", self.cfg.checkpoint or "a policy", self.cfg.host, self.port)
-                if ready is not None:
-                    ready(self)
-                await (stop if stop is not None else self.loop.create_future())
-        finally:
-            batch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await batch_task
-            if self._http is not None:
-                self._http.shutdown()
-                self._http.server_close()
-            self.batcher.executor.shutdown(wait=False, cancel_futures=True)
+        with logging_off_the_loop():
+            try:
+                async with ws_serve(self._handle, self.cfg.host, self.cfg.port, max_size=self.cfg.max_bytes,
+                                    compression=None, process_request=self._process_request,
+                                    server_header="vlaforge-serve") as ws_server:
+                    self.port = next(iter(ws_server.sockets)).getsockname()[1]
+                    if self.cfg.http:
+                        await self._start_http()
+                    self._build_metadata()
+                    log.info("serving %s on ws://%s:%d", self.cfg.checkpoint or "a policy", self.cfg.host,
+                             self.port)
+                    if ready is not None:
+                        ready(self)
+                    await (stop if stop is not None else self.loop.create_future())
+            finally:
+                batch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await batch_task
+                if self._http is not None:
+                    await self._http.cleanup()
+                self.batcher.executor.shutdown(wait=False, cancel_futures=True)
+                self._decoder.shutdown(wait=False, cancel_futures=True)
 
-    def _start_http(self) -> None:
+    async def _start_http(self) -> None:
         port = self.cfg.http_port
         if port == -1:
             port = self.port + 1 if self.cfg.port else 0
-        httpd = ThreadingHTTPServer((self.cfg.host, port), _HTTPHandler)
-        httpd.daemon_threads = True
-        httpd.app = self  # type: ignore[attr-defined]
-        self._http = httpd
-        self.http_port = httpd.server_address[1]
-        threading.Thread(target=httpd.serve_forever, name="vlaforge-http", daemon=True).start()
+        server = _LimitedServer(self._http_request, self.cfg.max_connections,
+                                keepalive_timeout=self.cfg.read_timeout_s,  # also bounds the wait for headers
+                                handler_cancellation=True,  # a client that hangs up takes its request with it
+                                auto_decompress=False,  # no compressed bodies (a small one can inflate to GBs)
+                                lingering_time=min(self.cfg.read_timeout_s, 2.0), access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        self._http = runner
+        await web.TCPSite(runner, self.cfg.host, port, backlog=self.cfg.http_backlog).start()
+        self.http_port = runner.addresses[0][1]
 
+    # --------------------------------------------------------------------------- HTTP (event loop)
+    def _http_reply(self, status: int, body: dict[str, Any], close: bool = False) -> web.Response:
+        response = web.json_response(body, status=status, dumps=lambda o: json.dumps(o) + "\n")
+        if close:
+            response.force_close()
+        return response
 
-class _HTTPHandler(BaseHTTPRequestHandler):
-    """``POST /predict``, ``GET /metadata``, ``GET /healthz`` (stdlib HTTP server, one thread per request)."""
-
-    server_version = "vlaforge-serve"
-    timeout = 30  # seconds a client may take to send its request
-
-    @property
-    def app(self) -> PolicyServer:
-        return self.server.app  # type: ignore[attr-defined]
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("http %s: " + fmt, self.client_address[0], *args)
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = (json.dumps(body) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, err: Exception) -> None:
-        self.app.counts["errors"] += 1
+    def _http_error(self, status: int, err: Exception, close: bool = False) -> web.Response:
+        self._refused(err)
         body = err.to_json() if isinstance(err, P.ProtocolError) else {"error": str(err)}
-        self._send(status, body)
+        return self._http_reply(status, body, close)
 
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        if path in ("/healthz", "/health"):
-            self._send(HTTPStatus.OK, self.app.health())
-        elif not self.app.authorized(self.headers):
-            self._error(HTTPStatus.UNAUTHORIZED, RequestError("missing or wrong API key"))
-        elif path == "/metadata":
-            self._send(HTTPStatus.OK, self.app.http_metadata())
-        else:
-            self._error(HTTPStatus.NOT_FOUND, RequestError(f"no such endpoint {path!r}; try POST /predict, "
-                                                            "GET /metadata, GET /healthz"))
-
-    def do_POST(self) -> None:
-        app = self.app
-        if self.path.split("?")[0] != "/predict":
-            self._error(HTTPStatus.NOT_FOUND, RequestError(f"no such endpoint {self.path!r}; try POST /predict"))
-            return
-        if not app.authorized(self.headers):
-            self._error(HTTPStatus.UNAUTHORIZED, RequestError("missing or wrong API key"))
-            return
+    async def _http_request(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``POST /predict``, ``GET /metadata``, ``GET /healthz``."""
+        path = request.path
+        if request.method == "GET":
+            if path in ("/healthz", "/health"):
+                return self._http_reply(HTTPStatus.OK, self.health())
+            if not self.authorized(request.headers):
+                return self._http_error(HTTPStatus.UNAUTHORIZED, RequestError("missing or wrong API key"))
+            if path == "/metadata":
+                return self._http_reply(HTTPStatus.OK, self.http_metadata())
+            return self._http_error(HTTPStatus.NOT_FOUND, RequestError(
+                f"no such endpoint {P.clip(path, 80)!r}; try POST /predict, GET /metadata, GET /healthz"))
+        if request.method != "POST" or path != "/predict":
+            return self._http_error(HTTPStatus.NOT_FOUND, RequestError(
+                f"no such endpoint {request.method} {P.clip(path, 80)!r}; try POST /predict"), close=True)
+        if not self.authorized(request.headers):
+            return self._http_error(HTTPStatus.UNAUTHORIZED, RequestError("missing or wrong API key"), close=True)
+        size = request.content_length
+        if size is None:
+            return self._http_error(HTTPStatus.LENGTH_REQUIRED,
+                                    P.ProtocolError.one("Content-Length", "a byte count", "nothing"), close=True)
+        if size > self.cfg.max_bytes:
+            return self._http_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, P.ProtocolError.one(
+                "body", f"at most {self.cfg.max_bytes} bytes (max_bytes)", f"{size} bytes"), close=True)
         try:
-            size = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(HTTPStatus.LENGTH_REQUIRED, P.ProtocolError.one("Content-Length", "a byte count", "nothing"))
-            return
-        if size < 0:  # rfile.read(-1) would read until the client closes: unbounded memory
-            self.close_connection = True
-            self._error(HTTPStatus.BAD_REQUEST, P.ProtocolError.one("Content-Length", "a byte count >= 0", size))
-            return
-        if size > app.cfg.max_bytes:
-            self.close_connection = True
-            if size <= 8 * app.cfg.max_bytes:  # read it away so that the client sees the answer, not a reset
-                with contextlib.suppress(OSError):
-                    left = size
-                    while left > 0 and (got := len(self.rfile.read(min(1 << 16, left)))):
-                        left -= got
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        P.ProtocolError.one("body", f"at most {app.cfg.max_bytes} bytes (max_bytes)", f"{size} bytes"))
-            return
+            async with asyncio.timeout(self.cfg.read_timeout_s):
+                body = await request.content.readexactly(size)
+        except TimeoutError:
+            return self._http_error(HTTPStatus.REQUEST_TIMEOUT, RequestError(
+                f"the body did not arrive within {self.cfg.read_timeout_s:g} s (read_timeout_s)"), close=True)
+        except asyncio.IncompleteReadError as e:
+            return self._http_error(HTTPStatus.BAD_REQUEST, P.ProtocolError.one(
+                "body", f"{size} bytes (Content-Length)", f"{len(e.partial)} bytes"), close=True)
+        assert self.loop is not None
         try:
-            body = json.loads(self.rfile.read(size))
-        except Exception as e:
-            self._error(HTTPStatus.BAD_REQUEST, P.ProtocolError.one("body", "JSON", f"{type(e).__name__}: {e}"[:200]))
-            return
-        try:
-            request = P.request_from_json(body, app.schema, app.cfg.max_rows)
-            fut = asyncio.run_coroutine_threadsafe(app.submit(request), app.loop)
-            self._send(HTTPStatus.OK, P.reply_to_json(fut.result(app.cfg.timeout_s + 5)))
+            parsed = await self.loop.run_in_executor(self._decoder, self._parse_json, body)
+            del body
+            return self._http_reply(HTTPStatus.OK, P.reply_to_json(await self.submit(parsed)))
         except P.ProtocolError as e:
-            self._error(HTTPStatus.BAD_REQUEST, e)
+            return self._http_error(HTTPStatus.BAD_REQUEST, e)
         except RequestError as e:
-            self._error(e.status, e)
-        except Exception as e:
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, RequestError(f"{type(e).__name__}: {e}"))
+            return self._http_error(e.status, e)
+
+
+class _LimitedServer(web.Server):
+    """aiohttp's low-level server that closes connections beyond ``max_connections`` as they are accepted."""
+
+    def __init__(self, handler: Callable, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self.connections) > self.max_connections:
+            log.debug("HTTP connection refused: %d open (max_connections=%d)", len(self.connections) - 1,
+                      self.max_connections)
+            transport.close()
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Puts records on a bounded queue; drops them (never blocks, never prints) when it is full."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(record)
+
+
+@contextlib.contextmanager
+def logging_off_the_loop(names: tuple[str, ...] = ("vlaforge.serve", "aiohttp", "websockets"),
+                         capacity: int = 10_000) -> Iterator[None]:
+    """While serving, the records of ``names`` go through a queue to the root logger's handlers on a listener
+    thread: formatting and writing them (rich's console handler is slow) never stalls the event loop."""
+    handler = _DroppingQueueHandler(queue.Queue(capacity))
+    targets = logging.getLogger().handlers or [logging.lastResort]  # what those records reached before
+    listener = logging.handlers.QueueListener(handler.queue, *[h for h in targets if h is not None],
+                                              respect_handler_level=True)
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+    listener.start()
+    try:
+        yield
+    finally:
+        for lg, propagate in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.propagate = propagate
+        listener.stop()
 
 
 # ----------------------------------------------------------------------------------------------- runners
