@@ -85,6 +85,17 @@ def test_a_few_steps_lower_the_loss(peer, tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
+def test_a_budget_is_planned_from_the_measured_step_time_and_kept(peer, dataset):
+    root, _ = dataset
+    reader = LeRobotDataset(root, chunk=4)
+    model, inputs, _, _ = _tiny(peer, reader)
+    opts = peer.TrainOptions(minutes=0.03, batch_size=4, warmup=2, probe=4, replans=3)
+    out = peer.train_peer(model, reader, inputs, opts, show_progress=False)
+    assert out["plans"][0][0] == 3 + 4  # after the untimed steps and the probe
+    assert all(total >= step for step, total in out["plans"]) and out["steps"] <= out["planned_steps"]
+    assert out["minutes"] < 0.03 + 0.02
+
+
 def test_plan_ends_the_schedule_inside_the_budget(peer):
     assert peer.plan_steps(done=23, elapsed_s=30.0, step_s=0.5, budget_s=130.0, margin=1.0) == 223
     assert peer.plan_steps(done=23, elapsed_s=200.0, step_s=0.5, budget_s=130.0) == 23  # already over: stop
