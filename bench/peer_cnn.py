@@ -8,10 +8,12 @@ Model (1.9 M parameters at the defaults, as the issue's peer): per camera four 3
 strides 2, 2, 2, 1) read out by a spatial softmax (expected x, y of learned keypoints, for localisation) and a global
 average pool; a proprio MLP; a learned embedding of the dataset's task index; an MLP to a chunk of ``--chunk``
 actions. L1 on actions normalised by vlaforge's own pipelines (``meta/stats.json``; padded chunk steps masked),
-AdamW, DrQ random-shift augmentation. The schedule ends at the budget: 20 steps (inside the
-warm-up) measure the step time, then the total step count is fixed so that the cosine decay completes; it is
-re-planned from the recent step time every tenth of the run, as a shared machine's speed drifts. Evaluation
-runs the first ``--exec-steps`` actions of each chunk through vlaforge's ``ActionChunker`` (inside ``evaluate``).
+AdamW, DrQ random-shift augmentation.
+
+The schedule ends at the budget: 20 steps inside the warm-up measure the step time, then the total step count is
+fixed so that the cosine decay completes; it is re-planned from the recent step time every tenth of the run, as a
+shared machine's speed drifts. Evaluation runs the first ``--exec-steps`` actions of each chunk through vlaforge's
+``ActionChunker`` (inside ``evaluate``), on 10 envs in lockstep, with the expert's success on the same seeds beside.
 
     python bench/peer_cnn.py --data runs/quickstart/data              # the quick start's dataset and budget
     python bench/peer_cnn.py --data runs/peer/mt10 --tasks mt10       # collects MT10 (30 demos/task) if missing
@@ -299,21 +301,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", required=True, help="LeRobot v3 dataset; collected here first if it does not exist")
     ap.add_argument("--tasks", default="", help="tasks to collect and evaluate (default: the dataset's; mt10 to "
                                                 "collect)")
-    ap.add_argument("--demos", type=int, default=quickstart.demos, help="demos per task when collecting")
-    ap.add_argument("--minutes", type=float, default=quickstart.max_train_minutes, help="training wall clock")
+    qs = "the quick start's: %(default)s"
+    ap.add_argument("--demos", type=int, default=quickstart.demos, help=f"demos per task when collecting ({qs})")
+    ap.add_argument("--minutes", type=float, default=quickstart.max_train_minutes, help=f"training wall clock ({qs})")
     ap.add_argument("--steps", type=int, default=None, help="fixed step count instead of the budget's plan")
-    ap.add_argument("--episodes", type=int, default=quickstart.eval_episodes, help="evaluation episodes per task")
-    ap.add_argument("--chunk", type=int, default=4, help="actions predicted per call")
-    ap.add_argument("--exec-steps", type=int, default=2, help="actions of each chunk executed before re-planning")
+    ap.add_argument("--episodes", type=int, default=quickstart.eval_episodes, help=f"eval episodes per task ({qs})")
+    ap.add_argument("--chunk", type=int, default=4, help="actions predicted per call (%(default)s)")
+    ap.add_argument("--exec-steps", type=int, default=2, help="actions run per chunk before re-planning (%(default)s)")
     defaults = {f.name: f.default for f in fields(TrainOptions)}
-    ap.add_argument("--batch", type=int, default=defaults["batch_size"])
-    ap.add_argument("--lr", type=float, default=defaults["lr"])
-    ap.add_argument("--hidden", type=int, default=PeerConfig.hidden, help="width of the action MLP")
+    ap.add_argument("--batch", type=int, default=defaults["batch_size"], help="%(default)s")
+    ap.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (%(default)s)")
+    ap.add_argument("--hidden", type=int, default=PeerConfig.hidden, help="width of the action MLP (%(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--videos", default="", help="write one rollout video per task here")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_cnn.json"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_cnn.json"), help="result JSON")
     args = ap.parse_args(argv)
     if not 1 <= args.exec_steps <= args.chunk:
         ap.error(f"--exec-steps: expected 1..{args.chunk} (--chunk), got {args.exec_steps}")
