@@ -1,0 +1,327 @@
+"""The plain baseline the quick-start VLA must beat (issue 15): a small CNN per camera + proprio + a task embedding.
+
+Same data, same wall-clock budget, same evaluation as ``vlaforge quickstart``: it reads the LeRobot v3 dataset the
+quick start collects (or collects one with the same ``collect`` call), trains for ``--minutes`` of wall clock and
+evaluates with :func:`vlaforge.eval.rollout.evaluate` on the same tasks, episodes and seeds (``EVAL_SEED_START``+).
+
+Model (1.9 M parameters at the defaults, as the issue's peer): per camera four 3x3 convs (GroupNorm, ReLU;
+strides 2, 2, 2, 1) read out by a spatial softmax (expected x, y of learned keypoints, for localisation) and a global
+average pool; a proprio MLP; a learned embedding of the dataset's task index; an MLP to a chunk of ``--chunk``
+actions. L1 on actions normalised by vlaforge's own pipelines (``meta/stats.json``; padded chunk steps masked),
+AdamW, DrQ random-shift augmentation.
+
+The schedule ends at the budget: 20 steps inside the warm-up measure the step time, then the total step count is
+fixed so that the cosine decay completes; it is re-planned from the recent step time every tenth of the run, as a
+shared machine's speed drifts. Evaluation runs the first ``--exec-steps`` actions of each chunk through vlaforge's
+``ActionChunker`` (inside ``evaluate``), on 10 envs in lockstep, with the expert's success on the same seeds beside.
+
+    python bench/peer_cnn.py --data runs/quickstart/data              # the quick start's dataset and budget
+    python bench/peer_cnn.py --data runs/peer/mt10 --tasks mt10       # collects MT10 (30 demos/task) if missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vlaforge.data.lerobot import LeRobotDataset
+from vlaforge.processors.base import Pipeline, collate
+from vlaforge.processors.image import ImageStep, RandomShift
+from vlaforge.processors.pipelines import build_pipelines
+from vlaforge.types import ACTION, ACTION_IS_PAD, OBS_STATE, TASK, RobotSpec, image_key
+
+MODES = {OBS_STATE: "mean_std", ACTION: "q01_q99"}  # vlaforge's default normalisation (PolicyConfig)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    cameras: tuple[str, ...]
+    state_dim: int
+    action_dim: int
+    tasks: tuple[str, ...]  # the dataset's task table (instruction strings); the embedding's rows
+    chunk: int = 4
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # narrow early layers: most of a CPU step is spent there
+    keypoints: int = 64
+    embed: int = 64  # proprio and task feature width
+    hidden: int = 1024
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map (B, C, H, W) -> the expected image coordinates of ``k`` learned keypoints (B, 2k)."""
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, k, 1)
+        self.log_temp = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        attn = torch.softmax(self.proj(x).flatten(2) / self.log_temp.exp(), dim=-1)  # (B, k, HW)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                indexing="ij")
+        grid = torch.stack([xs.flatten(), ys.flatten()], -1)  # (HW, 2)
+        return (attn @ grid).reshape(b, -1)
+
+
+class CameraEncoder(nn.Module):
+    def __init__(self, channels: tuple[int, ...], keypoints: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip((3, *channels[:-1]), channels, strict=True)):
+            stride = 2 if i < len(channels) - 1 else 1
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(min(8, c_out), c_out), nn.ReLU()]
+        self.convs = nn.Sequential(*layers)
+        self.keypoints = SpatialSoftmax(channels[-1], keypoints)
+        self.out_dim = 2 * keypoints + channels[-1]
+
+    def forward(self, img: Tensor) -> Tensor:  # (B, 3, H, W) in [0, 1] -> (B, out_dim)
+        x = self.convs(img - 0.5)
+        return torch.cat([self.keypoints(x), x.mean((2, 3))], -1)
+
+
+class PeerCNN(nn.Module):
+    """Cameras + proprio + task -> a chunk of normalised actions (B, chunk, action_dim)."""
+
+    def __init__(self, cfg: PeerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task_ids = {t: i for i, t in enumerate(cfg.tasks)}
+        self.cams = nn.ModuleDict({c: CameraEncoder(cfg.channels, cfg.keypoints) for c in cfg.cameras})
+        self.proprio = nn.Sequential(nn.Linear(cfg.state_dim, cfg.embed), nn.ReLU(), nn.Linear(cfg.embed, cfg.embed))
+        self.task = nn.Embedding(len(cfg.tasks), cfg.embed)
+        width = sum(e.out_dim for e in self.cams.values()) + 2 * cfg.embed
+        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
+                                 nn.Linear(cfg.hidden, cfg.chunk * cfg.action_dim))
+
+    def _task_index(self, instructions: list[str]) -> Tensor:
+        unknown = sorted(set(instructions) - set(self.task_ids))
+        if unknown:
+            raise ValueError(f"task {unknown[0]!r}: not in the training data's task table {sorted(self.task_ids)}")
+        return torch.tensor([self.task_ids[t] for t in instructions], device=self.task.weight.device)
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        feats = [enc(batch[image_key(cam)].float()) for cam, enc in self.cams.items()]
+        feats += [self.proprio(batch[OBS_STATE].float()), self.task(self._task_index(batch[TASK]))]
+        return self.mlp(torch.cat(feats, -1)).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+
+    def loss(self, batch: dict[str, Any]) -> Tensor:
+        """L1 on the normalised chunk; steps past the episode's end (``action_is_pad``) do not count."""
+        err = (self(batch) - batch[ACTION].float()).abs()
+        keep = (~batch[ACTION_IS_PAD].bool()).unsqueeze(-1).float()
+        return (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp(min=1)
+
+
+def make_pipelines(reader: LeRobotDataset) -> tuple[Pipeline, Pipeline, RobotSpec]:
+    """vlaforge's own inputs (feature check, normalisation, images to float) and outputs (unnormalisation)."""
+    robot = reader.meta.robot_spec()
+    images = ImageStep(cameras=list(robot.cameras), size=max(max(hw) for hw in robot.cameras.values()),
+                       resize="squash")
+    inputs, outputs = build_pipelines(robot, 1, MODES, reader.meta.stats, {}, [images])
+    return inputs, outputs, robot
+
+
+class PeerPolicy:
+    """What :func:`~vlaforge.eval.rollout.evaluate` needs of a policy (:class:`vlaforge.inference.InferencePolicy`)."""
+
+    def __init__(self, model: PeerCNN, inputs: Pipeline, outputs: Pipeline, robot: RobotSpec, exec_steps: int) -> None:
+        self.model, self.inputs, self.outputs, self.robot = model.eval(), inputs, outputs, robot
+        self.chunk, self.exec_steps = model.cfg.chunk, exec_steps
+
+    @torch.no_grad()
+    def infer_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        batch = collate([self.inputs(dict(o)) for o in observations])
+        actions = self.model(batch).cpu().numpy()
+        return np.stack([self.outputs({ACTION: a})[ACTION] for a in actions])
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"actions": self.infer_batch([obs])[0]}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    minutes: float  # wall-clock budget; the schedule is laid out to end at it
+    steps: int | None = None  # a fixed step count instead (tests); the budget still stops training
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    probe: int = 20  # steps timed (after 3 untimed) to plan the total
+    replans: int = 10  # then re-planned every total/replans steps (a shared machine's speed drifts)
+    shift_pad: int = 4
+    seed: int = 0
+    workers: int = 0
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, done: int = 0) -> Any:
+    """Linear warm-up, then cosine decay to zero at step ``total`` (torch's schedulers), advanced to ``done``."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    warmup = min(warmup, total - 1)
+    parts = [LinearLR(optimizer, 1 / (warmup + 1), total_iters=warmup), CosineAnnealingLR(optimizer, total - warmup)]
+    schedule = SequentialLR(optimizer, parts, milestones=[warmup])
+    for _ in range(done):
+        schedule.step()
+    return schedule
+
+
+def plan_steps(done: int, elapsed_s: float, step_s: float, budget_s: float, margin: float = 0.98) -> int:
+    """Total steps so that the rest, at ``step_s`` seconds each, ends just inside the budget."""
+    return done + max(0, math.floor((budget_s - elapsed_s) * margin / step_s))
+
+
+def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: TrainOptions,
+               show_progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` in place; returns the steps run and planned, the minutes and the loss curve."""
+    from vlaforge.train.data import make_loader
+    from vlaforge.utils import progress_bar
+
+    torch.manual_seed(opts.seed)
+    pipeline = Pipeline([RandomShift(cameras=list(model.cfg.cameras), pad=opts.shift_pad), *inputs.steps])
+    total = opts.steps or 10**9  # with a budget: re-planned after the probe
+    matrices = [p for p in model.parameters() if p.dim() >= 2]  # weight decay on weights, not biases/norms
+    others = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": opts.weight_decay},
+                                   {"params": others, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95))
+    scheduler = make_schedule(optimizer, opts.warmup, total)
+    loader = make_loader(reader, pipeline, batch_size=opts.batch_size, seed=opts.seed, start_step=0, steps=total,
+                         num_workers=opts.workers)
+    budget_s, losses, step, plans = opts.minutes * 60, [], 0, []
+    mark_step, mark_t, next_plan = 3, 0.0, 3 + opts.probe  # steps 1-3 (allocation, first imports) are not timed
+    model.train()
+    t0 = time.time()
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task("train peer (timing)", total=opts.steps or next_plan)
+        for batch in loader:
+            loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(job, advance=1, description=f"train peer  loss {np.mean(losses[-20:]):.4f}")
+            now = time.time()
+            if step == mark_step:
+                mark_t = now
+            if opts.steps is None and step == next_plan:  # (re-)plan from the recent step time
+                total = max(step, plan_steps(step, now - t0, (now - mark_t) / (step - mark_step), budget_s))
+                scheduler = make_schedule(optimizer, opts.warmup, total, done=step)
+                plans.append((step, total))
+                mark_step, mark_t, next_plan = step, now, step + max(opts.probe, total // opts.replans)
+                bar.update(job, total=total)
+            if step >= total or now - t0 > budget_s:
+                break
+    minutes = (time.time() - t0) / 60
+    return {"steps": step, "planned_steps": total, "schedule_completed": step >= total, "plans": plans,
+            "minutes": minutes, "final_loss": float(np.mean(losses[-20:])), "losses": losses}
+
+
+def resolve_tasks(env: Any, spec: str, reader: LeRobotDataset) -> list[str]:
+    """Env task names to evaluate: ``spec`` (checked against the dataset), or every task the dataset holds."""
+    from vlaforge.eval.envs.metaworld import INSTRUCTIONS
+
+    by_instruction = {v: k for k, v in INSTRUCTIONS.items()}
+    if spec:
+        tasks = env.task_names(spec)
+        missing = [t for t in tasks if INSTRUCTIONS[t] not in reader.meta.tasks]
+        if missing:
+            raise ValueError(f"--tasks {spec}: {missing} have no demos in {reader.root} (its tasks: "
+                             f"{reader.meta.tasks})")
+        return tasks
+    unknown = [t for t in reader.meta.tasks if t not in by_instruction]
+    if unknown:
+        raise ValueError(f"{reader.root}: task {unknown[0]!r} is not a Meta-World instruction")
+    return [by_instruction[t] for t in reader.meta.tasks]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from vlaforge.eval.collect import collect
+    from vlaforge.eval.envs.metaworld import MetaWorldConfig
+    from vlaforge.eval.report import machine
+    from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env, data = MetaWorldConfig(), Path(args.data)
+    if not (data / "meta" / "info.json").is_file():
+        tasks = env.task_names(args.tasks or "mt10")
+        print(f"collecting {args.demos} demos x {len(tasks)} tasks -> {data}", file=sys.stderr)
+        collect(env, tasks, args.demos, data, overwrite=True)
+    reader = LeRobotDataset(data, chunk=args.chunk)
+    tasks = resolve_tasks(env, args.tasks, reader)
+    inputs, outputs, robot = make_pipelines(reader)
+    cfg = PeerConfig(cameras=tuple(robot.cameras), state_dim=robot.state_dim, action_dim=robot.action_dim,
+                     tasks=tuple(reader.meta.tasks), chunk=args.chunk, hidden=args.hidden)
+    model = PeerCNN(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    opts = TrainOptions(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        workers=args.workers, seed=args.seed)
+    print(f"peer CNN: {params / 1e6:.2f} M parameters, {len(reader)} frames, {args.minutes} min budget",
+          file=sys.stderr)
+    train = train_peer(model, reader, inputs, opts)
+    policy = PeerPolicy(model, inputs, outputs, robot, args.exec_steps)
+    summary = summarize(evaluate(policy, env, tasks, args.episodes, exec_steps=args.exec_steps,
+                                 video_dir=Path(args.videos) if args.videos else None))
+    reference = summarize(expert_baseline(env, tasks, args.episodes))
+    print_table(summary, reference, title="peer CNN: success on unseen seeds")
+    result = {"method": "peer_cnn", "mean_success": summary["mean_success"],
+              "success": {t: s["success_rate"] for t, s in summary["tasks"].items()},
+              "eval": summary, "expert": reference, "eval_episodes": args.episodes, "seed_start": EVAL_SEED_START,
+              "params": params, "steps": train["steps"], "planned_steps": train["planned_steps"],
+              "schedule_completed": train["schedule_completed"], "plans": train["plans"], "minutes": train["minutes"],
+              "budget_minutes": args.minutes, "final_loss": train["final_loss"],
+              "loss_every_10": train["losses"][::10], "model": asdict(cfg), "train": asdict(opts),
+              "exec_steps": args.exec_steps,
+              "dataset": {"path": str(data), "episodes": reader.meta.num_episodes, "frames": reader.meta.num_frames},
+              "machine": machine(), "command": "python bench/peer_cnn.py " + " ".join(sys.argv[1:])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{out}: mean success {summary['mean_success']:.0%} after {train['steps']} steps "
+          f"({train['minutes']:.1f} min), {params / 1e6:.2f} M parameters", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vlaforge.cli.quickstart import QuickstartConfig
+
+    quickstart = QuickstartConfig()  # demos, evaluation episodes and training budget are the quick start's
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="LeRobot v3 dataset; collected here first if it does not exist")
+    ap.add_argument("--tasks", default="", help="tasks to collect and evaluate (default: the dataset's; mt10 to "
+                                                "collect)")
+    qs = "the quick start's: %(default)s"
+    ap.add_argument("--demos", type=int, default=quickstart.demos, help=f"demos per task when collecting ({qs})")
+    ap.add_argument("--minutes", type=float, default=quickstart.max_train_minutes, help=f"training wall clock ({qs})")
+    ap.add_argument("--steps", type=int, default=None, help="fixed step count instead of the budget's plan")
+    ap.add_argument("--episodes", type=int, default=quickstart.eval_episodes, help=f"eval episodes per task ({qs})")
+    ap.add_argument("--chunk", type=int, default=4, help="actions predicted per call (%(default)s)")
+    ap.add_argument("--exec-steps", type=int, default=2, help="actions run per chunk before re-planning (%(default)s)")
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    ap.add_argument("--batch", type=int, default=defaults["batch_size"], help="%(default)s")
+    ap.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (%(default)s)")
+    ap.add_argument("--hidden", type=int, default=PeerConfig.hidden, help="width of the action MLP (%(default)s)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--videos", default="", help="write one rollout video per task here")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_cnn.json"), help="result JSON")
+    args = ap.parse_args(argv)
+    if not 1 <= args.exec_steps <= args.chunk:
+        ap.error(f"--exec-steps: expected 1..{args.chunk} (--chunk), got {args.exec_steps}")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
