@@ -140,7 +140,7 @@ def resume_changes(saved: TrainConfig, new: TrainConfig, step: int) -> dict[str,
     if refused:
         parts = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         raise ValueError(f"--resume: the run's config.json fixes {parts} (a resumed run keeps its data, batch size, "
-                         f"seed and model; start a new run with --init_from CHECKPOINT to change them)")
+                         f"seed, model and EMA; start a new run with --init_from CHECKPOINT to change them)")
     if new.steps < step:
         raise ValueError(f"--resume: steps: expected >= {step} (the checkpoint's step), got {new.steps}")
     if "stop_at" in changed and new.stop_at is not None and new.stop_at <= step:

@@ -2,7 +2,8 @@
 
 ``train_step`` is the whole update; ``train`` wires data, model, logging and checkpoints around it. A run
 directory holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl``, ``tb/`` (TensorBoard),
-``loss.png`` and ``checkpoints/{step}/`` with ``checkpoints/last`` pointing at the newest.
+``loss.png`` and ``checkpoints/{step}/`` with ``checkpoints/last`` pointing at the newest; ``resumes.jsonl`` lists the
+options each ``--resume`` changed (see :func:`vlaforge.train.config.resume_changes` for what it may change).
 """
 
 from __future__ import annotations
