@@ -1,6 +1,15 @@
 """vlaforge train PRESET --data DATASET --out RUN_DIR [--resume] [--head.type=dit --steps=2000 ...]
 
 Fields of the policy can be given without the ``policy.`` prefix (``--head.num_steps=8``, ``--chunk=16``).
+
+--resume continues the run in RUN_DIR from its last checkpoint, configured as its config.json says. Options given
+with it apply from the resumed step on and are recorded (config.json, RUN_DIR/resumes.jsonl, the log): --steps,
+--stop_at, --max_minutes, --save_every, --log_every, --keep_last, --threads, --precision, --distributed,
+--deepspeed_config, --wandb, --wandb_project, --data.num_workers, --data.video_cache, and --lr / every --optim.*
+(the schedule continues at the resumed step with the new learning rates). Options that would make it another
+experiment are refused, naming them: the data (--data and the other --data.* options), --batch_size,
+--grad_accum, --seed, --ema, --init_from and the model (--head.*, --backbone.*, --chunk, ...); start a new run
+with --init_from RUN_DIR/checkpoints/last for those. --steps may not end before the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ def main(argv: list[str]) -> int:
     preset, rest = argv[0], argv[1:]
     args = to_draccus(rest, aliases=ALIASES, prefixes=PREFIXES, flags=["resume"])
     cfg = parse_overrides(get_preset(preset), args)
-    if cfg.resume:  # continue the run as it was configured; only the options given now change
+    if cfg.resume:  # the run as configured, with the options given now (train() refuses those a resume can't change)
         saved = Path(cfg.out) / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume: {saved} not found")

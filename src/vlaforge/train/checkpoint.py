@@ -16,6 +16,7 @@ either the previous or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -99,6 +100,63 @@ def _set_rng_state(saved: dict[str, torch.Tensor], rank: int) -> None:
     random.setstate((int(version), tuple(int(x) for x in t["python"].tolist()), None if math.isnan(gauss) else gauss))
 
 
+_FILES_MARGIN = 32 * 2**20  # config, processors and tokenizer files next to the tensors (bytes, generous)
+
+
+def _tensor_bytes(*groups: dict[str, torch.Tensor] | None) -> int:
+    """Bytes the tensors of ``groups`` take in safetensors files (a tied / shared storage counted once per group)."""
+    total = 0
+    for group in groups:
+        seen: set[tuple[int, int]] = set()
+        for t in (group or {}).values():
+            key = (t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(), t.numel())
+            if t.numel() and key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def _make_room(root: Path, step_name: str, need: int, keep_last: int) -> None:
+    """Check that a checkpoint of ``need`` bytes fits under ``root``; when it does not, remove first the periodic
+    checkpoints that pruning would remove after the write anyway (never the one ``last`` points to, nor the newest),
+    and if that is still not enough, raise before writing anything."""
+    free = shutil.disk_usage(root).free
+    if free >= need:
+        return
+    last = Paths.last_checkpoint(root.parent)
+    old = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()
+                 and p.name != step_name)
+    keep = {old[-1].name} if old else set()
+    if last.is_symlink():
+        keep.add(os.readlink(last))
+    # after the write the newest keep_last of old + new stay: the new one takes one place
+    drop = [p for p in old[:max(len(old) - (keep_last - 1), 0)] if p.name not in keep]
+    sizes = {p: _dir_bytes(p) for p in drop}
+    if free + sum(sizes.values()) < need:
+        freed = f" ({_gb(sum(sizes.values()))} more once old checkpoints are pruned)" if drop else ""
+        raise RuntimeError(f"not enough disk space for checkpoint {step_name}: it needs about {_gb(need)} in {root}, "
+                           f"{_gb(free)} free{freed}; free some space (or lower --keep_last) and resume with --resume")
+    for p in drop:
+        log.warning("disk almost full (%s free, checkpoint %s needs about %s): removing checkpoint %s before writing "
+                    "the new one", _gb(free), step_name, _gb(need), p.name)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """``e`` says the disk is full: an OSError(ENOSPC), or safetensors' SafetensorError wrapping one (its text holds
+    the Rust I/O error, whose message is the system's "No space left on device")."""
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(e)
+
+
 def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any, optimizer_state: dict[str, Any],
                     rng: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None,
                     raw_weights: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None,
@@ -108,35 +166,53 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any,
     ``policy`` gives the config and pipelines, and its own weights unless ``weights`` (the full weights to publish:
     gathered shards, or the EMA) is given; ``raw_weights`` are the non-averaged weights of an EMA run.
     ``optimizer_state`` is :meth:`SingleProcess.optimizer_state`'s format, ``rng`` :func:`gather_rng_states`'.
+
+    The free space is checked first (:func:`_make_room`); a failed write (disk full included) removes its temporary
+    directory and leaves the previous checkpoints and ``last`` as they were.
     """
     root = Paths.checkpoints(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = Paths.checkpoint(run_dir, step)
+    for stale in root.glob(".tmp-*"):  # an interrupted save's leftovers (only the main process writes here)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, weights=weights)
-    ts = tmp / "train_state"
-    ts.mkdir()
-    if raw_weights is not None:
-        save_state_dict(raw_weights, ts / "raw_model.safetensors")
     tensors, groups = _optimizer_tensors(optimizer_state)
-    save_file(tensors, str(ts / "optimizer.safetensors"))
-    save_file(rng, str(ts / "rng.safetensors"))
-    state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": True,
-                             "optimizer": {"param_groups": groups}, **(extra or {})}
-    (ts / "state.json").write_text(json.dumps(state, indent=2))
-    for f in [*tmp.rglob("*")]:
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    need = int(_tensor_bytes(weights if weights is not None else policy.state_dict(), raw_weights, tensors, rng)
+               * 1.01) + _FILES_MARGIN
+    _make_room(root, final.name, need, keep_last)
     link_tmp = root / ".last-tmp"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(final.name, link_tmp)
-    os.replace(link_tmp, Paths.last_checkpoint(run_dir))
+    try:
+        policy.save_pretrained(tmp, weights=weights)
+        ts = tmp / "train_state"
+        ts.mkdir()
+        if raw_weights is not None:
+            save_state_dict(raw_weights, ts / "raw_model.safetensors")
+        save_file(tensors, str(ts / "optimizer.safetensors"))
+        save_file(rng, str(ts / "rng.safetensors"))
+        state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": True,
+                                 "optimizer": {"param_groups": groups}, **(extra or {})}
+        (ts / "state.json").write_text(json.dumps(state, indent=2))
+        for f in [*tmp.rglob("*")]:
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        os.symlink(final.name, link_tmp)
+        os.replace(link_tmp, Paths.last_checkpoint(run_dir))
+    except BaseException as e:  # nothing half-written stays behind; the previous checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if link_tmp.is_symlink():
+            link_tmp.unlink()
+        if isinstance(e, Exception) and _disk_full(e):
+            free = shutil.disk_usage(root).free
+            raise RuntimeError(f"disk full while writing checkpoint {final.name}: it needs about {_gb(need)} in "
+                               f"{root}, {_gb(free)} free now; free some space (or lower --keep_last) and resume "
+                               f"with --resume") from e
+        raise
     _fsync_dir(root)
     steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
     for old in steps[:-keep_last]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from vlaforge.config import ConfigBase
 from vlaforge.policy import PolicyConfig
@@ -96,3 +98,51 @@ class TrainConfig(ConfigBase):
                    "none | ddp | fsdp | deepspeed")
         self.check(self.distributed != "deepspeed" or bool(self.deepspeed_config), "deepspeed_config",
                    "a DeepSpeed JSON file when distributed=deepspeed")
+
+
+# What `--resume` may change. The data stream (data, batch size, accumulation, seed), the model and the EMA are
+# fixed by the checkpoint: changing them would make another experiment (start one with --init_from). The rest
+# (the schedule, the optimizer's hyperparameters, the loop's intervals and budgets, the engine) applies from the
+# resumed step on and is recorded in the run's config.json.
+RESUME_CHANGEABLE = ("steps", "stop_at", "max_minutes", "save_every", "log_every", "keep_last", "threads",
+                     "precision", "distributed", "deepspeed_config", "wandb", "wandb_project", "out", "resume",
+                     "optim.", "data.num_workers", "data.video_cache")
+_ROBOT_FIELDS = ("cameras", "state_dim", "action_dim")  # filled from the dataset when the run starts
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not (prefix == "data." and k == "mixture"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig, step: int) -> dict[str, tuple[Any, Any]]:
+    """The fields ``new`` changes in the run ``saved`` resumed at ``step``: ``{field: (old, new)}``.
+
+    Raises :class:`ValueError` (one line) naming every field a resume may not change, and for ``steps`` before
+    the checkpoint's step or a new ``stop_at`` at or before it.
+    """
+    policy = new.policy
+    if saved.init_from:  # fine-tuning: the architecture came from init_from's checkpoint, not from `policy`
+        policy = saved.policy
+    else:
+        policy = policy.replace(**{f: getattr(saved.policy, f) for f in _ROBOT_FIELDS})
+    old_d = json.loads(json.dumps(saved.to_dict()))
+    new_d = json.loads(json.dumps(new.replace(policy=policy).to_dict()))
+    a, b = _flat(old_d), _flat(new_d)
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    refused = [k for k in changed if not any(k == c or (c.endswith(".") and k.startswith(c))
+                                             for c in RESUME_CHANGEABLE)]
+    if refused:
+        parts = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise ValueError(f"--resume: the run's config.json fixes {parts} (a resumed run keeps its data, batch size, "
+                         f"seed, model and EMA; start a new run with --init_from CHECKPOINT to change them)")
+    if new.steps < step:
+        raise ValueError(f"--resume: steps: expected >= {step} (the checkpoint's step), got {new.steps}")
+    if "stop_at" in changed and new.stop_at is not None and new.stop_at <= step:
+        raise ValueError(f"--resume: stop_at: expected > {step} (the checkpoint's step), got {new.stop_at}")
+    return {k: v for k, v in changed.items() if k not in ("resume", "out")}

@@ -236,7 +236,9 @@ class Accelerated(_ProcessGroup, SingleProcess):
         return self.acc.prepare(model, optimizer)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return self.acc.unwrap_model(model)
+        # not accelerate's unwrap_model: it imports deepspeed whenever it is installed (whose import prints "Setting
+        # accelerator to ..." on every rank); DDP is the one wrapper accelerate's prepare puts around the model here
+        return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.acc.autocast()
@@ -343,6 +345,9 @@ class DeepSpeed(Accelerated):
     supports_4bit = False  # ZeRO partitions / casts the packed weights apart from their quantization state
     supports_ema = False  # ZeRO-3 partitions the parameters and bf16 casts them: no full fp32 weights to average
     autocast = SingleProcess.autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.acc.unwrap_model(model)  # a DeepSpeedEngine
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         names = {id(p): n for n, p in model.named_parameters()}

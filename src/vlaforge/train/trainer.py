@@ -2,7 +2,8 @@
 
 ``train_step`` is the whole update; ``train`` wires data, model, logging and checkpoints around it. A run
 directory holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl``, ``tb/`` (TensorBoard),
-``loss.png`` and ``checkpoints/{step}/`` with ``checkpoints/last`` pointing at the newest.
+``loss.png`` and ``checkpoints/{step}/`` with ``checkpoints/last`` pointing at the newest; ``resumes.jsonl`` lists the
+options each ``--resume`` changed (see :func:`vlaforge.train.config.resume_changes` for what it may change).
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import PolicyConfig, VLAPolicy
 from vlaforge.quantize import parameter_count
-from vlaforge.train.checkpoint import gather_rng_states, load_train_state, load_train_weights, save_checkpoint
-from vlaforge.train.config import TrainConfig
+from vlaforge.train.checkpoint import (
+    gather_rng_states,
+    load_train_state,
+    load_train_weights,
+    read_train_state,
+    save_checkpoint,
+)
+from vlaforge.train.config import TrainConfig, resume_changes
 from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
 from vlaforge.train.runtime import SingleProcess, make_runtime, peak_memory_gb
@@ -73,12 +80,37 @@ def _save(out: Path, runtime: Any, policy: VLAPolicy, model: nn.Module, optimize
     weights = raw if ema is None else runtime.full_state_dict(ema.module)
     opt_state = runtime.optimizer_state(model, optimizer)
     rng = gather_rng_states(runtime)
+    error: Exception | None = None
     if runtime.is_main:
         if ema is not None:
             extra = {**extra, "ema_n_averaged": int(ema.n_averaged)}
-        save_checkpoint(out, policy, step, scheduler, opt_state, rng, weights=weights,
-                        raw_weights=raw if ema is not None else None, extra=extra, keep_last=keep_last)
-    runtime.barrier()
+        try:
+            save_checkpoint(out, policy, step, scheduler, opt_state, rng, weights=weights,
+                            raw_weights=raw if ema is not None else None, extra=extra, keep_last=keep_last)
+        except Exception as e:  # raised below, once every process knows (the others would wait for it forever)
+            error = e
+    failed = any(float(t) for t in runtime.all_gather(torch.tensor([float(error is not None)])))
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"the main process could not write checkpoint {step} (its error says why)")
+
+
+def _apply_optim_config(fresh: list[dict[str, Any]], scheduler: Any, stepping: torch.optim.Optimizer) -> None:
+    """After a resume restored the checkpoint's param groups and schedule position: this run's ``--optim`` values
+    (``fresh``, the groups as :func:`make_optimizer` built them) apply from the resumed step on. The learning rates
+    follow this run's schedule (lr, warmup, steps, min_lr_ratio) at the restored step; weight decay and betas are
+    this run's. Unchanged options give the values the checkpoint holds, bit for bit (the formula is LambdaLR's)."""
+    scheduler.base_lrs = [g["initial_lr"] for g in fresh]
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for opt in {id(o): o for o in (scheduler.optimizer, stepping)}.values():
+        if len(opt.param_groups) != len(fresh):
+            raise ValueError(f"the checkpoint's optimizer has {len(opt.param_groups)} parameter groups, this run's "
+                             f"{len(fresh)}")
+        for group, new, lr in zip(opt.param_groups, fresh, lrs, strict=True):
+            group.update({k: new[k] for k in ("weight_decay", "betas") if k in new}, lr=lr,
+                         initial_lr=new["initial_lr"])
+    scheduler._last_lr = lrs
 
 
 def _micro_batches(loader: Any, n: int) -> Iterator[list[dict[str, Any]]]:
@@ -209,6 +241,12 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
     if not resume and last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    changes: dict[str, tuple[Any, Any]] = {}
+    if resume:  # before anything is built: options a resume may not change are refused with the reason
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} not found")
+        changes = resume_changes(TrainConfig.from_json(saved), cfg, read_train_state(last.resolve())["step"])
     runtime = make_runtime(cfg.distributed, cfg.precision, cfg)
     if cfg.ema > 0 and not runtime.supports_ema:
         raise NotImplementedError(f"--ema is not supported with --distributed={cfg.distributed} (its parameters are "
@@ -240,12 +278,19 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
             runtime.shard(ema.module)
     optimizer, scheduler = make_optimizer(policy, cfg.optim, cfg.steps)
     raw_optimizer = optimizer
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in raw_optimizer.param_groups]  # with initial_lr
     model, optimizer = runtime.prepare(policy, optimizer)
     start = 0
     if resume:
         load_train_state(last.resolve(), state, runtime, model, raw_optimizer, scheduler)
+        _apply_optim_config(fresh, scheduler, runtime.stepping_optimizer(optimizer))
         start = state["step"]
-        log.info("resuming %s at step %d", out, start)
+        log.info("resuming %s at step %d%s", out, start, "".join(
+            f"{', ' if i else ' with '}{k} {a!r} -> {b!r}" for i, (k, (a, b)) in enumerate(changes.items())))
+        if changes and runtime.is_main:  # config.json is the run's current configuration; resumes.jsonl the log
+            cfg.replace(resume=False).to_json(out / "config.json")
+            with open(out / "resumes.jsonl", "a") as f:
+                f.write(json.dumps({"step": start, "changed": {k: list(v) for k, v in changes.items()}}) + "\n")
     elif runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
