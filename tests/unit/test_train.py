@@ -80,3 +80,53 @@ def test_weights_that_do_not_match_the_model_fail_clearly(tmp_path):
     save_file({"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match=r"does not match the model: missing \['bias'\], unexpected \['extra'\]"):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "w.safetensors")
+
+
+def test_budget_fit_lays_the_schedule_out_to_end_at_the_budget(dataset, tmp_path, monkeypatch):
+    """A 2000-step recipe on a machine taking 2 s a step with a 0.5-minute budget: the step time is measured (steps
+    3-12), the warmup + cosine laid out over the steps that fit (14), and the run ends with its schedule decayed,
+    inside the budget, its config recording the fitted length (a --resume continues that schedule)."""
+    import vlaforge.train.trainer as trainer
+
+    now = [0.0]
+
+    def clock() -> float:  # two simulated seconds per training step (trainer reads the clock a few times a step)
+        return now[0]
+
+    real_step = trainer.train_step
+
+    def step_and_tick(*a, **kw):
+        now[0] += 2.0
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(trainer, "_clock", clock)
+    monkeypatch.setattr(trainer, "train_step", step_and_tick)
+    root, _ = dataset
+    out = tmp_path / "fit"
+    cfg = _cfg(root, out, "mlp", 2000, max_minutes=0.5, budget="fit").replace(
+        save_every=1000, optim=TrainConfig().optim.replace(lr=1e-3, warmup_steps=5, min_lr_ratio=0.0))
+    train(cfg, show_progress=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["complete"] and not summary["stopped_early"]
+    assert summary["fitted_steps"] == summary["steps"] == 14 and summary["minutes"] <= 0.5
+    assert json.loads((out / "config.json").read_text())["steps"] == summary["steps"]
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] < 0.01 * max(lrs)  # the cosine reached its end; a cut 2000-step schedule would be near its peak
+
+    with pytest.raises(ValueError, match="budget"):
+        _cfg(root, out, "mlp", 10, budget="fit")  # fit needs a budget
+
+
+def test_budget_planner_replans_as_the_machine_slows():
+    from vlaforge.train.optim import BudgetPlanner
+
+    planner = BudgetPlanner(budget_s=100.0, start=0, steps=1000, margin=1.0, skip=2, window=4, every=10)
+    t, plans = 0.0, []
+    for step in range(1, 200):
+        t += 0.5 if step < 20 else 1.0  # twice as slow after step 20
+        if (plan := planner.update(step, t)) is not None:
+            plans.append((step, plan))
+        if plans and step >= plans[-1][1]:
+            break
+    assert plans[0] == (6, 6 + int((100 - 3.0) / 0.5))  # first plan after 2 skipped + 4 timed steps
+    assert plans[-1][1] < plans[0][1] and t <= 100.0 + 1.0  # re-planned down; ends within a step of the budget

@@ -35,7 +35,7 @@ class QuickstartConfig(ConfigBase):
     eval_episodes: int = 10  # per task
     preset: str = "quickstart_tokens"
     steps: int | None = None  # training steps (default: the preset's)
-    max_train_minutes: float = 20.0  # training stops (and saves) if it runs longer than this
+    max_train_minutes: float = 20.0  # the training budget: its schedule is laid out to end within it
     exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
     overwrite: bool = False
 
@@ -92,12 +92,13 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
 
     t = time.time()
     base = get_preset(cfg.preset)
-    overrides = [f"--data.path={data}", f"--out={run_dir}", f"--max_minutes={cfg.max_train_minutes}"]
+    overrides = [f"--data.path={data}", f"--out={run_dir}", f"--max_minutes={cfg.max_train_minutes}",
+                 "--budget=fit"]
     if cfg.steps is not None:
         overrides.append(f"--steps={cfg.steps}")
     tcfg = parse_overrides(base, overrides)
     summary_path = run_dir / "train_summary.json"
-    done = summary_path.is_file() and json.loads(summary_path.read_text())["steps"] >= tcfg.steps
+    done = summary_path.is_file() and json.loads(summary_path.read_text()).get("complete", False)
     if not done:
         resume = Paths.last_checkpoint(run_dir).exists()
         print(f"[2/3] training {cfg.preset} for {tcfg.steps} steps -> {run_dir}" + (" (resuming)" if resume else ""),

@@ -50,6 +50,17 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
+def budget_line(train: dict[str, Any]) -> str:
+    """What the time budget did to a training run (from its train_summary.json)."""
+    steps, planned, fitted = train["steps"], train.get("planned_steps", train["steps"]), train.get("fitted_steps")
+    if train.get("stopped_early"):
+        return f"The time budget stopped it at step {steps} of {planned}, before its schedule ended."
+    if fitted is not None and fitted < planned:
+        return (f"The budget fitted the schedule (warmup + cosine) to {fitted} of the recipe's {planned} steps "
+                f"(step time measured at the start); it ran to its end.")
+    return f"All {planned} steps of the schedule ran within the budget."
+
+
 def write_report(out: Path, data: dict[str, Any]) -> Path:
     """``out/report.md`` + ``out/report.json`` from the quick start's collected numbers."""
     s, ref = data["eval"], data.get("expert")
@@ -73,8 +84,8 @@ def write_report(out: Path, data: dict[str, Any]) -> Path:
     lines += [f"| **mean** | | **{s['mean_success']:.0%}** | | {mean_ref} |", ""]
     lines += ["![success per task](" + rel(data["success_png"]) + ")", "",
               "## Training", "", f"{data['train']['steps']} steps (batch {data['batch_size']}), "
-              f"{data['train']['minutes']:.1f} min; final loss {data['final_loss']:.4f}."
-              + (" Stopped early by the time budget." if data["train"].get("stopped_early") else ""), "",
+              f"{data['train']['minutes']:.1f} min; final loss {data['final_loss']:.4f}. " + budget_line(data["train"]),
+              "",
               "![loss curve](" + rel(data["loss_png"]) + ")", "", "## Videos", ""]
     lines += [f"- [{Path(v).name}]({rel(v)})" for v in data["videos"]] or ["(none)"]
     t = data["timings"]

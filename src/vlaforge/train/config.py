@@ -75,6 +75,9 @@ class TrainConfig(ConfigBase):
     keep_last: int = 2  # periodic checkpoints kept on disk (the final one is always kept)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     max_minutes: float | None = None  # wall-clock budget; training saves and stops when it runs out
+    # what the budget does to the schedule: stop (the schedule spans `steps`; a slow machine stops before its decay)
+    # | fit (the step time is measured and the warmup + cosine laid out to end at the budget: fewer steps if needed)
+    budget: str = "stop"
     stop_at: int | None = None  # save and stop after this step (the schedule still spans `steps`); --resume later
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer state stay fp32)
     grad_accum: int = 1  # micro-batches of `batch_size` per optimizer step
@@ -92,6 +95,9 @@ class TrainConfig(ConfigBase):
         self.check(self.keep_last >= 1, "keep_last", ">= 1")
         self.check(self.stop_at is None or 1 <= self.stop_at <= self.steps, "stop_at", f"in [1, steps={self.steps}]")
         self.check(self.precision in ("fp32", "bf16"), "precision", "fp32 | bf16")
+        self.check(self.budget in ("stop", "fit"), "budget", "stop | fit")
+        self.check(self.budget == "stop" or self.max_minutes is not None, "budget",
+                   "'stop' without max_minutes (budget=fit lays the schedule out to end at max_minutes)")
         self.check(self.grad_accum >= 1, "grad_accum", ">= 1")
         self.check(0 <= self.ema < 1, "ema", "in [0, 1)")
         self.check(self.distributed in ("none", "ddp", "fsdp", "deepspeed"), "distributed",
@@ -104,7 +110,7 @@ class TrainConfig(ConfigBase):
 # fixed by the checkpoint: changing them would make another experiment (start one with --init_from). The rest
 # (the schedule, the optimizer's hyperparameters, the loop's intervals and budgets, the engine) applies from the
 # resumed step on and is recorded in the run's config.json.
-RESUME_CHANGEABLE = ("steps", "stop_at", "max_minutes", "save_every", "log_every", "keep_last", "threads",
+RESUME_CHANGEABLE = ("steps", "stop_at", "max_minutes", "budget", "save_every", "log_every", "keep_last", "threads",
                      "precision", "distributed", "deepspeed_config", "wandb", "wandb_project", "out", "resume",
                      "optim.", "data.num_workers", "data.video_cache")
 _ROBOT_FIELDS = ("cameras", "state_dim", "action_dim")  # filled from the dataset when the run starts

@@ -44,6 +44,46 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig, steps: int) -> tuple[torc
          "lr": lrs[part] if lrs[part] is not None else cfg.lr, "name": f"{part}{'' if decay else '_no_decay'}"}
         for (part, decay), ps in sorted(groups.items())]
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
-    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=min(cfg.warmup_steps, steps),
-                                                        num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
-    return opt, sched
+    return opt, _schedule(opt, cfg, steps)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: OptimConfig, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=min(cfg.warmup_steps, steps),
+                                                       num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+
+
+def relay_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig, steps: int) -> None:
+    """Lay ``scheduler``'s warmup + cosine out over ``steps`` instead, keeping its position (the caller sets the
+    learning rates for that position); the step functions are the ones :func:`make_optimizer` builds."""
+    fn = _schedule(torch.optim.SGD([torch.zeros(1)], lr=1.0), cfg, steps).lr_lambdas[0]
+    scheduler.lr_lambdas = [fn] * len(scheduler.lr_lambdas)
+
+
+class BudgetPlanner:
+    """How many steps fit a wall-clock budget: the first ``skip`` steps (start-up) are not timed, then the step
+    time over the last ``window`` steps gives the steps left; re-planned every ``every`` steps because a shared
+    machine's speed drifts. Plans never exceed ``steps`` nor go below the current step + 1."""
+
+    def __init__(self, budget_s: float, start: int, steps: int, margin: float = 0.98, skip: int = 2,
+                 window: int = 10, every: int | None = None) -> None:
+        self.budget_s, self.start, self.steps, self.margin = budget_s, start, steps, margin
+        self.skip, self.window = skip, window
+        self.every = every or max(window, (steps - start) // 10)
+        self.times: list[tuple[int, float]] = []
+        self.plans: list[tuple[int, int]] = []
+
+    def update(self, step: int, elapsed_s: float) -> int | None:
+        """Record that ``step`` ended ``elapsed_s`` after the start; a new total when it is time to (re)plan."""
+        if step - self.start < self.skip:
+            return None
+        self.times.append((step, elapsed_s))
+        self.times = self.times[-(self.window + 1):]
+        first = not self.plans and len(self.times) > self.window
+        if not first and not (self.plans and step - self.plans[-1][0] >= self.every):
+            return None
+        (s0, t0), (s1, t1) = self.times[0], self.times[-1]
+        per_step = (t1 - t0) / max(s1 - s0, 1)
+        left = self.margin * self.budget_s - elapsed_s
+        total = int(min(self.steps, max(step + 1, step + left // max(per_step, 1e-9))))
+        self.plans.append((step, total))
+        return total

@@ -42,6 +42,9 @@ from vlaforge.utils import progress_bar, seed_everything
 log = logging.getLogger(__name__)
 
 
+_clock = time.monotonic  # the training budget's clock (tests replace it)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batches: list[dict[str, Any]],
                grad_clip: float, runtime: Any = None, ema: Any = None) -> dict[str, float]:
     """One optimizer update over ``len(batches)`` accumulated micro-batches.
@@ -261,7 +264,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     if runtime.rank > 0:
         seed_everything(cfg.seed + runtime.rank)  # then different noise per process; the data stream is shared
     cfg = cfg.replace(policy=policy.cfg)
-    from vlaforge.train.optim import make_optimizer
+    from vlaforge.train.optim import BudgetPlanner, make_optimizer, relay_schedule
 
     ema = None
     if cfg.ema > 0:
@@ -303,26 +306,36 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                          world=runtime.world)
     global_batch = cfg.batch_size * accum * runtime.world
     logger = _Logger(cfg, out, start, resume) if runtime.is_main else None
-    t0, step, stopped_early = time.time(), start, False
-    window_t, window_n = time.time(), 0
+    t0, step, stopped_early, total = _clock(), start, False, cfg.steps
+    planner = BudgetPlanner(60 * cfg.max_minutes, start, cfg.steps) if cfg.budget == "fit" else None
+    window_t, window_n = _clock(), 0
     with progress_bar(show_progress and runtime.is_main) as bar:
         job = bar.add_task(f"train ({n_params / 1e6:.1f}M params)", total=cfg.steps, completed=start)
         for batches in _micro_batches(loader, accum):
             m = train_step(model, optimizer, scheduler, batches, cfg.optim.grad_clip, runtime, ema)
             step += 1
             window_n += global_batch
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if planner is not None and (plan := planner.update(step, _clock() - t0)) is not None:
+                plan = round(runtime.reduce_mean(float(plan)))  # every process keeps the same schedule
+                if plan != total:
+                    total = plan
+                    relay_schedule(scheduler, cfg.optim, total)
+                    _apply_optim_config(fresh, scheduler, runtime.stepping_optimizer(optimizer))
+                    bar.update(job, total=total)
+                    log.info("budget: %d steps fit the %g-minute budget (measured at step %d)", total,
+                             cfg.max_minutes, step)
+            if step % cfg.log_every == 0 or step == total:
                 m["loss"] = runtime.reduce_mean(m["loss"])
-                m["samples_per_s"] = window_n / max(time.time() - window_t, 1e-9)
+                m["samples_per_s"] = window_n / max(_clock() - window_t, 1e-9)
                 m["peak_mem_gb"] = peak_memory_gb(runtime.device)
-                window_t, window_n = time.time(), 0
+                window_t, window_n = _clock(), 0
                 if logger is not None:
                     logger.log(step, m)
                 bar.update(job, description=f"train loss {m['loss']:.4f}")
             bar.update(job, completed=step)
-            out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
+            out_of_time = cfg.max_minutes is not None and (_clock() - t0) / 60 > cfg.max_minutes
             stop = out_of_time or step == cfg.stop_at
-            if step % cfg.save_every == 0 or step == cfg.steps or stop:
+            if step % cfg.save_every == 0 or step == total or stop:
                 _save(out, runtime, policy, model, raw_optimizer, scheduler, ema, step,
                       keep_last=cfg.keep_last, extra={"samples_seen": step * global_batch})
             if stop:
@@ -330,12 +343,19 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                 log.warning("stopping at step %d of %d (%s); continue with --resume", step, cfg.steps,
                             f"the {cfg.max_minutes}-minute budget is spent" if out_of_time else "stop_at")
                 break
+            if step == total:
+                break
     if logger is None:
         return Paths.last_checkpoint(out).resolve()
     logger.close()
     plot_losses(out / "metrics.jsonl", out / "loss.png")
+    if total != cfg.steps:  # the fitted schedule is this run's: a --resume continues it
+        cfg.replace(steps=total, resume=False).to_json(out / "config.json")
     summary = {"steps": step, "planned_steps": cfg.steps, "stopped_early": stopped_early,
-               "minutes": (time.time() - t0) / 60, "params": n_params, "distributed": cfg.distributed,
+               "complete": step == total and not stopped_early, "budget": cfg.budget,
+               "budget_minutes": cfg.max_minutes, "fitted_steps": total if planner is not None else None,
+               "plans": planner.plans if planner is not None else [],
+               "minutes": (_clock() - t0) / 60, "params": n_params, "distributed": cfg.distributed,
                "processes": runtime.world, "optimizer": type(runtime.stepping_optimizer(optimizer)).__name__}
     atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return Paths.last_checkpoint(out).resolve()
