@@ -110,6 +110,9 @@ def test_budget_fit_lays_the_schedule_out_to_end_at_the_budget(dataset, tmp_path
     assert summary["complete"] and not summary["stopped_early"]
     assert summary["fitted_steps"] == summary["steps"] == 14 and summary["minutes"] <= 0.5
     assert json.loads((out / "config.json").read_text())["steps"] == summary["steps"]
+    from vlaforge.eval.report import budget_line
+
+    assert budget_line(summary).startswith("The budget fitted the schedule (warmup + cosine) to 14 of the recipe")
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] < 0.01 * max(lrs)  # the cosine reached its end; a cut 2000-step schedule would be near its peak
 
