@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlaforge.config import Paths
+from vlaforge.manifest import write_manifest
 from vlaforge.policy import VLAPolicy, load_weights, save_state_dict
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any,
     state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": True,
                              "optimizer": {"param_groups": groups}, **(extra or {})}
     (ts / "state.json").write_text(json.dumps(state, indent=2))
+    write_manifest(tmp)  # now over train_state/ too
     for f in [*tmp.rglob("*")]:
         if f.is_file():
             with open(f, "rb") as fh:
