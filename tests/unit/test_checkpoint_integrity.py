@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import tiny_policy_config
-from vlaforge.config import ConfigError, parse_args, parse_overrides
+from vlaforge.config import ConfigError, parse_overrides
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.policy import PolicyConfig, VLAPolicy
 from vlaforge.types import image_key
@@ -201,6 +201,7 @@ def test_config_contradicting_weights_or_processors_names_the_field(saved, tmp_p
 
 
 def test_config_values_are_checked_against_their_declared_types(tmp_path):
+    from vlaforge.config import parse_args
     from vlaforge.heads.base import HEADS
     from vlaforge.serve.server import ServeConfig
 
