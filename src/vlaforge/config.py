@@ -12,6 +12,7 @@ import collections.abc
 import dataclasses
 import enum
 import json
+import numbers
 import os
 import tempfile
 import types
@@ -173,10 +174,11 @@ def _scalar_ok(tp: type, value: Any, cli: bool) -> bool | None:
     if tp is int or tp is float:
         if isinstance(value, str):
             return cli and _parses(tp, value)
-        return isinstance(value, int | float) and not isinstance(value, bool) and (
-            tp is float or isinstance(value, int))
+        return isinstance(value, numbers.Integral if tp is int else numbers.Real) and not isinstance(value, bool)
     if tp is str or tp is Path:
-        return isinstance(value, str) or (cli and value is not None and not isinstance(value, list | dict))
+        if isinstance(value, str | os.PathLike):
+            return True
+        return cli and value is not None and not isinstance(value, list | dict)
     return None
 
 

@@ -46,13 +46,27 @@ def _files(directory: Path) -> list[str]:
 
 
 def write_manifest(directory: str | Path) -> Path:
-    """(Re)write ``directory/manifest.json`` over every checkpoint file in it; call it after the last write."""
+    """(Re)write ``directory/manifest.json`` over every checkpoint file in it; call it after the last write.
+
+    Rewriting (a training checkpoint adds ``train_state/`` after ``save_pretrained``) reuses the digest of a
+    file of the same size last modified strictly before the previous manifest, so weights are hashed once.
+    """
     directory = Path(directory)
+    path = directory / MANIFEST
+    old: dict[str, Any] = {}
+    since = 0
+    if path.is_file():
+        try:
+            old, since = json.loads(path.read_text())["files"], path.stat().st_mtime_ns
+        except (ValueError, KeyError, TypeError):
+            old = {}
     files = {}
     for rel in _files(directory):
         f = directory / rel
-        files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
-    path = directory / MANIFEST
+        st = f.stat()
+        prev = old.get(rel)
+        reuse = isinstance(prev, dict) and prev.get("size") == st.st_size and st.st_mtime_ns < since
+        files[rel] = {"size": st.st_size, "sha256": prev["sha256"] if reuse else sha256_file(f)}
     atomic_write_text(path, json.dumps({"manifest_version": MANIFEST_VERSION, "algorithm": "sha256",
                                         "files": files}, indent=1) + "\n")
     return path

@@ -146,8 +146,11 @@ def check_stored_tensors(module: nn.Module, path: Path, cfg: PolicyConfig, cfg_p
             stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    fields = _flat_ints(cfg.to_dict(), "policy")
+    every = _flat_ints(cfg.to_dict(), "policy")
     for name, t in module.state_dict().items():
+        section = f"policy.{name.split('.')[0]}."  # head.* -> policy.head.*, plus the top-level sizes
+        fields = {k: v for k, v in every.items() if (k.startswith(section) and ".arch." not in k)
+                  or k in ("policy.action_dim", "policy.state_dim", "policy.chunk", "policy.history")}
         if name not in stored:
             continue
         shape, dtype = stored[name]

@@ -238,3 +238,18 @@ def test_nan_token_logits_are_refused_not_decoded_as_bin_zero(saved):
     with pytest.raises(ValueError, match="tokens head: .*non-finite"):
         policy.predict_action({c: item[image_key(c)] for c in ("front", "wrist")}, item["task"],
                               item["observation.state"])
+
+
+def test_rewriting_the_manifest_hashes_only_new_or_changed_files(ckpt, monkeypatch):
+    import vlaforge.manifest as manifest
+
+    hashed = []
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    (ckpt / "train_state").mkdir()
+    (ckpt / "train_state" / "state.json").write_text("{}")
+    tok = ckpt / "tokenizer" / "tokenizer_config.json"
+    tok.write_text(tok.read_text().replace("{", "{ ", 1)[:-1])  # same size, new content
+    manifest.write_manifest(ckpt)
+    assert "state.json" in hashed and "tokenizer_config.json" in hashed and "model.safetensors" not in hashed
+    assert manifest.verify_manifest(ckpt)
