@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from vlaforge.config import read_json
 from vlaforge.registry import Registry
 
 STEPS: Registry[type[Step]] = Registry("steps", lazy={
@@ -91,8 +92,6 @@ class Pipeline:
 
     @classmethod
     def load(cls, directory: Path, name: str, **resources: Any) -> Pipeline:
-        from vlaforge.config import read_json
-
         path = directory / f"{name}.json"
         spec = read_json(path, "processor pipeline")
         if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
