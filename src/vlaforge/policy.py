@@ -148,9 +148,6 @@ def check_stored_tensors(module: nn.Module, path: Path, cfg: PolicyConfig, cfg_p
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     every = _flat_ints(cfg.to_dict(), "policy")
     for name, t in module.state_dict().items():
-        section = f"policy.{name.split('.')[0]}."  # head.* -> policy.head.*, plus the top-level sizes
-        fields = {k: v for k, v in every.items() if (k.startswith(section) and ".arch." not in k)
-                  or k in ("policy.action_dim", "policy.state_dim", "policy.chunk", "policy.history")}
         if name not in stored:
             continue
         shape, dtype = stored[name]
@@ -159,6 +156,9 @@ def check_stored_tensors(module: nn.Module, path: Path, cfg: PolicyConfig, cfg_p
                              f"modified, or the file is not this checkpoint's)")
         if shape == tuple(t.shape):
             continue
+        section = f"policy.{name.split('.')[0]}."  # head.* -> policy.head.*, plus the top-level sizes
+        fields = {k: v for k, v in every.items() if (k.startswith(section) and ".arch." not in k)
+                  or k in ("policy.action_dim", "policy.state_dim", "policy.chunk", "policy.history")}
         hints = [f"{field} is {v} in {cfg_path.name} but the weights say {f_dim - off}"
                  for f_dim, m_dim in zip(shape, t.shape, strict=False) if f_dim != m_dim and len(shape) == t.dim()
                  for field, v in fields.items() for off in (0, 1) if m_dim == v + off and f_dim - off > 0]
