@@ -154,7 +154,7 @@ def check_stored_tensors(module: nn.Module, path: Path, cfg: PolicyConfig, cfg_p
         if t.is_floating_point() != (dtype.startswith("F") or dtype == "BF16"):
             raise ValueError(f"{path}: tensor {name} is stored as {dtype}, the model's is {t.dtype} (the header was "
                              f"modified, or the file is not this checkpoint's)")
-        if shape == tuple(t.shape):
+        if shape == tuple(t.shape) or not t.is_floating_point():  # integer tensors: ids, serialized state
             continue
         section = f"policy.{name.split('.')[0]}."  # head.* -> policy.head.*, plus the top-level sizes
         fields = {k: v for k, v in every.items() if (k.startswith(section) and ".arch." not in k)
