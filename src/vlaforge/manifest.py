@@ -60,12 +60,14 @@ def write_manifest(directory: str | Path) -> Path:
             old, since = json.loads(path.read_text())["files"], path.stat().st_mtime_ns
         except (ValueError, KeyError, TypeError):
             old = {}
+    old = old if isinstance(old, dict) else {}
     files = {}
     for rel in _files(directory):
         f = directory / rel
         st = f.stat()
         prev = old.get(rel)
-        reuse = isinstance(prev, dict) and prev.get("size") == st.st_size and st.st_mtime_ns < since
+        reuse = (isinstance(prev, dict) and prev.get("size") == st.st_size and isinstance(prev.get("sha256"), str)
+                 and st.st_mtime_ns < since)
         files[rel] = {"size": st.st_size, "sha256": prev["sha256"] if reuse else sha256_file(f)}
     atomic_write_text(path, json.dumps({"manifest_version": MANIFEST_VERSION, "algorithm": "sha256",
                                         "files": files}, indent=1) + "\n")
