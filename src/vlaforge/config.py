@@ -8,19 +8,25 @@ line and ``config.json`` in a checkpoint rebuilds the exact subclass.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import enum
 import json
+import numbers
 import os
 import tempfile
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import draccus
+from draccus.cfgparsing import parse_string
 from draccus.choice_types import ChoiceType
 
 __all__ = ["FORMAT_VERSION", "Choice", "ChoiceType", "ConfigBase", "ConfigError", "Paths", "atomic_write_text",
-           "parse_overrides"]
+           "check_types", "parse_args", "parse_overrides", "read_json"]
 
 from vlaforge.registry import Registry
 
@@ -32,9 +38,10 @@ FORMAT_VERSION = 1
 class ConfigError(ValueError):
     """A config field holds a value outside what it accepts."""
 
-    def __init__(self, field: str, expected: str, actual: Any) -> None:
+    def __init__(self, field: str, expected: str, actual: Any, *, typed: bool = False) -> None:
         self.field, self.expected, self.actual = field, expected, actual
-        super().__init__(f"config field '{field}': expected {expected}, got {actual!r}")
+        got = f"{type(actual).__name__} {actual!r}" if typed else repr(actual)
+        super().__init__(f"config field '{field}': expected {expected}, got {got}")
 
 
 class ConfigBase:
@@ -57,9 +64,11 @@ class ConfigBase:
         return draccus.encode(self, declared)
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        """Inverse of :meth:`to_dict`; unknown keys and wrong types raise with the field path."""
+    def from_dict(cls: type[C], data: dict[str, Any], field: str = "") -> C:
+        """Inverse of :meth:`to_dict`; unknown keys and wrong types raise with the field path (``field`` prefixes
+        it: ``"policy"`` for a checkpoint's ``config.json``)."""
         declared = _choice_root(cls) or cls
+        check_types(declared, data, field)
         try:
             return draccus.decode(declared, data)
         except ConfigError:
@@ -75,8 +84,11 @@ class ConfigBase:
 
     @classmethod
     def from_json(cls: type[C], path: str | os.PathLike) -> C:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        data = read_json(Path(path), f"{cls.__name__} file")
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -128,6 +140,155 @@ def _choice_root(cls: type) -> type | None:
     return None
 
 
+def _describe(tp: Any) -> str:
+    """A declared type in words: ``int``, ``list of str``, ``mapping of str to float``, ``HeadConfig``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if origin in (dict, collections.abc.Mapping):
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}" if args else "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a {tp.__name__} mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parses(kind: type, value: Any) -> bool:
+    try:
+        kind(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _scalar_ok(tp: type, value: Any, cli: bool) -> bool | None:
+    """Whether ``value`` is a ``tp`` for the scalar types (None: not a scalar type). On a command line (``cli``)
+    YAML leaves ``1e-4`` a string and turns ``--name=2024`` into a number; draccus converts those as meant."""
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int or tp is float:
+        if isinstance(value, str):
+            return cli and _parses(tp, value)
+        return isinstance(value, numbers.Integral if tp is int else numbers.Real) and not isinstance(value, bool)
+    if tp is str or tp is Path:
+        if isinstance(value, str | os.PathLike):
+            return True
+        return cli and value is not None and not isinstance(value, list | dict)
+    return None
+
+
+def check_types(tp: Any, value: Any, field: str = "", *, cli: bool = False) -> None:
+    """Refuse a raw JSON / command-line ``value`` that is not of the declared type ``tp`` with a
+    :class:`ConfigError` naming the dotted field, the expected and the actual type.
+
+    draccus would coerce instead: ``"cameras": "scene"`` into five one-letter cameras, ``true`` into ``1``.
+    Dataclass fields are checked recursively (a choice family through its ``"type"`` tag); unknown keys and
+    unknown ``type`` names are left to draccus, which names them.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    name = field or "<root>"
+    if tp is Any or isinstance(tp, TypeVar):
+        return
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            check_types(options[0], value, field, cli=cli)
+            return
+        for a in options:
+            try:
+                check_types(a, value, field, cli=cli)
+                return
+            except ConfigError:
+                continue
+        raise ConfigError(name, _describe(tp), value, typed=True)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(name, _describe(tp), value, typed=True)
+        return
+    ok = _scalar_ok(tp, value, cli)
+    if ok is not None:
+        if not ok:
+            raise ConfigError(name, _describe(tp), value, typed=True)
+        return
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        if not isinstance(value, list | tuple):  # a string is not a sequence of names
+            raise ConfigError(name, _describe(tp), value, typed=True)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(name, _describe(tp), value, typed=True)
+            items = list(zip(args, value, strict=True))
+        else:
+            items = [(args[0] if args else Any, v) for v in value]
+        for i, (t, v) in enumerate(items):
+            check_types(t, v, f"{name}[{i}]", cli=cli)
+        return
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(name, _describe(tp), value, typed=True)
+        for k, v in value.items():
+            check_types(args[1] if args else Any, v, f"{field}.{k}" if field else str(k), cli=cli)
+        return
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(name, _describe(tp), value, typed=True)
+        _check_fields(tp, value, field, cli)
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return  # draccus names a bad member itself
+
+
+def _check_fields(cls: type, data: dict[str, Any], field: str, cli: bool) -> None:
+    if issubclass(cls, Choice) and isinstance(data.get("type"), str):
+        try:
+            cls = cls.get_choice_class(data["type"])
+        except (KeyError, ValueError):
+            return  # draccus reports the unknown type with the known ones
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return
+    for f in dataclasses.fields(cls):
+        if f.init and f.name in data and f.name in hints:
+            check_types(hints[f.name], data[f.name], f"{field}.{f.name}" if field else f.name, cli=cli)
+
+
+def _override_tree(args: Sequence[str]) -> dict[str, Any]:
+    """``--a.b=v`` arguments as the nested dict of values draccus reads from them (YAML-parsed)."""
+    tree: dict[str, Any] = {}
+    for a in args:
+        key, eq, value = a.removeprefix("--").partition("=")
+        if not eq or key in ("help", "config_path"):
+            continue
+        *parents, last = key.split(".")
+        node = tree
+        for p in parents:
+            nxt = node.get(p)
+            node = node.setdefault(p, {}) if isinstance(nxt, dict) or nxt is None else {}
+        node[last] = parse_string(value)
+    return tree
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_args(cls: type[C], args: Sequence[str]) -> C:
+    """``draccus.parse(cls, args=args)`` with every value type-checked first (:func:`check_types`)."""
+    check_types(_choice_root(cls) or cls, _override_tree(args), cli=True)
+    return draccus.parse(cls, args=list(args))
+
+
 def parse_overrides(base: C, args: Sequence[str]) -> C:
     """Apply draccus-style ``--a.b=value`` overrides on top of an existing config.
 
@@ -145,10 +306,11 @@ def parse_overrides(base: C, args: Sequence[str]) -> C:
             if node.get("type") != value:
                 node.clear()
                 node["type"] = value
+    declared = _choice_root(type(base)) or type(base)
+    check_types(declared, _merged(data, _override_tree(args)), cli=True)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "base.json"
         path.write_text(json.dumps(data))
-        declared = _choice_root(type(base)) or type(base)
         try:
             return draccus.parse(declared, config_path=path, args=list(args))
         except Exception as e:  # surface our own validation error instead of draccus' wrapper
@@ -158,6 +320,19 @@ def parse_overrides(base: C, args: Sequence[str]) -> C:
             if cause is not None:
                 raise cause from None
             raise
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The content of a JSON file; a missing, unreadable or malformed one is one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: {what} is not readable ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: {what} is not valid JSON ({e.msg}; line {e.lineno}, column {e.colno})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

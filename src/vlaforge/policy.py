@@ -8,11 +8,13 @@ Checkpoint directory (DESIGN §4)::
                        dataset_stats.json (mixtures: every dataset's statistics and the unnorm_key)
     tokenizer/         the backbone tokenizer, saved with save_pretrained
     train_state/       training checkpoints only (see vlaforge.train.checkpoint)
+    manifest.json      size + SHA-256 of every file above, written last, verified at load (vlaforge.manifest)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +27,11 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
-from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text
+from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text, check_types, read_json
 from vlaforge.data.stats import Stats, StatsError, stats_from_json, stats_to_json
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
+from vlaforge.manifest import MANIFEST, verify_enabled, verify_manifest, write_manifest
 from vlaforge.processors.base import Pipeline, Step, collate
 from vlaforge.processors.pipelines import build_pipelines, dataset_steps, rebind, train_steps
 from vlaforge.types import (
@@ -42,6 +45,8 @@ from vlaforge.types import (
     RobotSpec,
     image_key,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _default_backbone() -> BackboneConfig:
@@ -122,6 +127,73 @@ def load_weights(module: nn.Module, path: str | Path, device: str = "cpu") -> No
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
+
+
+def _flat_ints(data: Any, prefix: str) -> dict[str, int]:
+    if isinstance(data, dict):
+        return {k: v for key, val in data.items() for k, v in _flat_ints(val, f"{prefix}.{key}").items()}
+    return {prefix: data} if isinstance(data, int) and not isinstance(data, bool) and data > 0 else {}
+
+
+def check_stored_tensors(module: nn.Module, path: Path, cfg: PolicyConfig, cfg_path: Path) -> None:
+    """Refuse weights whose stored shape or kind (float / integer) differs from what ``cfg`` builds, naming
+    the config field whose value explains the shape (``policy.head.n_bins is 128 in config.json but the weights
+    say 256``); only the safetensors header is read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    every = _flat_ints(cfg.to_dict(), "policy")
+    for name, t in module.state_dict().items():
+        if name not in stored:
+            continue
+        shape, dtype = stored[name]
+        if t.is_floating_point() != (dtype.startswith("F") or dtype == "BF16"):
+            raise ValueError(f"{path}: tensor {name} is stored as {dtype}, the model's is {t.dtype} (the header was "
+                             f"modified, or the file is not this checkpoint's)")
+        if shape == tuple(t.shape) or not t.is_floating_point():  # integer tensors: ids, serialized state
+            continue
+        section = f"policy.{name.split('.')[0]}."  # head.* -> policy.head.*, plus the top-level sizes
+        fields = {k: v for k, v in every.items() if (k.startswith(section) and ".arch." not in k)
+                  or k in ("policy.action_dim", "policy.state_dim", "policy.chunk", "policy.history")}
+        hints = [f"{field} is {v} in {cfg_path.name} but the weights say {f_dim - off}"
+                 for f_dim, m_dim in zip(shape, t.shape, strict=False) if f_dim != m_dim and len(shape) == t.dim()
+                 for field, v in fields.items() for off in (0, 1) if m_dim == v + off and f_dim - off > 0]
+        what = f"{name} is {list(shape)} in {path.name}, the config builds {list(t.shape)}"
+        if hints:
+            raise ValueError(f"{cfg_path}: {'; or '.join(dict.fromkeys(hints[:3]))} ({what})")
+        raise ValueError(f"{cfg_path} does not match {path.name}: {what}")
+
+
+def _check_robot(cfg: PolicyConfig, robot: RobotSpec, inputs: Pipeline, outputs: Pipeline, directory: Path) -> None:
+    """The ``robot`` section of config.json against the policy section and the processors' features and
+    statistics: one line naming the field, the config's value and the other's."""
+    cfg_path = directory / "config.json"
+    mine = {"cameras": sorted(robot.cameras), "state_dim": robot.state_dim, "action_dim": robot.action_dim}
+    policy = {"cameras": sorted(cfg.cameras), "action_dim": cfg.action_dim,
+              **({"state_dim": cfg.state_dim} if cfg.state_dim else {})}  # a stateless policy ignores the robot's
+    for f, v in policy.items():
+        if v != mine[f]:
+            raise ValueError(f"{cfg_path}: policy.{f} is {v} but robot.{f} is {mine[f]}")
+    dims = {ACTION: "action_dim", OBS_STATE: "state_dim"}
+    for name, pipe in (("inputs", inputs), ("outputs", outputs)):
+        for step in pipe.steps:
+            saved = getattr(step, "robot", None)
+            if isinstance(saved, dict):
+                other = RobotSpec.from_json(saved)
+                theirs = {"cameras": sorted(other.cameras), "state_dim": other.state_dim,
+                          "action_dim": other.action_dim}
+                for f, v in mine.items():
+                    if v != theirs[f]:
+                        raise ValueError(f"{cfg_path}: robot.{f} is {v} but processors/{name}.json says {theirs[f]}")
+            for key, value in step.state_dict().items():
+                feature = key.split("/")[0]
+                if feature in dims and np.shape(value)[-1:] != (mine[dims[feature]],):
+                    raise ValueError(f"{cfg_path}: robot.{dims[feature]} is {mine[dims[feature]]} but the "
+                                     f"processors/{name} statistics '{key}' have shape {list(np.shape(value))}")
 
 
 class VLAPolicy(nn.Module):
@@ -365,36 +437,62 @@ class VLAPolicy(nn.Module):
                  "robots": {k: r.to_json() for k, r in self.dataset_robots.items()}}, indent=1))
         self.backbone.save_assets(directory / "tokenizer")
         atomic_write_text(directory / "config.json", json.dumps(meta, indent=2) + "\n")
+        write_manifest(directory)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
-                        unnorm_key: str | None = None) -> VLAPolicy:
-        """Load a checkpoint; ``unnorm_key`` picks which training dataset's statistics (de)normalize (mixtures)."""
+                        unnorm_key: str | None = None, verify: bool | None = None) -> VLAPolicy:
+        """Load a checkpoint; ``unnorm_key`` picks which training dataset's statistics (de)normalize (mixtures).
+
+        ``verify`` (default: on unless ``$VLAFORGE_VERIFY=0``) checks every file against ``manifest.json``
+        first; a checkpoint without one (older vlaforge) loads with a warning. Every refusal is one line naming
+        the file (and the config field) and what is wrong.
+        """
         directory = Path(directory)
         cfg_path = directory / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} is not a vlaforge checkpoint (no config.json)")
-        meta = json.loads(cfg_path.read_text())
+        if verify_enabled(verify) and not verify_manifest(directory):
+            log.warning("%s has no %s (written by an older vlaforge): its files cannot be checked for corruption or "
+                        "tampering; `vlaforge export` re-saves it with one", directory, MANIFEST)
+        meta = read_json(cfg_path, "checkpoint config")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{cfg_path}: expected a JSON object, got {type(meta).__name__}")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{cfg_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-        cfg = PolicyConfig.from_dict(meta["policy"])
+        for key in ("policy", "robot"):
+            if not isinstance(meta.get(key), dict):
+                raise ValueError(f"{cfg_path}: field '{key}' must be an object, got {meta.get(key)!r:.80}")
+        try:
+            cfg = PolicyConfig.from_dict(meta["policy"], field="policy")
+            check_types(RobotSpec, meta["robot"], "robot")
+            robot = RobotSpec.from_json(meta["robot"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{cfg_path}: {e}") from None
         policy = cls(cfg, assets=directory / "tokenizer")
-        load_weights(policy, directory / "model.safetensors", device=str(map_location))
+        weights = directory / "model.safetensors"
+        if weights.is_file():
+            check_stored_tensors(policy, weights, cfg, cfg_path)
+        load_weights(policy, weights, device=str(map_location))
         bad = [n for n, t in policy.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise ValueError(f"{directory / 'model.safetensors'}: non-finite (NaN/inf) weights in {len(bad)} tensors, "
-                             f"e.g. {bad[:3]}")
-        policy.robot = RobotSpec.from_json(meta["robot"])
+            raise ValueError(f"{weights}: non-finite (NaN/inf) weights in {len(bad)} tensors, e.g. {bad[:3]}")
+        policy.robot = robot
         policy.inputs = Pipeline.load(directory / "processors", "inputs", tokenizer=policy.backbone.tokenizer)
         policy.outputs = Pipeline.load(directory / "processors", "outputs")
+        _check_robot(cfg, robot, policy.inputs, policy.outputs, directory)
         ds_path = directory / "processors" / DATASET_STATS
         if ds_path.is_file():
-            saved = json.loads(ds_path.read_text())
-            policy.dataset_stats = {k: stats_from_json(v) for k, v in saved["datasets"].items()}
-            policy.unnorm_key = saved["unnorm_key"]
-            policy.dataset_robots = {k: RobotSpec.from_json(v) for k, v in saved.get("robots", {}).items()}
+            saved = read_json(ds_path, "mixture statistics")
+            try:
+                policy.dataset_stats = {k: stats_from_json(v) for k, v in saved["datasets"].items()}
+                policy.unnorm_key = saved["unnorm_key"]
+                policy.dataset_robots = {k: RobotSpec.from_json(v) for k, v in saved.get("robots", {}).items()}
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{ds_path}: not a vlaforge mixture statistics file "
+                                 f"({type(e).__name__}: {e})") from None
         if unnorm_key is not None and unnorm_key != policy.unnorm_key:
             policy.use_dataset_stats(unnorm_key)
         return policy.to(map_location).eval()

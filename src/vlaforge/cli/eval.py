@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 
-import draccus
-
 from vlaforge.cli.common import setup_logging, to_draccus
+from vlaforge.config import parse_args
 from vlaforge.eval.runner import EvalConfig, run_eval
 
 
 def main(argv: list[str]) -> int:
     setup_logging()
     args = to_draccus(argv, positionals=["checkpoint"], aliases={"env": "env.type"}, flags=["expert"])
-    cfg = draccus.parse(EvalConfig, args=args)
+    cfg = parse_args(EvalConfig, args)
     if not cfg.remote:
         run_eval(cfg)
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import draccus
 
 from vlaforge.cli.common import setup_logging, to_draccus
+from vlaforge.config import parse_args
 
 
 def _underscores(argv: list[str]) -> list[str]:
@@ -29,8 +30,7 @@ def main(argv: list[str]) -> int:
 
     setup_logging()
     try:
-        cfg = draccus.parse(ServeConfig, args=to_draccus(_underscores(argv), positionals=["checkpoint"],
-                                                         flags=["http"]))
+        cfg = parse_args(ServeConfig, to_draccus(_underscores(argv), positionals=["checkpoint"], flags=["http"]))
     except draccus.utils.ParsingError as e:  # show "config field 'max_batch': expected >= 1, got 0"
         if isinstance(e.__cause__, ValueError):
             raise e.__cause__ from None

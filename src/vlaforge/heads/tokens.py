@@ -145,8 +145,10 @@ class TokenHead(ActionHead):
         toks, conf, chosen = [], [], []
         ones = torch.ones(b, 1, dtype=ctx.mask.dtype, device=ctx.mask.device)
         full = self.cfg.decode_over == "vocab"
+        finite = torch.ones((), dtype=torch.bool, device=ctx.hidden.device)
         for step in range(k):
             probs = lm.token_logits(h, None if full else vocab).float().softmax(-1)
+            finite &= torch.isfinite(probs).all()  # argmax would read NaN logits as bin 0; checked once below
             if temperature > 0:
                 choice = torch.multinomial((probs.log() / temperature).softmax(-1), 1, generator=generator).squeeze(1)
             else:
@@ -161,6 +163,8 @@ class TokenHead(ActionHead):
             if step + 1 < k:
                 h = lm.extend(ctx, lm.embed_tokens(ids)[:, None], ones)[:, -1]
         lm.reset(ctx)
+        if not bool(finite):
+            raise ValueError("tokens head: the language model produced non-finite (NaN/inf) action-token logits")
         ids = torch.stack(toks, 1)
         ctx.extras["token_ids"] = torch.stack(chosen, 1)  # the vocabulary ids the LM produced
         if fixed:

@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from vlaforge.config import read_json
 from vlaforge.registry import Registry
 
 STEPS: Registry[type[Step]] = Registry("steps", lazy={
@@ -91,10 +93,11 @@ class Pipeline:
     @classmethod
     def load(cls, directory: Path, name: str, **resources: Any) -> Pipeline:
         path = directory / f"{name}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"processor pipeline {path} not found")
+        spec = read_json(path, "processor pipeline")
+        if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
+            raise ValueError(f"{path}: expected {{'steps': [...]}}, got {str(spec)[:80]}")
         steps = []
-        for entry in json.loads(path.read_text())["steps"]:
+        for entry in spec["steps"]:
             step_cls = STEPS.get(entry["type"])
             step = step_cls(**entry["config"])
             if "state" in entry:
@@ -104,7 +107,11 @@ class Pipeline:
                                      f"{directory} (a checkpoint's files must lie inside it)")
                 if not state_path.is_file():
                     raise FileNotFoundError(f"processor state {state_path} (for step '{entry['type']}') not found")
-                step.load_state_dict(load_file(str(state_path)))
+                try:
+                    state = load_file(str(state_path))
+                except (SafetensorError, OSError) as e:
+                    raise ValueError(f"{state_path}: not a readable safetensors file ({e})") from None
+                step.load_state_dict(state)
             missing = [r for r in step_cls.resources if r not in resources]
             if missing:
                 raise ValueError(f"step '{entry['type']}' needs resources {missing}")

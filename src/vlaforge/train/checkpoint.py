@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlaforge.config import Paths
+from vlaforge.manifest import verify_enabled, verify_manifest, write_manifest
 from vlaforge.policy import VLAPolicy, load_weights, save_state_dict
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any,
         state: dict[str, Any] = {"step": step, "scheduler": scheduler.state_dict(), "resumable": True,
                                  "optimizer": {"param_groups": groups}, **(extra or {})}
         (ts / "state.json").write_text(json.dumps(state, indent=2))
+        write_manifest(tmp)  # now over train_state/ too
         for f in [*tmp.rglob("*")]:
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -240,7 +242,10 @@ def _trained_weights(ckpt: Path) -> Path:
 
 
 def load_train_weights(ckpt: Path, policy: VLAPolicy, ema: Any = None) -> dict[str, Any]:
-    """Restore the weights (and the EMA's) into the unwrapped, unsharded modules; returns ``state.json``."""
+    """Restore the weights (and the EMA's) into the unwrapped, unsharded modules; returns ``state.json``. The
+    checkpoint's manifest (training state included) is verified first unless $VLAFORGE_VERIFY=0."""
+    if verify_enabled(None):
+        verify_manifest(ckpt)
     state = read_train_state(ckpt)
     has_ema = (ckpt / "train_state" / "raw_model.safetensors").is_file()
     if (ema is not None) != has_ema:
