@@ -166,3 +166,18 @@ print("deepspeed imported:", "deepspeed" in sys.modules)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "deepspeed imported: False" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_resume_refuses_a_training_state_changed_after_saving(run):
+    opt = run / "checkpoints" / "0000001" / "train_state" / "optimizer.safetensors"
+    data = bytearray(opt.read_bytes())
+    data[-1] ^= 0xFF  # one bit pattern of one optimizer moment: would resume silently without the manifest
+    opt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="optimizer.safetensors: content differs"):
+        _cli_raising("--out", str(run), "--resume", "--stop_at=2")
+
+
+def _cli_raising(*args: str) -> None:
+    from vlaforge.cli.train import main
+
+    main(["quickstart_tokens", *args])
