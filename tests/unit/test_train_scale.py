@@ -170,8 +170,9 @@ _NEEDS_CXX = pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed's
 @pytest.mark.parametrize(("stage", "precision"), [
     (2, "fp32"), (3, "fp32"), (2, "bf16"),
     # ZeRO-Offload: accelerate swaps our AdamW for DeepSpeed's C++ CPU Adam (JIT-built once, ~40 s, needs a C++
-    # compiler); ZeRO-3 also offloads the parameters
-    pytest.param("2_offload", "bf16", marks=_NEEDS_CXX), pytest.param("3_offload", "fp32", marks=_NEEDS_CXX)])
+    # compiler); ZeRO-3 also offloads the parameters. (configs/deepspeed/zero2_offload.json, stage 2 with the same
+    # CPU Adam, is left to this case and (2, *) for CI time; it passed here when it was a case of its own.)
+    pytest.param("3_offload", "fp32", marks=_NEEDS_CXX)])
 def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(dataset, tmp_path, stage,
                                                                                      precision):
     """accelerate's DeepSpeed integration, ZeRO-2 / ZeRO-3 (and with offload) from the shipped
