@@ -190,7 +190,7 @@ def variant_result(name: str, vdir: Path, tasks: list[str]) -> dict[str, Any]:
 
 
 def run_variant(name: str, vdir: Path, common: list[str], tasks: list[str], episodes: int,
-                env: dict[str, str]) -> dict[str, Any]:
+                env: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     """Train (unless done) and evaluate one variant in subprocesses; its row, or the failure."""
     from vlaforge.config import Paths
 
@@ -213,7 +213,7 @@ def run_variant(name: str, vdir: Path, common: list[str], tasks: list[str], epis
     t = time.time()
     rc = run_logged([*base, "eval", str(Paths.last_checkpoint(run_dir).resolve()), "--env", "metaworld",
                      "--tasks", ",".join(tasks), f"--episodes={episodes}", f"--out={eval_dir}", "--expert=false",
-                     "--videos=0"], vdir / "eval.log", env)
+                     "--videos=0", f"--device={device}"], vdir / "eval.log", env)
     timings["eval_minutes"] = (time.time() - t) / 60
     (vdir / "timings.json").write_text(json.dumps(timings) + "\n")
     if rc != 0 or not (eval_dir / "eval.json").is_file():
@@ -291,15 +291,15 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     names = select(args.variants)
     peer = load_peer()
     env_cfg, data, work = MetaWorldConfig(), Path(args.data).resolve(), Path(args.work).resolve()
-    peer.ensure_dataset(env_cfg, data, args.tasks, args.demos)
-    reader = LeRobotDataset(data, video_cache="episode")
-    tasks = peer.resolve_tasks(env_cfg, args.tasks, reader)
     common = [f"--data.path={data}", f"--max_minutes={args.minutes}", "--budget=fit", f"--seed={args.seed}"]
     if args.threads:
         common.append(f"--threads={args.threads}")
         torch.set_num_threads(args.threads)
-    # every variant is checked before any trains: a typo or a combination the model refuses is one line now
+    # every variant is checked before anything runs: a typo or a combination the model refuses is one line now
     configs = {n: resolve(n, common) for n in names}
+    peer.ensure_dataset(env_cfg, data, args.tasks, args.demos)
+    reader = LeRobotDataset(data, video_cache="episode")
+    tasks = peer.resolve_tasks(env_cfg, args.tasks, reader)
     if not args.no_build_check:
         robot = reader.meta.robot_spec()
         for n, cfg in configs.items():
@@ -329,7 +329,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     for n in names:
         vdir = work / n
         if n in todo:
-            results["variants"][n] = run_variant(n, vdir, common, tasks, args.episodes, env)
+            results["variants"][n] = run_variant(n, vdir, common, tasks, args.episodes, env, args.device)
         else:
             results["variants"][n] = variant_result(n, vdir, tasks)
         r = results["variants"][n]
@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="all", help="'all', or comma-separated variant / group names (--list)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every run (default: torch's)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every variant")
+    ap.add_argument("--device", default="cpu", help="evaluation device (training takes a GPU when there is one; "
+                                                    "%(default)s)")
     ap.add_argument("--work", default=str(Paths().run("ablate_quickstart")),
                     help="runs, evaluations and logs per variant (%(default)s)")
     ap.add_argument("--out", default=str(BENCH / "results" / "ablate_quickstart.json"),

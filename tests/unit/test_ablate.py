@@ -106,3 +106,25 @@ def test_markdown_table(ablate):
         "| head_mlp | 50 (+30) | 10 (-10) | 30 (+10) | 120 | 6.4 | 19.5 | `--head.type=mlp` |\n"
         "| no_shift | - | - | failed (train) | - | - | - | `--data.shift_pad=0` |\n"
         "| scripted expert | 100 | 90 | 95 |  |  |  | same seeds |\n")
+
+
+def test_a_finished_variant_is_read_back_and_a_work_folder_keeps_its_settings(ablate, tmp_path):
+    vdir = tmp_path / "head_mlp"
+    (vdir / "train").mkdir(parents=True)
+    (vdir / "eval").mkdir()
+    (vdir / "train" / "train_summary.json").write_text(
+        '{"steps": 812, "fitted_steps": 812, "complete": true, "params": 6394688, "minutes": 19.6}')
+    (vdir / "train" / "metrics.jsonl").write_text('{"step": 810, "loss": 0.5}\n{"step": 812, "loss": 0.25}\n')
+    (vdir / "eval" / "eval.json").write_text(
+        '{"mean_success": 0.25, "tasks": {"reach-v3": {"success_rate": 0.5}, "push-v3": {"success_rate": 0.0}}}')
+    assert ablate.train_done(vdir / "train") and not ablate.train_done(tmp_path / "baseline" / "train")
+    row = ablate.variant_result("head_mlp", vdir, ["reach-v3", "push-v3"])
+    assert row["status"] == "done" and row["overrides"] == ["--head.type=mlp"]
+    assert row["success"] == {"reach-v3": 0.5, "push-v3": 0.0} and row["mean_success"] == 0.25
+    assert (row["steps"], row["params"], row["final_loss"]) == (812, 6394688, 0.25)
+
+    settings = {"data": "/d", "tasks": ["reach-v3"], "episodes": 10, "minutes": 20.0, "seed": 0}
+    ablate.check_work(tmp_path, settings)
+    ablate.check_work(tmp_path, settings)  # the same sweep continues
+    with pytest.raises(ValueError, match="its runs were made with minutes=20.0, got 5.0; choose another --work"):
+        ablate.check_work(tmp_path, {**settings, "minutes": 5.0})
