@@ -85,6 +85,7 @@ VARIANTS: dict[str, Variant] = {
     "lr_x3": Variant("optim", ("--lr=9e-4",), "peak learning rate 9e-4 (preset: 3e-4)"),
     "lr_div3": Variant("optim", ("--lr=1e-4",), "peak learning rate 1e-4"),
     "cosine_to_zero": Variant("optim", ("--optim.min_lr_ratio=0",), "cosine decays to 0 (preset: to 0.1 x lr)"),
+    "constant_lr": Variant("optim", ("--optim.min_lr_ratio=1",), "constant learning rate after the warm-up"),
     "warmup_500": Variant("optim", ("--optim.warmup_steps=500",), "warm-up of 500 steps (preset: 100)"),
     "budget_stop": Variant("optim", ("--budget=stop",),
                            "the preset's 2000-step schedule, cut by the budget wherever it is (not fitted)"),
@@ -168,6 +169,16 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str]) -> int:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
+def check_variant_dir(name: str, vdir: Path, args: list[str]) -> None:
+    """A variant's folder records the arguments it was trained with; results made with others are not reused."""
+    path = vdir / "train_args.json"
+    if path.is_file() and json.loads(path.read_text()) != args:
+        raise ValueError(f"variant {name}: {vdir} was trained with {json.loads(path.read_text())}, now {args}; "
+                         f"remove {vdir} to run it again")
+    vdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(args) + "\n")
 
 
 def train_done(run_dir: Path) -> bool:
@@ -323,6 +334,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     if args.threads:  # the eval subprocess has no thread option: torch reads these when it starts
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    for n in names:
+        check_variant_dir(n, work / n, train_args(VARIANTS[n], common))
     todo = [n for n in names if not (work / n / "eval" / "eval.json").is_file()]
     print(f"{len(names)} variants ({len(names) - len(todo)} done): about {len(todo)} x ({args.minutes:g} min "
           f"training + evaluation) to go", file=sys.stderr)

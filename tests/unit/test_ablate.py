@@ -128,3 +128,8 @@ def test_a_finished_variant_is_read_back_and_a_work_folder_keeps_its_settings(ab
     ablate.check_work(tmp_path, settings)  # the same sweep continues
     with pytest.raises(ValueError, match="its runs were made with minutes=20.0, got 5.0; choose another --work"):
         ablate.check_work(tmp_path, {**settings, "minutes": 5.0})
+    args = ablate.train_args(ablate.VARIANTS["head_mlp"], ["--max_minutes=20"])
+    ablate.check_variant_dir("head_mlp", vdir, args)
+    ablate.check_variant_dir("head_mlp", vdir, args)
+    with pytest.raises(ValueError, match=r"variant head_mlp: .* was trained with .*; remove .* to run it again"):
+        ablate.check_variant_dir("head_mlp", vdir, [*args, "--policy.head.hidden=64"])
