@@ -399,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"ablate_quickstart: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("ablate_quickstart: interrupted; the same command continues (finished variants are kept, an "
+              "unfinished training starts again)", file=sys.stderr)
+        return 130
     print(markdown_table(results))
     return 0
 
