@@ -245,8 +245,17 @@ def resolve_tasks(env: Any, spec: str, reader: LeRobotDataset) -> list[str]:
     return [by_instruction[t] for t in reader.meta.tasks]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def ensure_dataset(env: Any, data: Path, tasks: str, demos: int) -> None:
+    """Collect ``demos`` scripted demos of each of ``tasks`` (default mt10) into ``data`` unless a dataset is there."""
     from vlaforge.eval.collect import collect
+
+    if not (data / "meta" / "info.json").is_file():
+        names = env.task_names(tasks or "mt10")
+        print(f"collecting {demos} demos x {len(names)} tasks -> {data}", file=sys.stderr)
+        collect(env, names, demos, data, overwrite=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from vlaforge.eval.envs.metaworld import MetaWorldConfig
     from vlaforge.eval.report import machine
     from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize
@@ -254,10 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     env, data = MetaWorldConfig(), Path(args.data)
-    if not (data / "meta" / "info.json").is_file():
-        tasks = env.task_names(args.tasks or "mt10")
-        print(f"collecting {args.demos} demos x {len(tasks)} tasks -> {data}", file=sys.stderr)
-        collect(env, tasks, args.demos, data, overwrite=True)
+    ensure_dataset(env, data, args.tasks, args.demos)
     reader = LeRobotDataset(data, chunk=args.chunk)
     tasks = resolve_tasks(env, args.tasks, reader)
     inputs, outputs, robot = make_pipelines(reader)
