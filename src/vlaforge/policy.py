@@ -100,12 +100,17 @@ def _git_sha() -> str | None:
         return None
 
 
+def data_address(t: Tensor) -> int:
+    """Where ``t``'s first element lies in memory: tied / shared tensors have the same one (with the same shape)."""
+    return t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+
+
 def save_state_dict(weights: dict[str, Tensor], path: str | Path) -> None:
     """Save a state dict with safetensors, keeping one name of each tied tensor (``load_model`` restores ties)."""
     seen: set[tuple[int, tuple[int, ...]]] = set()
     out = {}
     for name, t in weights.items():
-        key = (t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(), tuple(t.shape))
+        key = (data_address(t), tuple(t.shape))
         if t.numel() and key in seen:
             continue
         seen.add(key)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from vlaforge.config import Paths
 from vlaforge.manifest import verify_enabled, verify_manifest, write_manifest
-from vlaforge.policy import VLAPolicy, load_weights, save_state_dict
+from vlaforge.policy import VLAPolicy, data_address, load_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _tensor_bytes(*groups: dict[str, torch.Tensor] | None) -> int:
     for group in groups:
         seen: set[tuple[int, int]] = set()
         for t in (group or {}).values():
-            key = (t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(), t.numel())
+            key = (data_address(t), t.numel())
             if t.numel() and key in seen:
                 continue
             seen.add(key)
@@ -126,6 +126,11 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GB"
 
 
+def _step_dirs(root: Path) -> list[Path]:
+    """The periodic checkpoint directories under ``root`` (``checkpoints/0000100``, ...), oldest first."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
+
+
 def _make_room(root: Path, step_name: str, need: int, keep_last: int) -> None:
     """Check that a checkpoint of ``need`` bytes fits under ``root``; when it does not, remove first the periodic
     checkpoints that pruning would remove after the write anyway (never the one ``last`` points to, nor the newest),
@@ -134,8 +139,7 @@ def _make_room(root: Path, step_name: str, need: int, keep_last: int) -> None:
     if free >= need:
         return
     last = Paths.last_checkpoint(root.parent)
-    old = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()
-                 and p.name != step_name)
+    old = [p for p in _step_dirs(root) if p.name != step_name]
     keep = {old[-1].name} if old else set()
     if last.is_symlink():
         keep.add(os.readlink(last))
@@ -216,8 +220,7 @@ def save_checkpoint(run_dir: Path, policy: VLAPolicy, step: int, scheduler: Any,
                                f"with --resume") from e
         raise
     _fsync_dir(root)
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
-    for old in steps[:-keep_last]:
+    for old in _step_dirs(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

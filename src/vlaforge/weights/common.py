@@ -3,7 +3,6 @@ the imported policy as an ordinary vlaforge checkpoint."""
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vlaforge import config
 from vlaforge.backbones.base import check_weight_files, load_tokenizer
 from vlaforge.data.stats import Stats
 from vlaforge.policy import PolicyConfig, VLAPolicy
@@ -57,12 +57,11 @@ class Imported:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise LayoutError(f"{path}: {what} not found")
+    """:func:`vlaforge.config.read_json`, its refusals as :class:`LayoutError` (a missing file included)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LayoutError(f"{path}: not readable JSON ({e})") from None
+        return config.read_json(path, what)
+    except (FileNotFoundError, ValueError) as e:
+        raise LayoutError(str(e)) from None
 
 
 def read_safetensors_dir(path: Path) -> dict[str, Tensor]:
