@@ -53,6 +53,27 @@ class SmolVLMBackboneConfig(BackboneConfig):
 
     model_classes: ClassVar[tuple[Any, Any]] = (SmolVLMForConditionalGeneration, SmolVLMConfig)
 
+    # How the vision tower keeps spatial detail (random-init sizes only; a pretrained tower has its own):
+    patch_size: int | None = None  # ViT patch side in pixels (default: the size's, 16)
+    pixel_shuffle: int | None = None  # tokens merged per side by the connector (default: the size's; 1 = none)
+    # "patch": one strided convolution per patch (SigLIP) | "conv": a stack of 3x3 stride-2 convolutions down to
+    # the patch grid (Xiao et al. 2021, "Early convolutions help transformers see better"); patch_size a power of 2
+    vision_stem: str = "patch"
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("patch_size", "pixel_shuffle"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"backbone.{name}", ">= 1 or null", value)
+        if self.vision_stem not in STEMS:
+            raise ConfigError("backbone.vision_stem", f"one of {STEMS}", self.vision_stem)
+        if self.pretrained is not None:
+            for name, default in (("patch_size", None), ("pixel_shuffle", None), ("vision_stem", "patch")):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"backbone.{name}", f"{default} with pretrained weights (they fix the "
+                                      "vision tower)", getattr(self, name))
+
     @classmethod
     def backbone_class(cls) -> type[Backbone]:
         return SmolVLMBackbone
@@ -67,17 +88,24 @@ class Idefics3BackboneConfig(SmolVLMBackboneConfig):
     model_types: ClassVar[tuple[str, ...]] = ("idefics3",)
 
 
+STEMS = ("patch", "conv")
+
+
 def _tiny(cfg: SmolVLMBackboneConfig, tokenizer: Any) -> Any:
     size = cfg.sizes[cfg.size]
-    vision = dict(size["vision"])
-    if cfg.image_size is not None:
-        step = vision["patch_size"] * size["scale_factor"]
-        if cfg.image_size % step:
-            raise ConfigError("backbone.image_size", f"a multiple of {step}", cfg.image_size)
-        vision["image_size"] = cfg.image_size
+    vision = dict(size["vision"], patch_size=cfg.patch_size or size["vision"]["patch_size"],
+                  image_size=cfg.image_size or size["vision"]["image_size"])
+    shuffle = cfg.pixel_shuffle or size["scale_factor"]
+    if cfg.vision_stem == "conv" and vision["patch_size"] & (vision["patch_size"] - 1):
+        raise ConfigError("backbone.patch_size", "a power of 2 with vision_stem=conv", vision["patch_size"])
+    step = vision["patch_size"] * shuffle
+    if vision["image_size"] % step:
+        field = next(f for f in ("patch_size", "pixel_shuffle", "image_size") if getattr(cfg, f) is not None)
+        raise ConfigError(f"backbone.{field}", f"patch_size x pixel_shuffle = {step} dividing the image size "
+                          f"{vision['image_size']}", getattr(cfg, field))
     text = with_token_ids({"model_type": "llama", **size["text"]}, tokenizer, max_position_embeddings=2048,
                           tie_word_embeddings=True)
-    return cfg.model_classes[1](vision_config=vision, text_config=text, scale_factor=size["scale_factor"],
+    return cfg.model_classes[1](vision_config=vision, text_config=text, scale_factor=shuffle,
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
 
 
@@ -94,6 +122,9 @@ class SmolVLMBackbone(Backbone):
         self.hidden_size = hf.text_config.hidden_size
         self.image_size = hf.vision_config.image_size
         self._patch = hf.vision_config.patch_size
+        if getattr(self.cfg, "vision_stem", "patch") == "conv":
+            embeddings = self.model.model.vision_model.embeddings
+            embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch)
         self._set_layout(self.model.model.text_model, self.model.lm_head, start=[self.tokenizer.bos_token_id],
                          view_prefix=[ids("<fake_token_around_image>"), ids("<global-img>")],
                          view_suffix=[ids("<fake_token_around_image>")])
@@ -107,3 +138,23 @@ class SmolVLMBackbone(Backbone):
     def components(self) -> dict[str, nn.Module]:
         m = self.model.model
         return {"vision": m.vision_model, "projector": m.connector, "lm": m.text_model}
+
+
+class ConvStem(nn.Module):
+    """(N, 3, S, S) -> (N, dim, S/patch, S/patch) through log2(patch) 3x3 stride-2 convolutions (GroupNorm + GELU)
+    and a 1x1 projection; a drop-in for a ViT's patch-embedding convolution."""
+
+    def __init__(self, dim: int, patch: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        depth = patch.bit_length() - 1
+        c_in = 3
+        for i in range(depth):
+            c_out = max(8, dim >> (depth - 1 - i))
+            layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
