@@ -12,7 +12,8 @@ times, are the result. Levers:
 - ``channels_last``: the model and the image batch in channels-last memory format (helps convolutions);
 - ``compile``: ``torch.compile`` (inductor) of the policy's training forward; its compile time is reported
   separately and not counted in the step time;
-- ``workers=1``: one data-loader worker process (decode + augment overlap the step; on 2 cores it competes).
+- ``workers=1``: one data-loader worker process (decode + augment overlap the step; on 2 cores it competes);
+- ``adamw_loop``: torch's per-tensor AdamW loop instead of the fused kernel the trainer uses by default.
 
     python bench/levers.py [--preset quickstart_tokens] [--steps 8] [--rounds 2] [--levers all|bf16,compile]
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-LEVERS = ("baseline", "threads=1", "bf16", "channels_last", "compile", "workers=1")
+LEVERS = ("baseline", "threads=1", "bf16", "channels_last", "compile", "workers=1", "adamw_loop")
 WARMUP = 2
 
 
@@ -59,7 +60,8 @@ class Lever:
         torch.manual_seed(0)
         reader, policy = build_reader_and_policy(cfg)
         self.runtime = make_runtime("none", "bf16" if name == "bf16" else "fp32")
-        self.optimizer, self.scheduler = make_optimizer(policy, cfg.optim, 10**6)
+        optim = cfg.optim.replace(fused=False) if name == "adamw_loop" else cfg.optim
+        self.optimizer, self.scheduler = make_optimizer(policy, optim, 10**6)
         self.model = policy
         self.channels_last = name == "channels_last"
         if self.channels_last:

@@ -43,8 +43,16 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig, steps: int) -> tuple[torc
         {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
          "lr": lrs[part] if lrs[part] is not None else cfg.lr, "name": f"{part}{'' if decay else '_no_decay'}"}
         for (part, decay), ps in sorted(groups.items())]
-    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
+    trainable = [p for group in param_groups for p in group["params"]]
+    fused = can_fuse(trainable) if cfg.fused is None else cfg.fused
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
     return opt, _schedule(opt, cfg, steps)
+
+
+def can_fuse(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: plain floating tensors on CPU or CUDA."""
+    return bool(params) and all(type(p) is nn.Parameter and p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                for p in params)
 
 
 def _schedule(opt: torch.optim.Optimizer, cfg: OptimConfig, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
