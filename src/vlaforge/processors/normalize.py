@@ -3,8 +3,8 @@
 Modes (per feature): ``mean_std`` -> (x - mean) / std; ``min_max`` and ``q01_q99`` -> [-1, 1] between the two
 bounds (values outside are clipped when ``clip``); ``mean_3std`` -> (x - mean) / (std + 1e-5) / 3, clipped to
 [-1, 1] (LLaVA-VLA's proprio: three sigmas onto the bins' range); ``identity``. A per-dimension mask leaves
-chosen dimensions untouched (HybridVLA leaves the gripper unnormalized). Dimensions whose std or range is below ``min_scale`` are
-not divided (a warning names them) so that a constant dimension cannot blow up to huge values.
+chosen dimensions untouched (HybridVLA leaves the gripper unnormalized). Dimensions whose std or range is below
+``min_scale`` are not divided (a warning names them) so that a constant dimension cannot blow up to huge values.
 """
 
 from __future__ import annotations
