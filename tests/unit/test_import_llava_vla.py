@@ -13,6 +13,7 @@ decoded to text, greedy decoding over the whole vocabulary until EOS, ``output_i
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,10 +203,8 @@ def test_llava_vla_reply_parsing():
     ids = torch.tensor([short + [0] * (60 - len(short)), long])
     centres = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2
 
-    class Ctx:
-        extras = {"token_ids": ids}
-
-    got = head._parse_reply(Ctx, head._nearest_bin(ids, vocab), torch.ones(ids.shape), eos).numpy()
+    ctx = SimpleNamespace(extras={"token_ids": ids})
+    got = head._parse_reply(ctx, head._nearest_bin(ids, vocab), torch.ones(ids.shape), eos).numpy()
     for row, seq in zip(got, (short[: short.index(eos) + 1], long), strict=True):
         vals = [centres[np.clip(v - i - 1, 0, 254)] for i in seq[2:-1]]
         np.testing.assert_allclose(row.reshape(-1), (vals + [0.0] * 35)[:35], atol=1e-6)
