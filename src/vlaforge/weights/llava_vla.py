@@ -36,7 +36,7 @@ import numpy as np
 from torch import Tensor
 
 from vlaforge.backbones.base import BACKBONES
-from vlaforge.backbones.llava import CLIP_MEAN_STD
+from vlaforge.backbones.llava import CLIP_MEAN_STD, LLAVA_VLA_AFTER_IMAGE, LLAVA_VLA_BEFORE_IMAGE, LLAVA_VLA_IMAGE_SIZE
 from vlaforge.heads.base import HEADS
 from vlaforge.policy import PolicyConfig
 from vlaforge.types import ACTION, OBS_STATE, RobotSpec
@@ -51,11 +51,6 @@ from vlaforge.weights.common import (
     strip_prefix,
 )
 
-SYSTEM = ("A chat between a curious user and an artificial intelligence robot. The robot provides actions to follow "
-          "out the user's instructions.")
-BEFORE_IMAGE = f"{SYSTEM} USER: "  # Vicuna-v1 (sep " "): system + sep + "USER: " + the message, <image> first
-AFTER_IMAGE = "\n{task}\n{state} ASSISTANT:"  # ... + sep + "ASSISTANT:" (the open assistant turn)
-TARGET_IMG_SIZE = 334  # calvin2json.py / flask_server.py
 CHUNK = 5  # future_k: 5 actions of 7 dims = 35 tokens
 MAX_NEW_TOKENS = 128  # flask_server.py's default
 KEEP = (2, -1)  # flask_server.py: output_ids[0].tolist()[2:-1]
@@ -201,8 +196,9 @@ def import_llava_vla(src: Path, unnorm_key: str | None = None, cameras: tuple[st
     grid = "norm_bins" if norm_bins else "uniform_edges"
     backbone = BACKBONES.get("llava")(
         arch={"hf_config": hf, "image_mean": list(mean), "image_std": list(std)}, dtype=dtype, views="stitch",
-        stitch_view_size=TARGET_IMG_SIZE, image_resize="squash", image_interpolation="bicubic", proprio="text",
-        proprio_bins=grid, prompt_before_image=BEFORE_IMAGE, prompt_template=AFTER_IMAGE, prompt_lowercase=False,
+        stitch_view_size=LLAVA_VLA_IMAGE_SIZE, image_resize="squash", image_interpolation="bicubic", proprio="text",
+        proprio_bins=grid, prompt_before_image=LLAVA_VLA_BEFORE_IMAGE,
+        prompt_template=LLAVA_VLA_AFTER_IMAGE, prompt_lowercase=False,
         max_prompt_tokens=256, action_tokens="count_down", num_action_tokens=256, readout="last")
     head = HEADS.get("tokens")(binning=grid, n_bins=256, decode_over="vocab", max_new_tokens=MAX_NEW_TOKENS,
                                keep=KEEP)
