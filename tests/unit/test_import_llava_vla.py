@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 import released
+from vlaforge.cli.main import main
 from vlaforge.heads.tokens import TokenHead, TokenHeadConfig
 from vlaforge.inference import LocalPolicy
 from vlaforge.policy import VLAPolicy
@@ -226,6 +227,13 @@ def test_llava_vla_unnormalization_and_import_options(llava, tmp_path):
     assert sorted(other.weights) == sorted(rel.weights)
     for k in rel.weights:
         torch.testing.assert_close(other.weights[k].to(rel.weights[k].dtype), rel.weights[k], rtol=0, atol=0)
+    # the command line: every LLaVA-VLA option reaches the importer
+    out = tmp_path / "ckpt"
+    assert main(["import", "llava_vla", str(src), "--out", str(out), "--statistics", str(yml), "--vision_tower",
+                 str(clip), "--dtype", "float32", "--norm_bins", "--actions", "absolute"]) == 0
+    cfg = json.loads((out / "config.json").read_text())["policy"]
+    assert (cfg["head"]["binning"], cfg["normalization"]["action"]) == ("norm_bins", "min_max")
+    assert (cfg["backbone"]["proprio"], cfg["cameras"]) == ("text", ["static", "gripper"])
     with pytest.raises(LayoutError, match=r"statistics.yaml: not found \(pass CALVIN's training statistics.yaml"):
         import_llava_vla(src)
     bad = tmp_path / "stats.yaml"

@@ -240,7 +240,7 @@ def llava_vla() -> TrainConfig:
     The release counts its action ids down from Llama's vocabulary (``action_tokens=count_down``, rare characters
     there); the random-init tokenizers end in common merges that the prompt uses, so the preset adds 256 tokens
     (``count_down`` with ``--policy.backbone.pretrained`` = a real LLaVA-1.5). The earlier variant stays one set
-    of options away: ``--policy.backbone.proprio=tokens --policy.backbone.prompt_template={task}
+    of options away: ``--policy.backbone.proprio=tokens --policy.backbone.prompt_template='"{task}"'
     --policy.backbone.prompt_before_image= --policy.backbone.stitch_view_size=0 --policy.head.binning=uniform``
     (state embedded as action tokens, bins as equal halves).
 
