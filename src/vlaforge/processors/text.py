@@ -60,6 +60,9 @@ class Tokenize(Step):
     def bind(self, tokenizer: Any = None, **_: Any) -> None:
         self._tokenizer = tokenizer
         self._cache.clear()
+        if self.state_text and tokenizer is not None and max(self.state_ids) >= len(tokenizer):
+            raise ValueError(f"tokenize: state as text needs ids the tokenizer can decode (< {len(tokenizer)}), got "
+                             f"up to {max(self.state_ids)} (use backbone.action_tokens=count_down or add)")
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         if self._tokenizer is None:
@@ -75,8 +78,8 @@ class Tokenize(Step):
                                        else item[OBS_STATE])
         ids = self._cache.get(task) if state is None else None
         if ids is None:
-            fill = {"state": state} if state is not None else {}
-            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task, **fill)
+            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task,
+                                        state=state or "")  # a stateless policy: the slot stays empty
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]

@@ -462,7 +462,7 @@ class PolicyServer:
                        "max_queue_bytes": self.cfg.max_queue_bytes, "max_keys": self.cfg.max_keys,
                        "max_items": self.cfg.max_items, "read_timeout_s": self.cfg.read_timeout_s},
             "http": {"port": self.http_port, "predict": "POST /predict", "metadata": "GET /metadata",
-                     "healthz": "GET /healthz"} if self._http else None,
+                     "healthz": "GET /healthz", "api": self.cfg.http_api} if self._http else None,
             "auth": "api key (x-api-key or Authorization: Bearer)" if self.api_key else None,
         }
         self._metadata_frame = P.packb(self.metadata)
