@@ -15,7 +15,7 @@ COMMANDS = {
     "train": ("vlaforge.cli.train", "train a preset on a dataset"),
     "eval": ("vlaforge.cli.eval", "evaluate a checkpoint in simulation"),
     "serve": ("vlaforge.cli.serve", "serve a checkpoint (openpi-compatible websocket + HTTP)"),
-    "import": ("vlaforge.cli.imports", "convert a released checkpoint (openvla, openvla_oft, hybridvla) to vlaforge"),
+    "import": ("vlaforge.cli.imports", "convert a released checkpoint (openvla, openvla_oft, hybridvla, llava_vla) to vlaforge"),
     "export": ("vlaforge.cli.export", "re-save a checkpoint for inference (--merge_lora folds LoRA adapters)"),
     "bench": ("vlaforge.cli.bench", "run a benchmark of bench/ (inference, train, data, serve, backbones)"),
     "quickstart": ("vlaforge.cli.quickstart", "collect -> train -> eval on CPU, with a report"),
