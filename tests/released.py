@@ -212,3 +212,94 @@ def write_hybridvla(run: Path, seed: int = 0, key: str = "rlbench", action_dim: 
     (run / "config.json").write_text(json.dumps({"vla": {"base_vlm": "prism-dinosiglip-224px+7b"}}))
     (base_dir / "config.json").write_text(json.dumps(text))  # the base LLM's config (Llama-2-7b-hf's, tiny here)
     return run, base_dir
+
+
+# ---------------------------------------------------------------- LLaVA-VLA
+CLIP_WIDTH = 128  # 2 heads of 64, CLIP's head size
+CALVIN_STATE = 15
+
+
+def llava_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama's tokenizer as LLaVA-1.5 ships it: ``▁`` word pieces, <unk>/<s>/</s> at ids 0-2, single rare
+    characters at the end of the vocabulary, BOS added by ``tokenizer(text)``, pad = <unk> (LLaVA's v1 setting),
+    no added tokens (vocab_size = the LM's rows)."""
+    from tokenizers import decoders, processors
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator([*CORPUS, "A chat between a curious user and an artificial intelligence robot."],
+                            trainers.BpeTrainer(vocab_size=480, special_tokens=["<unk>", "<s>", "</s>"],
+                                                show_progress=False))
+    # Llama's vocabulary ends with single rare characters (CJK among them): the ids LLaVA-VLA's bins count down from
+    state = json.loads(tok.to_str())
+    vocab = state["model"]["vocab"]
+    for ch in (chr(0x4E00 + i) for i in range(300)):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer.from_str(json.dumps(state))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<unk>")
+
+
+def write_llava_vla(path: Path, seed: int = 0, state_dim: int = CALVIN_STATE, action_dim: int = 7
+                    ) -> tuple[Path, Path, Path]:
+    """A tiny LLaVA-VLA trainer folder in LLaVA-1.5's original naming (``model.embed_tokens``, ``model.layers.*``,
+    ``model.norm``, ``lm_head``, ``model.mm_projector.0/2``, ``model.vision_tower.vision_tower.vision_model.*``),
+    3 shards + index, LLaVA's config.json (Llama fields + mm_*), the tokenizer; the CLIP directory its
+    ``mm_vision_tower`` names (same tower weights, ``vision_model.*``); CALVIN's ``statistics.yaml``.
+    Returns (trainer folder, CLIP directory, statistics.yaml)."""
+    import yaml
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tok = llava_tokenizer()
+    v = tok.vocab_size
+    text = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "vocab_size": v, "rms_norm_eps": 1e-5, "max_position_embeddings": 1024,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16"}
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    lm = LlamaForCausalLM(LlamaConfig(**{k: x for k, x in text.items() if k not in ("architectures", "model_type")}))
+    sd = dict(lm.state_dict())
+    sd["lm_head.weight"][v - 256 : v] *= 4.0  # greedy decoding picks action tokens most of the time
+    vc = CLIPVisionConfig(hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=3,
+                          num_attention_heads=CLIP_WIDTH // 64, image_size=IMAGE, patch_size=PATCH,
+                          hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    tower = CLIPVisionModel(vc)
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(_randn(g, *p.shape, scale=0.05))
+    tw = {f"vision_model.{k}": x for k, x in tower.state_dict().items()}  # the original (transformers 4) names
+    sd.update({f"model.vision_tower.vision_tower.{k}": x for k, x in tw.items()})
+    for i, (o, n) in zip((0, 2), ((HIDDEN, CLIP_WIDTH), (HIDDEN, HIDDEN)), strict=True):
+        sd[f"model.mm_projector.{i}.weight"], sd[f"model.mm_projector.{i}.bias"] = _randn(g, o, n, scale=n**-0.5), \
+            _randn(g, o)
+    save_sharded(sd, path, shards=3)
+    config = {**text, "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": CLIP_WIDTH,
+              "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+              "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "image_aspect_ratio": "pad",
+              "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(path)
+    clip = path.parent / "clip-vit-large-patch14-336"  # a CLIPModel directory: vision + text towers
+    clip.mkdir(exist_ok=True)
+    save_file({**tw, "text_model.embeddings.token_embedding.weight": _randn(g, 8, 16),
+               "logit_scale": torch.ones(())}, str(clip / "model.safetensors"), metadata={"format": "pt"})
+    (clip / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": vc.to_dict(),
+                                                  "text_config": {"hidden_size": 16}, "projection_dim": 16}))
+    (clip / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": IMAGE, "width": IMAGE}, "do_center_crop": True, "do_normalize": True,
+        "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": {"shortest_edge": IMAGE}}))
+    rng = np.random.default_rng(seed)
+    stats = {"robot_obs": [{"_target_": "calvin_agent.utils.transforms.NormalizeVector",
+                            "mean": rng.uniform(-0.5, 0.5, state_dim).tolist(),
+                            "std": rng.uniform(0.05, 0.5, state_dim).tolist()}],
+             "act_min_bound": rng.uniform(-1.5, -0.5, action_dim).tolist(),
+             "act_max_bound": rng.uniform(0.5, 1.5, action_dim).tolist()}
+    yml = path.parent / "statistics.yaml"
+    yml.write_text(yaml.safe_dump(stats))
+    return path, clip, yml

@@ -33,6 +33,7 @@ from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
 from vlaforge.manifest import MANIFEST, verify_enabled, verify_manifest, write_manifest
 from vlaforge.processors.base import Pipeline, Step, collate
+from vlaforge.processors.normalize import MODES as NORM_MODES
 from vlaforge.processors.pipelines import build_pipelines, dataset_steps, rebind, train_steps
 from vlaforge.types import (
     ACTION,
@@ -78,8 +79,8 @@ class PolicyConfig(ConfigBase):
         self.check(1 <= self.exec_steps <= self.chunk, "exec_steps", f"in [1, chunk={self.chunk}]")
         self.check(self.history >= 1, "history", ">= 1")
         for k, m in self.normalization.items():
-            if m not in ("mean_std", "min_max", "q01_q99", "identity"):
-                raise ConfigError(f"normalization.{k}", "mean_std | min_max | q01_q99 | identity", m)
+            if m not in NORM_MODES:
+                raise ConfigError(f"normalization.{k}", " | ".join(NORM_MODES), m)
         for k in self.normalize_skip:
             if k not in self.normalization:
                 raise ConfigError(f"normalize_skip.{k}", f"a normalized feature {sorted(self.normalization)}", k)

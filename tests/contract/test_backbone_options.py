@@ -125,3 +125,20 @@ def test_wrong_images_get_clear_errors(dataset):
     bad[image_key("wrist")] = (batch[image_key("wrist")] * 255).to(torch.uint8)
     with pytest.raises(TypeError, match="expected float"):
         policy.loss(bad)
+
+
+def test_state_as_text_writes_the_binned_state_into_the_prompt(dataset):
+    """proprio="text" (LLaVA-VLA): the state's bins are decoded to text inside the prompt; any family, any head."""
+    policy, reader = make_policy(dataset, "smolvlm", "tokens", backbone_kw={
+        "proprio": "text", "prompt_template": "{task} state: {state}", "prompt_before_image": "look:",
+        "action_tokens": "add"})  # the last free LM rows of the tiny tokenizers are no tokens: nothing to decode
+    assert policy.backbone.proprio is None  # no projector: the state reaches the model as text only
+    with pytest.raises(ValueError, match="state as text needs ids the tokenizer can decode"):
+        make_policy(dataset, "smolvlm", "tokens", backbone_kw={"proprio": "text", "prompt_template": "{task} {state}"})
+    tok, item = policy.backbone.tokenizer, reader[0]
+    ids = policy.inputs(dict(item))["input_ids"].tolist()
+    moved = policy.inputs({**item, "observation.state": item["observation.state"] + 5.0})["input_ids"].tolist()
+    assert ids != moved and "state:" in tok.decode(ids)
+    assert policy.backbone._start.tolist()[-len(tok("look:", add_special_tokens=False)["input_ids"]):] == tok(
+        "look:", add_special_tokens=False)["input_ids"]
+    assert torch.isfinite(policy.loss(make_batch(policy, reader))["loss"])

@@ -80,7 +80,8 @@ def test_seed_specific_options():
     assert s3.optim.min_lr_ratio != s2.optim.min_lr_ratio and s3.steps != s2.steps
     assert get_preset("divla").policy.backbone.lora is not None
     llava = get_preset("llava_vla")
-    assert (llava.policy.backbone.views, llava.policy.backbone.proprio, llava.policy.chunk) == ("stitch", "tokens", 5)
+    assert (llava.policy.backbone.views, llava.policy.backbone.proprio, llava.policy.chunk) == ("stitch", "text", 5)
+    assert (llava.policy.head.binning, llava.policy.backbone.stitch_view_size) == ("uniform_edges", 334)
     robo = get_preset("robovlms")
     assert (robo.policy.history, robo.policy.backbone.history, robo.policy.chunk) == (8, "per_frame", 10)
     oft = get_preset("openvla_oft")

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, DynamicCache
 
 from vlaforge.config import Choice, ChoiceType, ConfigBase, ConfigError
 from vlaforge.processors.base import Step
+from vlaforge.processors.bins import GRIDS
 from vlaforge.processors.image import INTERPOLATIONS, RESIZE_MODES, ImageStep
 from vlaforge.processors.text import Tokenize, token_id
 from vlaforge.registry import Registry
@@ -96,7 +97,8 @@ class BackboneConfig(Choice, ChoiceType):
     pretrained: str | None = None  # local directory written by `save_pretrained` (weights + processor files)
     image_size: int | None = None  # input resolution override (random-init sizes; Qwen-VL pretrained too)
     views: str = "separate"  # "separate": each camera's tokens in the sequence; "stitch": one stitched image
-    proprio: str = "mlp"  # "none" | "mlp": one projected token | "tokens": binned state as action tokens
+    proprio: str = "mlp"  # "none" | "mlp": one projected token | "tokens": binned state as action tokens | "text":
+    # binned on `proprio_bins`, the action tokens decoded to text into the prompt's "{state}" (LLaVA-VLA)
     history: str = "interleaved"  # T > 1 frames: "interleaved" in one sequence | "per_frame": encoded alone
     readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
@@ -119,13 +121,19 @@ class BackboneConfig(Choice, ChoiceType):
     # "causal" | "bidirectional": every token attends to every real token of the sequence (OpenVLA-OFT's patched
     # Llama attention, for parallel decoding of placeholder tokens)
     attention: str = "causal"
+    proprio_bins: str = "uniform_edges"  # proprio="text": the bin grid ("uniform_edges" | "norm_bins")
+    # text tokenized after the start token(s), before the first image (a chat turn around the image: LLaVA's
+    # "{system} USER: <image>\n..."); the prompt template is the text after the image
+    prompt_before_image: str = ""
+    stitch_view_size: int = 0  # views="stitch": > 0 resizes each view (Lanczos) to this wide x this / n_views tall
     # The resolved architecture (HF config dict and processor numbers), filled in when a policy is saved so a
     # checkpoint rebuilds the model without `pretrained`. Not meant to be set by hand.
     arch: dict[str, Any] | None = None
 
     def validate(self) -> None:
         for name, value, allowed in (("views", self.views, ("separate", "stitch")),
-                                     ("proprio", self.proprio, ("none", "mlp", "tokens")),
+                                     ("proprio", self.proprio, ("none", "mlp", "tokens", "text")),
+                                     ("proprio_bins", self.proprio_bins, GRIDS),
                                      ("history", self.history, ("interleaved", "per_frame")),
                                      ("readout", self.readout, READOUTS),
                                      ("action_tokens", self.action_tokens, ACTION_TOKENS),
@@ -143,6 +151,9 @@ class BackboneConfig(Choice, ChoiceType):
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
         self.check(0 < self.image_crop <= 1, "image_crop", "in (0, 1]")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
+        self.check(self.proprio != "text" or "{state}" in self.prompt_template, "prompt_template",
+                   "a string containing '{state}' (proprio='text')")
+        self.check(self.stitch_view_size >= 0, "stitch_view_size", ">= 0")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError("backbone.image_size", "> 0 or null", self.image_size)
         if self.pretrained is None and self.arch is None:
@@ -194,6 +205,9 @@ class Backbone(nn.Module):
         self.tokenizer = built.tokenizer
         self.image_mean, self.image_std = tuple(built.image_mean), tuple(built.image_std)
         self._init_family()  # sets image_size, hidden_size, lm, lm_head, token layout
+        if cfg.prompt_before_image:  # after the family's start token(s), before the first view
+            before = self.tokenizer(cfg.prompt_before_image, add_special_tokens=False)["input_ids"]
+            self._start = torch.cat([self._start, torch.tensor(before, dtype=torch.long)])
         if cfg.add_tokens and assets is None:  # a checkpoint's tokenizer and weights already hold them
             self._add_tokens(cfg.add_tokens)
         if cfg.attention != "causal" and type(self).lm_forward is not Backbone.lm_forward:
@@ -204,7 +218,7 @@ class Backbone(nn.Module):
         self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d))
                         if cfg.proprio == "mlp" and state_dim > 0 else None)
         self.act_token = nn.Parameter(torch.randn(d) * 0.02) if cfg.readout == "act" else None
-        if cfg.proprio == "tokens" and state_dim > 0:
+        if cfg.proprio in ("tokens", "text") and state_dim > 0:
             self.check_action_tokens()
         self._apply_training_options()
 
@@ -353,11 +367,15 @@ class Backbone(nn.Module):
     def input_steps(self) -> list[Step]:
         """The processor steps this backbone contributes to the inputs pipeline: pixels, then prompt ids."""
         cfg = self.cfg
+        as_text = cfg.proprio == "text" and self.state_dim > 0
         tokenize = Tokenize(template=cfg.prompt_template, max_tokens=cfg.max_prompt_tokens,
-                            lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix)
+                            lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix,
+                            state_text=cfg.proprio_bins if as_text else "",
+                            state_ids=self._action_ids.tolist() if as_text else [])
         tokenize.bind(tokenizer=self.tokenizer)
         return [ImageStep(cameras=list(self.cameras), size=self.image_size, stitch=cfg.views == "stitch",
-                          resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop),
+                          resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop,
+                          stitch_size=cfg.stitch_view_size),
                 tokenize]
 
     def resolved_config(self) -> BackboneConfig:
@@ -455,7 +473,7 @@ class Backbone(nn.Module):
         return torch.stack(views, 1)
 
     def _proprio_embeds(self, state: Tensor | None) -> Tensor | None:
-        if self.cfg.proprio == "none" or state is None or self.state_dim == 0:
+        if self.cfg.proprio in ("none", "text") or state is None or self.state_dim == 0:
             return None
         if self.cfg.proprio == "mlp":  # the projector keeps its own dtype (fp32 next to a bf16 VLM)
             return self.proprio(state.to(self.proprio[0].weight.dtype)).to(self.dtype)[:, None]

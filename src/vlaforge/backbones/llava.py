@@ -27,6 +27,13 @@ from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 
 CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# LLaVA-VLA's prompt (flask_server.py): the Vicuna-v1 conversation (sep " ") with its robot system prompt; the image
+# opens the user turn ("<image>\n{instruction}\n{state}"), each side of <image> tokenized alone
+LLAVA_VLA_SYSTEM = ("A chat between a curious user and an artificial intelligence robot. The robot provides actions "
+                    "to follow out the user's instructions.")
+LLAVA_VLA_BEFORE_IMAGE = f"{LLAVA_VLA_SYSTEM} USER: "  # -> backbone.prompt_before_image
+LLAVA_VLA_AFTER_IMAGE = "\n{task}\n{state} ASSISTANT:"  # -> backbone.prompt_template (the open assistant turn)
+LLAVA_VLA_IMAGE_SIZE = 334  # TARGET_IMG_SIZE: the two views stacked at 334 x 334 -> backbone.stitch_view_size
 _VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                patch_size=8)
 _TEXT = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,

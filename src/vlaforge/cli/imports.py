@@ -34,13 +34,21 @@ def main(argv: list[str]) -> int:
                         help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
     parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,
                         help="hybridvla: the action-token offset it was trained with (README: 0; train.py: 7)")
+    parser.add_argument("--vision_tower", "--vision-tower", dest="vision_tower", default=None,
+                        help="llava_vla: the CLIP directory its config's mm_vision_tower names (the tower's weights)")
+    parser.add_argument("--statistics", default=None, help="llava_vla: CALVIN's statistics.yaml (default SRC/...)")
+    parser.add_argument("--norm_bins", "--norm-bins", dest="norm_bins", action="store_true", default=None,
+                        help="llava_vla: the checkpoint was trained with use_norm_bins (the non-uniform grid)")
+    parser.add_argument("--actions", default=None, choices=("relative", "absolute"),
+                        help="llava_vla: CALVIN relative actions as decoded, or absolute (act_min/max_bound)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
     kw: dict = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
-    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub"):
+    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub", "vision_tower", "statistics", "norm_bins",
+                 "actions"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     accepted = inspect.signature(importer).parameters

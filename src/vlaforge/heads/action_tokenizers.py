@@ -1,8 +1,8 @@
 """Action tokenizers: normalized action chunks (B, H, Da) <-> token ids in ``[0, vocab)``.
 
-* :class:`UniformBinner` — ``n_bins`` equal bins per dimension over ``[low, high]`` (RT-2 / OpenVLA / LLaVA-VLA).
-* :class:`QuantileBinner` — bins with equal training mass per dimension (LLaVA-VLA's ``use_norm_bins``), fitted
-  on the training actions.
+* :class:`UniformBinner` — ``n_bins`` equal bins per dimension over ``[low, high]`` (RT-2 / OpenVLA / LLaVA-VLA),
+  or OpenVLA's edge convention on any fixed grid (LLaVA-VLA's non-uniform ``use_norm_bins``, processors.bins).
+* :class:`QuantileBinner` — bins with equal training mass per dimension, fitted on the training actions.
 * :class:`FastTokenizer` — pi0-FAST (Pertsch et al., 2025): DCT over time per dimension, coefficients scaled
   and rounded, flattened low-frequency first, then byte-pair encoded with a BPE trained on the training chunks
   (``tokenizers``). Variable length; the last id is end-of-sequence. Reference: ``physical-intelligence/fast``.
@@ -24,18 +24,23 @@ class UniformBinner:
 
     ``edges=True`` is OpenVLA's (and LLaVA-VLA's) convention instead: ``n_bins`` *edges* ``linspace(low, high,
     n_bins)``, token ``k = digitize(x, edges) - 1`` in ``[0, n_bins)`` (``k = n_bins - 1`` only at ``x = high``),
-    decoded to the ``n_bins - 1`` centres between edges with ``k`` clipped to ``n_bins - 2``.
+    decoded to the ``n_bins - 1`` centres between edges with ``k`` clipped to ``n_bins - 2``. ``grid``: explicit
+    increasing edges in that convention instead of the linspace (LLaVA-VLA's ``use_norm_bins``).
     """
 
     fixed_length = True
 
-    def __init__(self, n_bins: int = 256, low: float = -1.0, high: float = 1.0, edges: bool = False) -> None:
+    def __init__(self, n_bins: int = 256, low: float = -1.0, high: float = 1.0, edges: bool = False,
+                 grid: np.ndarray | None = None) -> None:
+        if grid is not None:
+            n_bins, low, high, edges = len(grid), float(grid[0]), float(grid[-1]), True
         if n_bins < 2 or not high > low:
             raise ValueError(f"binner: need n_bins >= 2 and high > low, got n_bins={n_bins}, [{low}, {high}]")
         self.n_bins, self.low, self.high, self.edges = n_bins, low, high, edges
         self.width = (high - low) / (n_bins - 1 if edges else n_bins)
         self.vocab = n_bins
-        self._edges = torch.linspace(low, high, n_bins, dtype=torch.float64)
+        self._edges = (torch.linspace(low, high, n_bins, dtype=torch.float64) if grid is None
+                       else torch.as_tensor(np.asarray(grid, dtype=np.float64)))
 
     def encode(self, x: Tensor) -> Tensor:
         if self.edges:  # np.digitize(x, edges) - 1 (right-open bins), on float64 edges as numpy computes them

@@ -6,7 +6,10 @@ BPE (variable length, ended by an end-of-sequence token). Token ``k`` is written
 reserved action id (the last vocabulary ids, or added tokens). Training is teacher-forced cross-entropy over the
 action-token rows of the LM head; sampling decodes greedily on the prefix KV cache, one prefix encode per call.
 Differences from OpenVLA: bin centres are the midpoints of ``n_bins`` equal bins (OpenVLA uses 255 centres
-between 256 edges), the softmax is restricted to action tokens, and a whole chunk is decoded per call.
+between 256 edges), the softmax is restricted to action tokens, and a whole chunk is decoded per call. The
+originals' conventions are options: ``binning`` "uniform_edges" (OpenVLA's edges) or "norm_bins" (LLaVA-VLA's
+fixed non-uniform grid), ``decode_over="vocab"``, and LLaVA-VLA's reply parsing (``max_new_tokens`` + ``keep``):
+generate until EOS, keep ``ids[keep[0]:keep[1]]``, decode each id, truncate or zero-pad to the chunk.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from torch import Tensor
 
 from vlaforge.heads.action_tokenizers import FastTokenizer, QuantileBinner, UniformBinner
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, target_and_mask
+from vlaforge.processors.bins import bin_edges
 from vlaforge.types import Context, LMSpec
 
-BINNINGS = ("uniform", "uniform_edges", "quantile", "fast")
+BINNINGS = ("uniform", "uniform_edges", "norm_bins", "quantile", "fast")
 DECODES = ("actions", "vocab")
 
 
@@ -41,10 +45,22 @@ class TokenHeadConfig(HeadConfig):
     # "actions": softmax / argmax over the action-token rows only; "vocab": over the whole vocabulary, as OpenVLA's
     # generate() and HybridVLA's confidence do (an id outside the action ids decodes to the nearest action bin)
     decode_over: str = "actions"
+    # LLaVA-VLA's reply parsing: > 0 generates until EOS or this many tokens (its server: 128), keeps the ids
+    # ids[keep[0]:keep[1]] (its server: [2:-1]), decodes each and truncates / zero-pads to chunk x action_dim
+    # (its client). 0: exactly chunk x action_dim tokens are decoded.
+    max_new_tokens: int = 0
+    keep: tuple[int, int] | None = None
 
     def validate(self) -> None:
         self.check(self.binning in BINNINGS, "binning", f"one of {BINNINGS}")
         self.check(self.decode_over in DECODES, "decode_over", f"one of {DECODES}")
+        self.check(self.max_new_tokens >= 0, "max_new_tokens", ">= 0")
+        self.check(self.max_new_tokens == 0 or self.binning != "fast", "max_new_tokens", "0 with binning=fast")
+        self.check(self.keep is None or (self.max_new_tokens > 0 and len(self.keep) == 2), "keep",
+                   "null, or (start, stop) with max_new_tokens > 0")
+        if self.binning == "norm_bins":
+            self.check((self.n_bins, self.low, self.high) == (256, -1.0, 1.0), "n_bins",
+                       "256 over [-1, 1] with binning=norm_bins (LLaVA-VLA's fixed grid)")
         self.check(self.n_bins >= 2, "n_bins", ">= 2")
         self.check(self.high > self.low, "high", f"> low ({self.low})")
         self.check(self.fast_scale > 0, "fast_scale", "> 0")
@@ -62,6 +78,8 @@ class TokenHead(ActionHead):
         self.needs_fit = cfg.binning in ("quantile", "fast")
         if cfg.binning in ("uniform", "uniform_edges"):
             self.tokenizer: Any = UniformBinner(cfg.n_bins, cfg.low, cfg.high, edges=cfg.binning == "uniform_edges")
+        elif cfg.binning == "norm_bins":
+            self.tokenizer = UniformBinner(grid=bin_edges("norm_bins"))
         elif cfg.binning == "quantile":  # starts uniform; fit() moves the edges to the data's quantiles
             self.register_buffer("edges", torch.linspace(-1, 1, cfg.n_bins + 1)[:, None].repeat(1, action_dim))
             self.tokenizer = QuantileBinner(lambda: self.edges)
@@ -141,6 +159,9 @@ class TokenHead(ActionHead):
         b = ctx.hidden.shape[0]
         fixed = self.tokenizer.fixed_length
         k = self.chunk * self.action_dim if fixed else self.max_tokens
+        until_eos = self.cfg.max_new_tokens > 0
+        if until_eos:
+            k, eos = self.cfg.max_new_tokens, lm.eos_token_id
         h = self._last_prefix_hidden(ctx) if start is None else start
         toks, conf, chosen = [], [], []
         ones = torch.ones(b, 1, dtype=ctx.mask.dtype, device=ctx.mask.device)
@@ -160,6 +181,8 @@ class TokenHead(ActionHead):
             chosen.append(ids)
             if not fixed and bool((torch.stack(toks, 1) == self.tokenizer.eos).any(1).all()):
                 break
+            if until_eos and bool((torch.stack(chosen, 1) == eos).any(1).all()):
+                break
             if step + 1 < k:
                 h = lm.extend(ctx, lm.embed_tokens(ids)[:, None], ones)[:, -1]
         lm.reset(ctx)
@@ -167,9 +190,28 @@ class TokenHead(ActionHead):
             raise ValueError("tokens head: the language model produced non-finite (NaN/inf) action-token logits")
         ids = torch.stack(toks, 1)
         ctx.extras["token_ids"] = torch.stack(chosen, 1)  # the vocabulary ids the LM produced
+        if until_eos:
+            return self._parse_reply(ctx, ids, torch.stack(conf, 1), eos)
         if fixed:
             ctx.extras["token_confidence"] = torch.stack(conf, 1).view(b, self.chunk, self.action_dim)
             return self.tokenizer.decode(ids).view(b, self.chunk, self.action_dim)
         chunks = [self.tokenizer.decode_ids(row.tolist()) for row in ids.cpu()]
         ctx.extras["token_confidence"] = torch.stack(conf, 1)
         return torch.from_numpy(np.stack(chunks)).to(ctx.hidden.device)
+
+    def _parse_reply(self, ctx: Context, bins: Tensor, conf: Tensor, eos: int | None) -> Tensor:
+        """LLaVA-VLA's parsing of a generated reply: each row's ids up to and including its first EOS, then
+        ``[keep[0]:keep[1]]``, each id decoded to its bin centre, truncated or zero-padded to chunk x action_dim."""
+        ids, b, n = ctx.extras["token_ids"], bins.shape[0], self.chunk * self.action_dim
+        values = self.tokenizer.decode(bins).float()
+        out = torch.zeros(b, n, device=values.device)
+        kept_conf = torch.zeros(b, n, device=values.device)
+        start, stop = self.cfg.keep if self.cfg.keep is not None else (None, None)
+        for r in range(b):
+            hits = (ids[r] == eos).nonzero() if eos is not None else ids.new_zeros(0, 1)
+            end = int(hits[0, 0]) + 1 if len(hits) else ids.shape[1]
+            keep = slice(start, stop)
+            v, c = values[r, :end][keep][:n], conf[r, :end][keep][:n]
+            out[r, : len(v)], kept_conf[r, : len(c)] = v, c
+        ctx.extras["token_confidence"] = kept_conf.view(b, self.chunk, self.action_dim)
+        return out.view(b, self.chunk, self.action_dim)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlaforge.backbones.base import BACKBONES, LoraConfig
+from vlaforge.backbones.llava import LLAVA_VLA_AFTER_IMAGE, LLAVA_VLA_BEFORE_IMAGE, LLAVA_VLA_IMAGE_SIZE
 from vlaforge.heads.base import HEADS
 from vlaforge.heads.reasoning import ReasoningConfig
 from vlaforge.policy import PolicyConfig
@@ -215,11 +216,15 @@ def divla_tiny() -> TrainConfig:
 
 # ---------------------------------------------------------------- LLaVA-VLA
 def _llava_vla(tiny: bool) -> TrainConfig:
-    backbone = _backbone("llava", tiny, views="stitch", proprio="tokens", freeze=("vision",),
+    backbone = _backbone("llava", tiny, views="stitch", stitch_view_size=LLAVA_VLA_IMAGE_SIZE, image_resize="squash",
+                         image_interpolation="bicubic", proprio="text", proprio_bins="uniform_edges",
+                         prompt_before_image=LLAVA_VLA_BEFORE_IMAGE, prompt_template=LLAVA_VLA_AFTER_IMAGE,
+                         prompt_lowercase=False,
+                         max_prompt_tokens=128, action_tokens="add", freeze=("vision",),
                          gradient_checkpointing=True)
-    head = HEADS.get("tokens")(binning="uniform", n_bins=256)
+    head = HEADS.get("tokens")(binning="uniform_edges", n_bins=256, decode_over="vocab")
     policy = PolicyConfig(backbone=backbone, head=head, chunk=5, exec_steps=5,
-                          normalization={OBS_STATE: "mean_std", ACTION: "min_max"})
+                          normalization={OBS_STATE: "mean_3std", ACTION: "min_max"})
     optim = OptimConfig(lr=2e-5, weight_decay=0.0, betas=HF_BETAS, warmup_steps=300, min_lr_ratio=0.0)
     return _train(policy, tiny, optim=optim, steps=10_000, batch_size=32, precision="bf16", distributed="fsdp")
 
@@ -227,6 +232,17 @@ def _llava_vla(tiny: bool) -> TrainConfig:
 @PRESETS.register("llava_vla")
 def llava_vla() -> TrainConfig:
     """LLaVA-VLA: LLaVA-1.5 with the cameras stitched into one image, proprio and actions as 256-bin tokens.
+
+    As published (``vlaforge import llava_vla`` reads the released weights into the same options): the two views
+    resized to 334 x 167 (Lanczos) and stacked, then bicubic to the tower; the Vicuna-v1 conversation with the
+    robot system prompt around the image; the state normalized to 3 sigmas (``mean_3std``), binned on OpenVLA's
+    edges, decoded to text and re-tokenised in the prompt (``proprio="text"``), greedy over the whole vocabulary.
+    The release counts its action ids down from Llama's vocabulary (``action_tokens=count_down``, rare characters
+    there); the random-init tokenizers end in common merges that the prompt uses, so the preset adds 256 tokens
+    (``count_down`` with ``--policy.backbone.pretrained`` = a real LLaVA-1.5). The earlier variant stays one set
+    of options away: ``--policy.backbone.proprio=tokens --policy.backbone.prompt_template='"{task}"'
+    --policy.backbone.prompt_before_image= --policy.backbone.stitch_view_size=0 --policy.head.binning=uniform``
+    (state embedded as action tokens, bins as equal halves).
 
     Published: LLaVA-VLA-7B ≈ 7.1 B (Vicuna-7B 6.7 B + CLIP ViT-L/14-336 0.3 B + MLP projector); a 0.5 B
     OneVision variant exists (use ``llava_onevision``). Recipe (``calvin_finetune_obs.sh``): static + gripper

@@ -96,13 +96,26 @@ def resize_image(img: np.ndarray, size: int, mode: str = "pad", interpolation: s
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(*lead, 3, size, size).astype(np.float32)
 
 
-def stitch(images: list[np.ndarray]) -> np.ndarray:
+def stitch(images: list[np.ndarray], size: int = 0) -> np.ndarray:
     """LLaVA-VLA's multi-view layout: 2 views stacked vertically, 3-4 views in a 2x2 grid (black fill).
 
     Views are first padded to a common (H, W); works on (..., H, W, 3) with any leading (history) axes.
+    ``size`` > 0 is LLaVA-VLA's own composition (``calvin2json.py`` / ``flask_server.py``, ``TARGET_IMG_SIZE``
+    334): each of the (at most 2) views is resized with PIL's Lanczos filter to ``size`` wide x ``size // 2`` tall
+    and pasted top to bottom on a ``size`` x ``size`` black canvas.
     """
     if not 1 <= len(images) <= 4:
         raise ValueError(f"stitch: 1 to 4 camera views are supported, got {len(images)}")
+    if size:
+        if len(images) > 2:
+            raise ValueError(f"stitch with stitch_view_size={size}: LLaVA-VLA stacks 2 views, got {len(images)}")
+        out = np.zeros((*images[0].shape[:-3], size, size, 3), dtype=np.uint8)
+        rows = size // 2
+        for i, img in enumerate(images):
+            frames = np.ascontiguousarray(img, dtype=np.uint8).reshape(-1, *img.shape[-3:])
+            small = np.stack([np.asarray(Image.fromarray(f).resize((size, rows), Image.LANCZOS)) for f in frames])
+            out[..., i * rows:(i + 1) * rows, :, :] = small.reshape(*img.shape[:-3], rows, size, 3)
+        return out
     h = max(i.shape[-3] for i in images)
     w = max(i.shape[-2] for i in images)
     lead = images[0].shape[:-3]
@@ -124,7 +137,8 @@ def stitch(images: list[np.ndarray]) -> np.ndarray:
 class ImageStep(Step):
     """Convert every camera to float (3, size, size) in [0, 1]; with ``stitch`` into one image first.
 
-    ``resize`` / ``interpolation`` / ``crop``: see :func:`resize_image` (the backbone's or importer's convention).
+    ``resize`` / ``interpolation`` / ``crop``: see :func:`resize_image` (the backbone's or importer's convention);
+    ``stitch_size``: see :func:`stitch`.
     """
 
     cameras: list[str]
@@ -133,6 +147,7 @@ class ImageStep(Step):
     resize: str = "pad"
     interpolation: str = "bilinear"
     crop: float = 1.0
+    stitch_size: int = 0
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         return resize_image(img, self.size, self.resize, self.interpolation, self.crop)
@@ -148,7 +163,7 @@ class ImageStep(Step):
         if self.stitch:
             for key in raw:
                 del item[key]
-            item[image_key(STITCHED_CAMERA)] = self._resize(stitch(list(raw.values())))
+            item[image_key(STITCHED_CAMERA)] = self._resize(stitch(list(raw.values()), self.stitch_size))
         else:
             item.update({key: self._resize(img) for key, img in raw.items()})
         return item

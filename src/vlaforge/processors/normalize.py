@@ -1,9 +1,10 @@
 """Normalization steps: map features to a unit range with dataset statistics, and back.
 
 Modes (per feature): ``mean_std`` -> (x - mean) / std; ``min_max`` and ``q01_q99`` -> [-1, 1] between the two
-bounds (values outside are clipped when ``clip``); ``identity``. A per-dimension mask leaves chosen dimensions
-untouched (HybridVLA leaves the gripper unnormalized). Dimensions whose std or range is below ``min_scale`` are
-not divided (a warning names them) so that a constant dimension cannot blow up to huge values.
+bounds (values outside are clipped when ``clip``); ``mean_3std`` -> (x - mean) / (std + 1e-5) / 3, clipped to
+[-1, 1] (LLaVA-VLA's proprio: three sigmas onto the bins' range); ``identity``. A per-dimension mask leaves
+chosen dimensions untouched (HybridVLA leaves the gripper unnormalized). Dimensions whose std or range is below
+``min_scale`` are not divided (a warning names them) so that a constant dimension cannot blow up to huge values.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from vlaforge.data.stats import Stats, StatsError, check_finite
 from vlaforge.processors.base import STEPS, Step
 from vlaforge.types import DATASET
 
-MODES = ("mean_std", "min_max", "q01_q99", "identity")
-_BOUNDS = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "q01_q99": ("q01", "q99")}
+MODES = ("mean_std", "min_max", "q01_q99", "mean_3std", "identity")
+_BOUNDS = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "q01_q99": ("q01", "q99"),
+           "mean_3std": ("mean", "std")}
+CLIPPED = ("min_max", "q01_q99", "mean_3std")  # modes whose normalized values are clipped to [-1, 1]
+STD_EPS_3SIGMA = 1e-5  # LLaVA-VLA adds this to the std before dividing
 
 
 def _center_scale(mode: str, s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if mode == "mean_std":
         return s["mean"], s["std"]
+    if mode == "mean_3std":
+        return s["mean"], 3 * (s["std"].astype(np.float64) + STD_EPS_3SIGMA)
     lo, hi = (s[k] for k in _BOUNDS[mode])
     return (lo + hi) / 2, (hi - lo) / 2
 
@@ -119,7 +125,7 @@ class _NormBase(Step):
 class Normalize(_NormBase):
     def _transform(self, key: str, x: np.ndarray) -> np.ndarray:
         y = (x - self._center[key]) / self._scale[key]
-        if self.clip and self.modes[key] in ("min_max", "q01_q99"):
+        if self.clip and self.modes[key] in CLIPPED:
             mask = self.masks.get(key)
             y = np.clip(y, -1, 1) if mask is None else np.where(mask, np.clip(y, -1, 1), y)
         return y

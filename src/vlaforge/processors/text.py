@@ -1,14 +1,20 @@
-"""Prompt step: instruction -> token ids with the backbone's tokenizer and prompt template."""
+"""Prompt step: instruction -> token ids with the backbone's tokenizer and prompt template.
+
+State as text (LLaVA-VLA): the normalized state is binned on a grid of :mod:`vlaforge.processors.bins`, the bins
+are mapped to the backbone's action-token ids, *decoded to text* by the tokenizer and written into the template's
+``{state}`` slot, so the prompt re-tokenises that text (which need not give back the same ids).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from vlaforge.processors.base import STEPS, Step
-from vlaforge.types import ATTENTION_MASK, INPUT_IDS, REASONING, REASONING_IDS, REASONING_MASK, TASK
+from vlaforge.processors.bins import bin_edges, digitize
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, REASONING, REASONING_IDS, REASONING_MASK, TASK
 
 
 def token_id(tokenizer: Any, token: str) -> int:
@@ -31,16 +37,32 @@ class Tokenize(Step):
     max_tokens: int = 48
     lowercase: bool = True  # normalize_instruction (lower-case, whitespace, trailing period) before the template
     suffix: str = ""  # a token (by its string) appended after the prompt, e.g. OpenVLA's "▁" after "Out:"
+    # State as text: "" (off) or the bin grid ("uniform_edges" | "norm_bins"); bin k is token id state_ids[k]
+    state_text: str = ""
+    state_ids: list[int] = field(default_factory=list)
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
     def __post_init__(self) -> None:
         self._tokenizer: Any = None
         self._cache: dict[str, np.ndarray] = {}
+        self._edges = bin_edges(self.state_text, len(self.state_ids)) if self.state_text else None
+        if self.state_text and "{state}" not in self.template:
+            raise ValueError(f"tokenize: state_text={self.state_text!r} needs a '{{state}}' slot in the template "
+                             f"{self.template!r}")
+
+    def state_to_text(self, state: np.ndarray) -> str:
+        """The normalized state (D,) -> its bins' tokens decoded to text (LLaVA-VLA's proprio in the prompt)."""
+        assert self._edges is not None
+        bins = digitize(np.asarray(state).reshape(-1), self._edges)
+        return self._tokenizer.decode([self.state_ids[int(k)] for k in bins])
 
     def bind(self, tokenizer: Any = None, **_: Any) -> None:
         self._tokenizer = tokenizer
         self._cache.clear()
+        if self.state_text and tokenizer is not None and max(self.state_ids) >= len(tokenizer):
+            raise ValueError(f"tokenize: state as text needs ids the tokenizer can decode (< {len(tokenizer)}), got "
+                             f"up to {max(self.state_ids)} (use backbone.action_tokens=count_down or add)")
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         if self._tokenizer is None:
@@ -48,9 +70,16 @@ class Tokenize(Step):
         task = item.get(TASK)
         if not isinstance(task, str):
             raise TypeError(f"'{TASK}': expected an instruction string, got {type(task).__name__}")
-        ids = self._cache.get(task)
+        state = None
+        if self._edges is not None:
+            if OBS_STATE not in item:
+                raise KeyError(f"tokenize: the prompt writes the state as text, but the item has no '{OBS_STATE}'")
+            state = self.state_to_text(np.asarray(item[OBS_STATE])[..., -1, :] if np.ndim(item[OBS_STATE]) > 1
+                                       else item[OBS_STATE])
+        ids = self._cache.get(task) if state is None else None
         if ids is None:
-            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task)
+            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task,
+                                        state=state or "")  # a stateless policy: the slot stays empty
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]
@@ -58,7 +87,7 @@ class Tokenize(Step):
             if len(ids) > self.max_tokens:
                 raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "
                                  f"{task!r}")
-            if len(self._cache) < 4096:
+            if len(self._cache) < 4096 and state is None:
                 self._cache[task] = ids
         item[INPUT_IDS] = ids
         item[ATTENTION_MASK] = np.ones(len(ids), dtype=np.int64)

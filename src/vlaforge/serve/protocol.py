@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -519,3 +520,59 @@ def reply_to_json(out: dict[str, Any]) -> dict[str, Any]:
 __all__ = ["ALIASES", "OBS_IMAGES", "PROTOCOL", "PROTOCOL_VERSION", "FrameLimits", "ObservationSchema", "Problem",
            "ProtocolError", "Request", "clip", "describe", "packb", "parse_request", "reply", "reply_to_json",
            "request_from_json", "summarize_keys", "unknown_keys", "unpackb"]
+
+
+# --------------------------------------------------------------------------------------- LLaVA-VLA's HTTP API
+LLAVA_VLA_FILES = ("img_static", "img_gripper")  # the policy's first and second camera, in that order
+
+
+def _form_parts(body: bytes, content_type: str) -> dict[str, bytes]:
+    """A ``multipart/form-data`` body -> {field name: bytes} (the email package's MIME parser, no decoding)."""
+    from email import policy
+    from email.parser import BytesParser
+
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ProtocolError.one("Content-Type", "multipart/form-data (LLaVA-VLA's client posts files)",
+                                clip(content_type or "none", 80))
+    msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1", "replace")
+                                                     + b"\r\n\r\n" + body)
+    if not msg.is_multipart():
+        raise ProtocolError.one("body", "a multipart/form-data body", "no parts")
+    parts = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            parts[name] = part.get_payload(decode=True) or b""
+    return parts
+
+
+def request_from_llava_vla(body: bytes, content_type: str, schema: ObservationSchema, max_keys: int = 64) -> Request:
+    """LLaVA-VLA's own client (``calvin_test/evaluate_policy_multiserver.py`` -> ``flask_server.py``): a
+    multipart form with raw uint8 RGB bytes in the files ``img_static`` / ``img_gripper`` (the policy's first and
+    second camera; the shape is the camera's, or square when the checkpoint takes any size: 200 x 200 and 84 x 84
+    on CALVIN) and ``json`` = ``{"instruction": str, "robot_obs": [floats]}``."""
+    parts = _form_parts(body, content_type)
+    cams = list(schema.robot.cameras)
+    names = LLAVA_VLA_FILES[: len(cams)]
+    missing = [n for n in (*names, "json") if n not in parts]
+    if missing or len(cams) > len(LLAVA_VLA_FILES):
+        raise ProtocolError.one("form", f"files {[*names, 'json']} (LLaVA-VLA's client)",
+                                f"{sorted(parts)} for cameras {cams}")
+    try:
+        payload = json.loads(parts["json"])
+    except ValueError as e:
+        raise ProtocolError.one("json", "a JSON object", clip(f"{type(e).__name__}: {e}")) from None
+    if not isinstance(payload, dict) or not {"instruction", "robot_obs"} <= set(payload):
+        raise ProtocolError.one("json", "{'instruction': str, 'robot_obs': [floats]}", describe(payload))
+    obs: dict[str, Any] = {TASK: payload["instruction"]}
+    if schema.robot.state_dim:
+        obs[OBS_STATE] = payload["robot_obs"]
+    for name, cam in zip(names, cams, strict=True):
+        raw, (h, w) = parts[name], schema.robot.cameras[cam]
+        if (h, w) == (0, 0):  # any size: LLaVA-VLA's cameras are square
+            h = w = math.isqrt(len(raw) // 3)
+        if h * w * 3 != len(raw) or not h:
+            raise ProtocolError.one(name, f"the raw bytes of a {h} x {w} x 3 uint8 image" if h else
+                                    "the raw bytes of a square RGB uint8 image", f"{len(raw)} bytes")
+        obs[image_key(cam)] = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+    return parse_request(obs, schema, 1, max_keys)

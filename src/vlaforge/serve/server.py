@@ -3,10 +3,12 @@
 One port speaks websocket (openpi's protocol, see :mod:`vlaforge.serve.protocol`) and answers ``GET /healthz``
 during the handshake (websockets' ``process_request`` hook). websockets parses GET requests only, so simple HTTP
 clients get a second port (``http_port``, default ``port + 1``): ``POST /predict`` (JSON in, JSON out, LLaVA-VLA
-style), ``GET /metadata``, ``GET /healthz``, served by aiohttp on the same event loop: a client must send its
-headers within ``read_timeout_s`` of connecting (or of its previous reply: the keep-alive timeout) and its body
-within ``read_timeout_s`` after them (else 408, and the request is not run); at most ``max_connections``
-connections at once (more are closed on accept); bodies of at most ``max_bytes``; no compressed bodies.
+style; with ``http_api="llava_vla"`` LLaVA-VLA's own contract: its client's multipart form in, a flat JSON list of
+chunk x action_dim floats out), ``GET /metadata``, ``GET /healthz``, served by aiohttp on the same event loop:
+a client must send its headers within ``read_timeout_s`` of connecting (or of its previous reply: the keep-alive
+timeout) and its body within ``read_timeout_s`` after them (else 408, and the request is not run); at most
+``max_connections`` connections at once (more are closed on accept); bodies of at most ``max_bytes``; no
+compressed bodies.
 
 On connect the server sends its metadata (msgpack): ``protocol``/``protocol_version``, ``robot``, ``chunk``,
 ``exec_steps``, ``history``, ``observation_schema`` (key -> shape, dtype), ``action_schema``,
@@ -67,6 +69,7 @@ from vlaforge.serve import protocol as P
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "VLAFORGE_API_KEY"
+HTTP_APIS = ("vlaforge", "llava_vla")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class ServeConfig(ConfigBase):
     port: int = 8000  # websocket + GET /healthz; 0 picks a free port
     http: bool = True  # also serve POST /predict (JSON) on http_port
     http_port: int = -1  # -1: port + 1 (a free port when port is 0)
+    # POST /predict: "vlaforge" (JSON) | "llava_vla" (LLaVA-VLA's client: multipart img_static / img_gripper / json
+    # in, a flat JSON list of floats out, as its flask_server.py)
+    http_api: str = "vlaforge"
     max_batch: int = 8  # observations per policy call; 1 turns batching off
     max_wait_ms: float = 5.0  # how long the oldest request waits for others to join its batch
     max_bytes: int = 16 * 2**20  # largest request accepted
@@ -96,6 +102,7 @@ class ServeConfig(ConfigBase):
     def validate(self) -> None:
         self.check(0 <= self.port < 65536, "port", "in [0, 65535]")
         self.check(self.http_port == -1 or 0 <= self.http_port < 65536, "http_port", "-1 or in [0, 65535]")
+        self.check(self.http_api in HTTP_APIS, "http_api", f"one of {HTTP_APIS}")
         self.check(self.max_batch >= 1, "max_batch", ">= 1")
         self.check(self.max_wait_ms >= 0, "max_wait_ms", ">= 0")
         self.check(self.max_bytes >= 1024, "max_bytes", ">= 1024")
@@ -364,8 +371,10 @@ class PolicyServer:
         return P.parse_request(P.unpackb(message, self.cfg.frame_limits), self.schema, self.cfg.max_rows,
                                self.cfg.max_keys)
 
-    def _parse_json(self, body: bytes) -> P.Request:
+    def _parse_json(self, body: bytes, content_type: str = "") -> P.Request:
         """Decode and validate one ``POST /predict`` body (on the decoder pool)."""
+        if self.cfg.http_api == "llava_vla":
+            return P.request_from_llava_vla(body, content_type, self.schema, self.cfg.max_keys)
         try:
             data = json.loads(body)
         except Exception as e:
@@ -453,7 +462,7 @@ class PolicyServer:
                        "max_queue_bytes": self.cfg.max_queue_bytes, "max_keys": self.cfg.max_keys,
                        "max_items": self.cfg.max_items, "read_timeout_s": self.cfg.read_timeout_s},
             "http": {"port": self.http_port, "predict": "POST /predict", "metadata": "GET /metadata",
-                     "healthz": "GET /healthz"} if self._http else None,
+                     "healthz": "GET /healthz", "api": self.cfg.http_api} if self._http else None,
             "auth": "api key (x-api-key or Authorization: Bearer)" if self.api_key else None,
         }
         self._metadata_frame = P.packb(self.metadata)
@@ -523,7 +532,7 @@ class PolicyServer:
         self.http_port = runner.addresses[0][1]
 
     # --------------------------------------------------------------------------- HTTP (event loop)
-    def _http_reply(self, status: int, body: dict[str, Any], close: bool = False) -> web.Response:
+    def _http_reply(self, status: int, body: dict[str, Any] | list, close: bool = False) -> web.Response:
         response = web.json_response(body, status=status, dumps=lambda o: json.dumps(o) + "\n")
         if close:
             response.force_close()
@@ -569,9 +578,13 @@ class PolicyServer:
                 "body", f"{size} bytes (Content-Length)", f"{len(e.partial)} bytes"), close=True)
         assert self.loop is not None
         try:
-            parsed = await self.loop.run_in_executor(self._decoder, self._parse_json, body)
+            parsed = await self.loop.run_in_executor(self._decoder, self._parse_json, body,
+                                                     request.headers.get("Content-Type", ""))
             del body
-            return self._http_reply(HTTPStatus.OK, P.reply_to_json(await self.submit(parsed)))
+            out = await self.submit(parsed)
+            if self.cfg.http_api == "llava_vla":  # flask_server.py: jsonify(actions.tolist()), one flat list
+                return self._http_reply(HTTPStatus.OK, np.asarray(out["actions"]).reshape(-1).tolist())
+            return self._http_reply(HTTPStatus.OK, P.reply_to_json(out))
         except P.ProtocolError as e:
             return self._http_error(HTTPStatus.BAD_REQUEST, e)
         except RequestError as e:
