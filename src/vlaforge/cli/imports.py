@@ -34,13 +34,15 @@ def main(argv: list[str]) -> int:
                         help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
     parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,
                         help="hybridvla: the action-token offset it was trained with (README: 0; train.py: 7)")
+    parser.add_argument("--base", default=None, help="dexvla: the official Qwen2-VL-2B(-Instruct) directory")
+    parser.add_argument("--stats", default=None, help="dexvla: a run's dataset_stats.pkl (un-normalisation)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
     kw: dict = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
-    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub"):
+    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub", "base", "stats"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     accepted = inspect.signature(importer).parameters
