@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vlaforge.backbones.base import BACKBONES, read_image_stats
+from vlaforge.backbones.base import BACKBONES, DTYPES, read_image_stats
 from vlaforge.backbones.qwen_vl import CLIP_MEAN_STD
 from vlaforge.data.stats import Stats
 from vlaforge.heads.base import HEADS
@@ -93,7 +93,7 @@ def qwen2vl_config(base: Path) -> dict[str, Any]:
     return hf.to_dict()
 
 
-def qwen2vl_weights(base: Path, hf: dict[str, Any]) -> dict[str, Tensor]:
+def qwen2vl_weights(base: Path, hf: dict[str, Any], dtype: str) -> dict[str, Tensor]:
     """The official checkpoint's tensors in vlaforge's names (``backbone.model.`` + transformers' current layout).
 
     Hub files use the 4.x names (``model.layers`` / ``visual.`` / ``lm_head``); files re-saved by transformers 5
@@ -114,7 +114,8 @@ def qwen2vl_weights(base: Path, hf: dict[str, Any]) -> dict[str, Tensor]:
     if "backbone.model.lm_head.weight" not in out:
         if not hf.get("tie_word_embeddings", hf.get("text_config", {}).get("tie_word_embeddings", False)):
             raise LayoutError(f"{base}: no lm_head.weight and the config does not tie it to the embeddings")
-        out["backbone.model.lm_head.weight"] = out[embed]  # the same tensor: stays tied
+        # one tensor, already in the checkpoint's dtype (a per-key cast would untie the two)
+        out[embed] = out["backbone.model.lm_head.weight"] = out[embed].to(DTYPES[dtype])
     return out
 
 
@@ -202,15 +203,30 @@ def scaledp_to_dit(sd: dict[str, Tensor], hidden: int) -> tuple[dict[str, Tensor
     return out, shape
 
 
-def reasoner_init(hidden: int) -> dict[str, Tensor]:
-    """DexVLA's fresh FiLM modules: the two projectors as torch initialises them, FiLM zero."""
+def film_weights(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DexVLA's fusion modules (``input_action_proj.mlps.{0,2}``, ``reasoning_action_proj.mlps.{0,2}``,
+    ``reasoning_film.{scale_fc, shift_fc}``) in the reasoner's names (``film`` rows are [scale; shift])."""
     out = {}
-    for j, name in enumerate(("input_proj", "reasoning_proj")):
+    for theirs, ours in (("input_action_proj", "input_proj"), ("reasoning_action_proj", "reasoning_proj")):
         for i in (0, 2):
-            out.update({f"reasoner.{name}.{i}.{p}": v for p, v in _fresh_linear(hidden, hidden, 1 + 2 * j + i).items()})
-    out["reasoner.film.weight"] = torch.zeros(2 * hidden, hidden)
-    out["reasoner.film.bias"] = torch.zeros(2 * hidden)
+            for p in ("weight", "bias"):
+                out[f"reasoner.{ours}.{i}.{p}"] = sd[f"{theirs}.mlps.{i}.{p}"]
+    for p in ("weight", "bias"):
+        out[f"reasoner.film.{p}"] = torch.cat([sd[f"reasoning_film.scale_fc.{p}"],
+                                               sd[f"reasoning_film.shift_fc.{p}"]], 0)
     return out
+
+
+def reasoner_init(hidden: int) -> dict[str, Tensor]:
+    """DexVLA's fresh fusion modules: the two projectors as torch initialises a Linear, the FiLM zero."""
+    sd: dict[str, Tensor] = {}
+    for j, name in enumerate(("input_action_proj", "reasoning_action_proj")):
+        for i in (0, 2):
+            sd.update({f"{name}.mlps.{i}.{p}": v for p, v in _fresh_linear(hidden, hidden, 1 + 2 * j + i).items()})
+    for name in ("scale_fc", "shift_fc"):
+        sd.update({f"reasoning_film.{name}.weight": torch.zeros(hidden, hidden),
+                   f"reasoning_film.{name}.bias": torch.zeros(hidden)})
+    return film_weights(sd)
 
 
 # ---------------------------------------------------------------- statistics (dataset_stats.pkl)
@@ -297,7 +313,7 @@ def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = 
     if size is None:
         raise LayoutError(f"{pt}: ScaleDP {shape['width']} wide x {shape['depth']} deep is none of the DiT sizes "
                           f"{ {k: v[:2] for k, v in SIZES.items()} }")
-    weights = qwen2vl_weights(base, hf)
+    weights = qwen2vl_weights(base, hf, dtype)
     weights.update(head_w)
     weights.update(reasoner_init(hidden))
     action_dim, state_dim, chunk = shape["action_dim"], shape["state_dim"], shape["chunk"]
