@@ -125,7 +125,7 @@ def dexvla(tmp_path_factory):
     with open(root / "dataset_stats.pkl", "wb") as f:
         pickle.dump(stats, f)
     imported = import_dexvla(root / "scale_dp", base=base, cameras=CAMS, dtype="float32",
-                             stats=root / "dataset_stats.pkl")
+                             stats=root / "dataset_stats.pkl", image_size=56)
     ckpt = write_checkpoint(imported, root / "ckpt")
     return {"root": root, "base": base, "base_sd": base_sd, "head": head_sd, "stats": stats, "ckpt": ckpt,
             "hidden": hidden, "policy": VLAPolicy.from_pretrained(ckpt)}

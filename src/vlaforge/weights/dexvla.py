@@ -299,8 +299,10 @@ def _statistics(stats: Path | None, unnorm_key: str | None, action_dim: int,
 # ---------------------------------------------------------------- the importer
 @IMPORTERS.register("dexvla")
 def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = None,
-                  cameras: tuple[str, ...] = CAMERAS, dtype: str = "bfloat16", stats: Path | None = None) -> Imported:
-    """SRC: the stage-1 ScaleDP checkpoint (file, or a directory holding one); ``base``: the Qwen2-VL-2B directory."""
+                  cameras: tuple[str, ...] = CAMERAS, dtype: str = "bfloat16", stats: Path | None = None,
+                  image_size: int = VIEW_SIZE) -> Imported:
+    """SRC: the stage-1 ScaleDP checkpoint (file, or a directory holding one); ``base``: the Qwen2-VL-2B directory;
+    ``image_size``: the square side of every view (a multiple of 28)."""
     if base is None:
         raise LayoutError("dexvla: pass --base QWEN2VL_DIR (the official Qwen/Qwen2-VL-2B-Instruct files; DexVLA "
                           "releases only the ScaleDP head)")
@@ -319,7 +321,7 @@ def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = 
     action_dim, state_dim, chunk = shape["action_dim"], shape["state_dim"], shape["chunk"]
     all_stats, key, stats_note = _statistics(stats, unnorm_key, action_dim, state_dim)
     mean, std = read_image_stats(base, CLIP_MEAN_STD)
-    arch = {"hf_config": hf, "image_size": VIEW_SIZE, "image_mean": list(mean), "image_std": list(std)}
+    arch = {"hf_config": hf, "image_size": image_size, "image_mean": list(mean), "image_std": list(std)}
     backbone = BACKBONES.get("qwen2_vl")(arch=arch, dtype=dtype, proprio="none", readout="mean",
                                          prompt_template=PROMPT, prompt_lowercase=False, max_prompt_tokens=64)
     head = HEADS.get("dit")(size=size, cross_attention=False, mlp_ratio=shape["mlp_ratio"], condition="combine",
@@ -340,7 +342,7 @@ def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = 
              "exactly (qkv split into q / kv, combine MLP, bf16 timestep sinusoid, adaLN-Zero, DDIM 10/100 "
              "squaredcos, clip ±1); cond_obs_emb, the reasoning projectors (torch's default init, fixed seeds) and "
              "the zero FiLM are fresh, so train it: vlaforge train dexvla_stage2 --init_from THIS --data DIR.",
-             "approximate: every camera is one square 280 px view (DexVLA: 320 x 240 resized by Qwen's "
+             f"approximate: every camera is one square {image_size} px view (DexVLA: 320 x 240 resized by Qwen's "
              "smart_resize to 308 x 252); the prompt is the instruction and the end of Qwen's chat turn without "
              "the system/user header; the scheduler runs in float32 (DexVLA's in bf16); the mean reasoning state "
              "includes the last generated token (DexVLA's evaluate() never feeds it back)."]
