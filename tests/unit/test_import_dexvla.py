@@ -22,106 +22,28 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers as tf
 
 import hf_dirs
 import released
+from released import SCALEDP_DEPTH as DEPTH
+from released import SCALEDP_HEADS as HEADS
+from released import SCALEDP_WIDTH as WIDTH
 from vlaforge.policy import VLAPolicy
 from vlaforge.types import ACTION, OBS_STATE, Context, image_key
 from vlaforge.weights.common import LayoutError, write_checkpoint
 from vlaforge.weights.dexvla import film_weights, import_dexvla
 
-WIDTH, DEPTH, HEADS = 256, 4, 4  # vlaforge's "tiny" DiT size (ScaleDP-H: 1280 x 32 x 16, L: 1024 x 24 x 16)
-ACTION_DIM, STATE_DIM, CHUNK, COMBINE = 6, 5, 8, 64
+ACTION_DIM, STATE_DIM, CHUNK = 6, 5, 8
 CAMS = ("cam_high", "cam_left_wrist")
-
-
-def _r(g, *shape, scale=0.1):
-    return torch.randn(*shape, generator=g) * scale
-
-
-def scaledp_state_dict(cond_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """ScaleDP's ``noise_pred_net`` keys and shape rules (modeling_scaledp.py), random values."""
-    g = torch.Generator().manual_seed(seed)
-    d = WIDTH
-    sd = {"combine.0.weight": _r(g, COMBINE, cond_dim + STATE_DIM), "combine.0.bias": _r(g, COMBINE),
-          "combine.2.weight": _r(g, COMBINE, COMBINE), "combine.2.bias": _r(g, COMBINE),
-          "combine.4.weight": _r(g, cond_dim, COMBINE), "combine.4.bias": _r(g, cond_dim),
-          "cond_obs_emb.weight": _r(g, d, cond_dim), "cond_obs_emb.bias": _r(g, d),
-          "x_embedder.weight": _r(g, d, ACTION_DIM), "x_embedder.bias": _r(g, d),
-          "t_embedder.mlp.0.weight": _r(g, d, 256), "t_embedder.mlp.0.bias": _r(g, d),
-          "t_embedder.mlp.2.weight": _r(g, d, d, scale=0.05), "t_embedder.mlp.2.bias": _r(g, d),
-          "pos_embed": _r(g, 1, CHUNK, d), "final_layer.linear.weight": _r(g, ACTION_DIM, d),
-          "final_layer.linear.bias": _r(g, ACTION_DIM), "final_layer.adaLN_modulation.1.weight": _r(g, 2 * d, d),
-          "final_layer.adaLN_modulation.1.bias": _r(g, 2 * d)}
-    for i in range(DEPTH):
-        b = f"blocks.{i}."
-        sd.update({b + "attn.qkv.weight": _r(g, 3 * d, d), b + "attn.qkv.bias": _r(g, 3 * d),
-                   b + "attn.proj.weight": _r(g, d, d, scale=0.05), b + "attn.proj.bias": _r(g, d),
-                   b + "mlp.fc1.weight": _r(g, 4 * d, d, scale=0.05), b + "mlp.fc1.bias": _r(g, 4 * d),
-                   b + "mlp.fc2.weight": _r(g, d, 4 * d, scale=0.05), b + "mlp.fc2.bias": _r(g, d),
-                   b + "adaLN_modulation.1.weight": _r(g, 6 * d, d, scale=0.05),
-                   b + "adaLN_modulation.1.bias": _r(g, 6 * d)})
-    return sd
-
-
-def write_scaledp(path, cond_dim: int) -> dict[str, torch.Tensor]:
-    """The stage-1 release: ``{"nets": {"nets": {policy.noise_pred_net.* + the stage-1 vision encoder}}}``."""
-    sd = scaledp_state_dict(cond_dim)
-    nets = {f"policy.noise_pred_net.{k}": v for k, v in sd.items()}
-    nets["policy.backbones.0.body.conv1.weight"] = torch.zeros(4, 3, 3, 3)  # dropped by DexVLA's loader
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"nets": {"nets": nets}, "epoch": 7}, path)
-    return sd
-
-
-def write_qwen2vl_base(path):
-    """Qwen2-VL in the hub's (transformers 4.x) naming + DexVLA's flat docs/config.json convention."""
-    path.mkdir(parents=True)
-    tok = hf_dirs.tokenizer(hf_dirs.QWEN_SPECIAL)
-    tok.bos_token = None
-    torch.manual_seed(0)
-    cfg = hf_dirs._qwen(tok, "2")
-    model = tf.Qwen2VLForConditionalGeneration(cfg)
-    legacy = {}
-    for k, v in model.state_dict().items():
-        if k == "lm_head.weight":
-            continue  # tied to the embeddings in the 2B: not stored
-        legacy[k.replace("model.language_model.", "model.").replace("model.visual.", "visual.")] = v
-    released.save_sharded(legacy, path)
-    text = cfg.text_config.to_dict()
-    flat = {k: text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                 "num_key_value_heads", "vocab_size", "rms_norm_eps", "max_position_embeddings",
-                                 "hidden_act", "bos_token_id", "eos_token_id")}
-    flat.update(architectures=["Qwen2VLForConditionalGenerationForVLA"], model_type="qwen2_vla",
-                policy_head_type="scale_dp_policy", rope_theta=10000.0, tie_word_embeddings=True,
-                rope_scaling={"type": "mrope", "mrope_section": hf_dirs.MROPE["mrope_section"]},
-                vision_config=cfg.vision_config.to_dict(), image_token_id=cfg.image_token_id,
-                video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id,
-                vision_end_token_id=cfg.vision_end_token_id, torch_dtype="bfloat16")
-    (path / "config.json").write_text(json.dumps(flat))
-    tok.save_pretrained(path)
-    hf_dirs._processor("qwen", path, tok)
-    return path, {k: v.detach().clone() for k, v in legacy.items()}, text["hidden_size"]
-
-
-def dataset_stats(seed: int = 3) -> dict[str, np.ndarray]:
-    """train_vla.py's dataset_stats.pkl: min/max already widened by 1e-4, std clipped at 1e-2."""
-    rng = np.random.default_rng(seed)
-    lo = rng.uniform(-2, 0, ACTION_DIM).astype(np.float32)
-    return {"action_mean": np.zeros(ACTION_DIM, np.float32), "action_std": np.ones(ACTION_DIM, np.float32),
-            "action_min": lo - 1e-4, "action_max": lo + rng.uniform(0.5, 3, ACTION_DIM).astype(np.float32) + 1e-4,
-            "qpos_mean": rng.normal(0, 1, STATE_DIM).astype(np.float32),
-            "qpos_std": rng.uniform(0.01, 2, STATE_DIM).astype(np.float32),
-            "example_qpos": np.zeros((3, STATE_DIM), np.float32)}
 
 
 @pytest.fixture(scope="module")
 def dexvla(tmp_path_factory):
     root = tmp_path_factory.mktemp("dexvla")
-    base, base_sd, hidden = write_qwen2vl_base(root / "Qwen2-VL-2B-Instruct")
-    head_sd = write_scaledp(root / "scale_dp" / "open_scale_dp_tiny.ckpt", hidden)
-    stats = dataset_stats()
+    base, base_sd, hidden = released.write_qwen2vl_base(root / "Qwen2-VL-2B-Instruct")
+    head_sd = released.write_scaledp(root / "scale_dp" / "open_scale_dp_tiny.ckpt", hidden, ACTION_DIM, STATE_DIM,
+                                     CHUNK)
+    stats = released.dexvla_stats(ACTION_DIM, STATE_DIM)
     with open(root / "dataset_stats.pkl", "wb") as f:
         pickle.dump(stats, f)
     imported = import_dexvla(root / "scale_dp", base=base, cameras=CAMS, dtype="float32",
@@ -242,11 +164,11 @@ def test_dexvla_film_with_projectors_and_identity_on_fixed_tensors(dexvla):
     theirs = {}
     for name in ("input_action_proj", "reasoning_action_proj"):
         for i in (0, 2):
-            theirs[f"{name}.mlps.{i}.weight"] = _r(g, hidden, hidden)
-            theirs[f"{name}.mlps.{i}.bias"] = _r(g, hidden)
+            theirs[f"{name}.mlps.{i}.weight"] = 0.1 * torch.randn(hidden, hidden, generator=g)
+            theirs[f"{name}.mlps.{i}.bias"] = 0.1 * torch.randn(hidden, generator=g)
     for name in ("scale_fc", "shift_fc"):
-        theirs[f"reasoning_film.{name}.weight"] = _r(g, hidden, hidden)
-        theirs[f"reasoning_film.{name}.bias"] = _r(g, hidden)
+        theirs[f"reasoning_film.{name}.weight"] = 0.1 * torch.randn(hidden, hidden, generator=g)
+        theirs[f"reasoning_film.{name}.bias"] = 0.1 * torch.randn(hidden, generator=g)
     reasoner = policy.reasoner
     fresh = {k: v.clone() for k, v in reasoner.state_dict().items()}
     assert fresh["film.weight"].abs().sum() == 0  # imported: DexVLA's zero-initialised FiLM
@@ -343,7 +265,7 @@ def test_dexvla_import_refusals(dexvla, tmp_path):
     with pytest.raises(LayoutError, match=r"under \['nets'\]\['nets'\]"):
         import_dexvla(bad, base=dexvla["base"])
     other = tmp_path / "other.ckpt"
-    write_scaledp(other, dexvla["hidden"] + 8)  # a head trained for a wider VLM
+    released.write_scaledp(other, dexvla["hidden"] + 8, ACTION_DIM, STATE_DIM, CHUNK)  # trained for a wider VLM
     with pytest.raises(LayoutError, match="combine maps to 136, the VLM's hidden size is 128"):
         import_dexvla(other, base=dexvla["base"])
     evil = tmp_path / "evil.pkl"
