@@ -196,6 +196,33 @@ def test_dexvla_film_with_projectors_and_identity_on_fixed_tensors(dexvla):
         reasoner.load_state_dict(fresh)
 
 
+def test_generated_reasoning_pools_all_but_the_last_token_as_dexvla_evaluate(dexvla):
+    """DexVLA's evaluate() pools generate()'s hidden states: prompt + every generated token but the last."""
+    from vlaforge.heads.reasoning import Reasoner
+    from vlaforge.processors import collate
+
+    policy = dexvla["policy"]
+    reasoner = Reasoner(policy.cfg.reasoning.replace(max_tokens=3), dexvla["hidden"])
+    reasoner.load_state_dict(policy.reasoner.state_dict())
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in reasoner.film.parameters():  # a non-zero FiLM, so the pooled reasoning shows in the condition
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    rng = np.random.default_rng(1)
+    obs = {image_key(c): rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for c in CAMS}
+    obs.update({OBS_STATE: np.zeros(STATE_DIM, np.float32), "task": "fold the shirt"})
+    batch = collate([policy.inputs(dict(obs))])
+    with torch.no_grad():
+        ctx = policy.backbone.encode(batch, use_cache=True)
+        prompt = ctx.pooled.clone()
+        ids = reasoner.generate(ctx, eos_id=None)  # a random LM: three tokens, no EOS
+        long_ids = torch.cat([batch["input_ids"], ids[:, :2]], 1)
+        longer = dict(batch, input_ids=long_ids, attention_mask=torch.ones_like(long_ids))
+        fed = policy.backbone.encode(longer).hidden[:, -2:]  # the two generated tokens that were fed back
+        want = reasoner.modulate(prompt, fed.mean(1))
+    torch.testing.assert_close(ctx.pooled, want, rtol=1e-4, atol=1e-5)
+
+
 def test_dexvla_unnormalisation_and_state_normalisation_on_fixed_arrays(dexvla):
     policy, st = dexvla["policy"], dexvla["stats"]
     y = np.linspace(-1, 1, CHUNK * ACTION_DIM, dtype=np.float32).reshape(1, CHUNK, ACTION_DIM)

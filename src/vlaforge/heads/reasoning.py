@@ -13,7 +13,9 @@ reasoning state; "projected" is DexVLA's ``film_forward``: the mean prompt state
 go through their own Linear-GELU-Linear projector (``input_action_proj``, ``reasoning_action_proj``), FiLM
 (``reasoning_film.scale_fc`` / ``shift_fc``, zero-initialised) modulates the projected prompt, and the mean prompt
 state is added back (the identity term): ``P_in(p) * (1 + W_s P_r(r)) + W_b P_r(r) + p``. DexVLA's ``p`` is the
-mean over the prompt's tokens, i.e. ``readout="mean"``.
+mean over the prompt's tokens, i.e. ``readout="mean"``; at inference its ``r`` pools the generated tokens but the
+last one (``evaluate()`` collects ``generate``'s hidden states, so the final token is never fed back), in training
+every target token.
 """
 
 from __future__ import annotations
@@ -108,5 +110,8 @@ class Reasoner(nn.Module):
                 if not alive.any():
                     break
         lm.reset(ctx)
-        self._condition(ctx, torch.stack(hiddens, 1), torch.stack(masks, 1))
+        mask = torch.stack(masks, 1)
+        if self.input_proj is not None:  # DexVLA's evaluate() never feeds its last generated token (EOS) back
+            mask = mask & (mask.cumsum(1) < mask.sum(1, keepdim=True))
+        self._condition(ctx, torch.stack(hiddens, 1), mask)
         return torch.stack(ids, 1)

@@ -344,7 +344,7 @@ def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = 
              "the zero FiLM are fresh, so train it: vlaforge train dexvla_stage2 --init_from THIS --data DIR.",
              f"approximate: every camera is one square {image_size} px view (DexVLA: 320 x 240 resized by Qwen's "
              "smart_resize to 308 x 252); the prompt is the instruction and the end of Qwen's chat turn without "
-             "the system/user header; the scheduler runs in float32 (DexVLA's in bf16); the mean reasoning state "
-             "includes the last generated token (DexVLA's evaluate() never feeds it back)."]
+             "the system/user header; the scheduler runs in float32 (DexVLA's in bf16); the reasoning target is the "
+             "reasoning text + EOS (DexVLA appends 'Next action:' before <|im_end|>)."]
     return Imported(cfg, weights, load_source_tokenizer(base), all_stats, key, robot, notes)
 
