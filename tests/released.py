@@ -303,3 +303,93 @@ def write_llava_vla(path: Path, seed: int = 0, state_dim: int = CALVIN_STATE, ac
     yml = path.parent / "statistics.yaml"
     yml.write_text(yaml.safe_dump(stats))
     return path, clip, yml
+
+
+# ---------------------------------------------------------------- DexVLA: official Qwen2-VL + stage-1 ScaleDP
+SCALEDP_WIDTH, SCALEDP_DEPTH, SCALEDP_HEADS = 256, 4, 4  # vlaforge's "tiny" DiT (ScaleDP-H 1280x32x16, L 1024x24x16)
+SCALEDP_COMBINE = 64  # the combine MLP's width (ScaleDP: 1024)
+
+
+def scaledp_state_dict(cond_dim: int, action_dim: int, state_dim: int, chunk: int,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """ScaleDP's ``noise_pred_net`` keys and shape rules (modeling_scaledp.py), random values."""
+    g = torch.Generator().manual_seed(seed)
+    d, w = SCALEDP_WIDTH, SCALEDP_COMBINE
+    sd = {"combine.0.weight": _randn(g, w, cond_dim + state_dim), "combine.0.bias": _randn(g, w),
+          "combine.2.weight": _randn(g, w, w), "combine.2.bias": _randn(g, w),
+          "combine.4.weight": _randn(g, cond_dim, w), "combine.4.bias": _randn(g, cond_dim),
+          "cond_obs_emb.weight": _randn(g, d, cond_dim), "cond_obs_emb.bias": _randn(g, d),
+          "x_embedder.weight": _randn(g, d, action_dim), "x_embedder.bias": _randn(g, d),
+          "t_embedder.mlp.0.weight": _randn(g, d, 256), "t_embedder.mlp.0.bias": _randn(g, d),
+          "t_embedder.mlp.2.weight": _randn(g, d, d, scale=0.05), "t_embedder.mlp.2.bias": _randn(g, d),
+          "pos_embed": _randn(g, 1, chunk, d), "final_layer.linear.weight": _randn(g, action_dim, d),
+          "final_layer.linear.bias": _randn(g, action_dim),
+          "final_layer.adaLN_modulation.1.weight": _randn(g, 2 * d, d),
+          "final_layer.adaLN_modulation.1.bias": _randn(g, 2 * d)}
+    for i in range(SCALEDP_DEPTH):
+        b = f"blocks.{i}."
+        sd.update({b + "attn.qkv.weight": _randn(g, 3 * d, d), b + "attn.qkv.bias": _randn(g, 3 * d),
+                   b + "attn.proj.weight": _randn(g, d, d, scale=0.05), b + "attn.proj.bias": _randn(g, d),
+                   b + "mlp.fc1.weight": _randn(g, 4 * d, d, scale=0.05), b + "mlp.fc1.bias": _randn(g, 4 * d),
+                   b + "mlp.fc2.weight": _randn(g, d, 4 * d, scale=0.05), b + "mlp.fc2.bias": _randn(g, d),
+                   b + "adaLN_modulation.1.weight": _randn(g, 6 * d, d, scale=0.05),
+                   b + "adaLN_modulation.1.bias": _randn(g, 6 * d)})
+    return sd
+
+
+def write_scaledp(path: Path, cond_dim: int, action_dim: int, state_dim: int, chunk: int) -> dict[str, torch.Tensor]:
+    """The stage-1 release: a torch pickle ``{"nets": {"nets": {policy.noise_pred_net.* + the stage-1 vision
+    encoder}}}``; returns the ``noise_pred_net`` tensors without the prefix."""
+    sd = scaledp_state_dict(cond_dim, action_dim, state_dim, chunk)
+    nets = {f"policy.noise_pred_net.{k}": v for k, v in sd.items()}
+    nets["policy.backbones.0.body.conv1.weight"] = torch.zeros(4, 3, 3, 3)  # dropped by DexVLA's loader
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"nets": {"nets": nets}, "epoch": 7}, path)
+    return sd
+
+
+def write_qwen2vl_base(path: Path) -> tuple[Path, dict[str, torch.Tensor], int]:
+    """Qwen2-VL as the hub ships it (transformers 4.x names: ``model.*`` language model, ``visual.*``, no
+    ``lm_head`` since the 2B ties it; bf16 shards + index) with DexVLA's replaced flat config.json
+    (``model_type qwen2_vla``, ``policy_head_type scale_dp_policy``, ``rope_scaling`` with the M-RoPE sections).
+    Returns the directory, its tensors (hub names) and the LM width."""
+    import transformers as tf
+
+    import hf_dirs
+
+    path.mkdir(parents=True)
+    tok = hf_dirs.tokenizer(hf_dirs.QWEN_SPECIAL)
+    tok.bos_token = None
+    torch.manual_seed(0)
+    cfg = hf_dirs._qwen(tok, "2")
+    model = tf.Qwen2VLForConditionalGeneration(cfg)
+    legacy = {}
+    for k, v in model.state_dict().items():
+        if k != "lm_head.weight":
+            legacy[k.replace("model.language_model.", "model.").replace("model.visual.", "visual.")] = v
+    save_sharded(legacy, path)
+    text = cfg.text_config.to_dict()
+    flat = {k: text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                 "num_key_value_heads", "vocab_size", "rms_norm_eps", "max_position_embeddings",
+                                 "hidden_act", "bos_token_id", "eos_token_id")}
+    flat.update(architectures=["Qwen2VLForConditionalGenerationForVLA"], model_type="qwen2_vla",
+                policy_head_type="scale_dp_policy", rope_theta=10000.0, tie_word_embeddings=True,
+                rope_scaling={"type": "mrope", "mrope_section": hf_dirs.MROPE["mrope_section"]},
+                vision_config=cfg.vision_config.to_dict(), image_token_id=cfg.image_token_id,
+                video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id,
+                vision_end_token_id=cfg.vision_end_token_id, torch_dtype="bfloat16")
+    (path / "config.json").write_text(json.dumps(flat))
+    tok.save_pretrained(path)
+    hf_dirs._processor("qwen", path, tok)
+    return path, {k: v.detach().to(torch.bfloat16).clone() for k, v in legacy.items()}, text["hidden_size"]
+
+
+def dexvla_stats(action_dim: int, state_dim: int, seed: int = 3) -> dict[str, np.ndarray]:
+    """train_vla.py's ``dataset_stats.pkl`` content: min/max already widened by 1e-4, std clipped at 1e-2."""
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-2, 0, action_dim).astype(np.float32)
+    return {"action_mean": np.zeros(action_dim, np.float32), "action_std": np.ones(action_dim, np.float32),
+            "action_min": lo - 1e-4, "action_max": lo + rng.uniform(0.5, 3, action_dim).astype(np.float32) + 1e-4,
+            "qpos_mean": rng.normal(0, 1, state_dim).astype(np.float32),
+            "qpos_std": rng.uniform(0.01, 2, state_dim).astype(np.float32),
+            "example_qpos": np.zeros((3, state_dim), np.float32)}

@@ -76,7 +76,9 @@ def test_seed_specific_options():
     assert hybrid.policy.head.continuous.repeated_diffusion_steps > 1
     assert hybrid.policy.normalization["action"] == "q01_q99" and hybrid.policy.normalize_skip["action"] == (-1,)
     s2, s3 = get_preset("dexvla_stage2"), get_preset("dexvla_stage3")
-    assert s2.policy.head.size == "L" and s2.policy.reasoning is not None and s2.ema > 0
+    assert s2.policy.head.size == "H" and s2.policy.reasoning is not None and s2.ema > 0
+    assert (s2.policy.head.condition, s2.policy.head.time_precision, s2.policy.reasoning.film) == (
+        "combine", "bfloat16", "projected")  # DexVLA's published variants (vlaforge import dexvla)
     assert s3.optim.min_lr_ratio != s2.optim.min_lr_ratio and s3.steps != s2.steps
     assert get_preset("divla").policy.backbone.lora is not None
     llava = get_preset("llava_vla")

@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
                         help="llava_vla: the checkpoint was trained with use_norm_bins (the non-uniform grid)")
     parser.add_argument("--actions", default=None, choices=("relative", "absolute"),
                         help="llava_vla: CALVIN relative actions as decoded, or absolute (act_min/max_bound)")
+    parser.add_argument("--base", default=None, help="dexvla: the official Qwen2-VL-2B(-Instruct) directory")
+    parser.add_argument("--stats", default=None, help="dexvla: a run's dataset_stats.pkl (un-normalisation)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> int:
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     for name in ("chunk", "tokenizer", "llm_config", "need_to_sub", "vision_tower", "statistics", "norm_bins",
-                 "actions"):
+                 "actions", "base", "stats"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     accepted = inspect.signature(importer).parameters

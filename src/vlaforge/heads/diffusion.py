@@ -67,10 +67,10 @@ class DiffusionHead(ActionHead):
     """A readout diffusion head: ``network(x, t, cond)`` predicts the noise of an action chunk."""
 
     def __init__(self, cfg: DiffusionHeadConfig, action_dim: int, chunk: int, hidden_size: int, state_dim: int,
-                 network: nn.Module, cond_dim: int, memory: bool) -> None:
+                 network: nn.Module, cond_dim: int, memory: bool, condition: ReadoutCondition | None = None) -> None:
         super().__init__(cfg, action_dim, chunk)
         self.network = network
-        self.condition = ReadoutCondition(hidden_size, state_dim, cond_dim, memory)
+        self.condition = condition or ReadoutCondition(hidden_size, state_dim, cond_dim, memory)
         self.train_scheduler, self.sample_scheduler = make_schedulers(cfg)
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -7,10 +7,18 @@ modulated (adaLN-Zero) by ``c = t_emb + W_ctx · pooled + W_state · state``. Si
 published sizes. Differences from ScaleDP: optional cross-attention to every prefix token (pi0/CogACT-like
 access to the image tokens rather than one pooled vector; on by default, off to match ScaleDP), and the shared
 DDPM/DDIM machinery of :mod:`vlaforge.heads.diffusion`.
+
+Options that make it ScaleDP exactly (``vlaforge import dexvla`` and the ``dexvla_stage*`` presets set them):
+``condition="combine"`` (ScaleDP's ``combine`` MLP over ``cat[pooled, state]`` then ``cond_obs_emb``, see
+:mod:`vlaforge.heads.condition`) and ``time_precision="bfloat16"`` (ScaleDP computes the GLIDE cos|sin timestep
+sinusoid with bfloat16 frequencies and rounds it to bfloat16 before the time MLP). What needs no option: the
+adaLN-Zero chunks are in ScaleDP's order (shift, scale, gate for attention, then for the MLP; shift, scale in
+the final layer), and ScaleDP's fused ``qkv`` rows are [q; k; v], i.e. [0:d] -> ``q``, [d:3d] -> ``kv``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +27,12 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
 from vlaforge.heads.base import HEADS
-from vlaforge.heads.condition import Condition
+from vlaforge.heads.condition import CONDITION_MODES, Condition, ReadoutCondition
 from vlaforge.heads.diffusion import DiffusionHead, DiffusionHeadConfig
 from vlaforge.types import LMSpec
 
 SIZES = {"tiny": (256, 4, 4), "L": (1024, 24, 16), "H": (1280, 32, 16)}  # (width, depth, heads)
+TIME_PRECISIONS = ("float32", "bfloat16")
 
 
 @HEADS.register("dit")
@@ -34,15 +43,34 @@ class DiTHeadConfig(DiffusionHeadConfig):
     size: str = "tiny"
     cross_attention: bool = True
     mlp_ratio: int = 4
+    condition: str = "sum"  # "sum": W_ctx·pooled + W_state·state | "combine": ScaleDP's MLP over cat[pooled, state]
+    combine_hidden: int = 1024  # width of the "combine" MLP (ScaleDP: 1024)
+    time_precision: str = "float32"  # "bfloat16": ScaleDP's timestep sinusoid (bf16 frequencies and output)
 
     def validate(self) -> None:
         super().validate()
         self.check(self.size in SIZES, "size", f"one of {sorted(SIZES)}")
+        self.check(self.condition in CONDITION_MODES, "condition", f"one of {CONDITION_MODES}")
+        self.check(self.combine_hidden >= 1, "combine_hidden", ">= 1")
+        self.check(self.time_precision in TIME_PRECISIONS, "time_precision", f"one of {TIME_PRECISIONS}")
 
     def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> DiffusionHead:
         dim, depth, heads = SIZES[self.size]
-        net = DiT(action_dim, chunk, dim, depth, heads, self.mlp_ratio, self.cross_attention)
-        return DiffusionHead(self, action_dim, chunk, lm.hidden_size, state_dim, net, dim, self.cross_attention)
+        net = DiT(action_dim, chunk, dim, depth, heads, self.mlp_ratio, self.cross_attention, self.time_precision)
+        cond = ReadoutCondition(lm.hidden_size, state_dim, dim, self.cross_attention, mode=self.condition,
+                                combine_hidden=self.combine_hidden)
+        return DiffusionHead(self, action_dim, chunk, lm.hidden_size, state_dim, net, dim, self.cross_attention,
+                             condition=cond)
+
+
+def bf16_sinusoid(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
+    """GLIDE's [cos | sin] timestep embedding in ScaleDP's arithmetic: the frequencies are computed in bfloat16
+    (exponent, division and exp each rounded) and the embedding is returned in bfloat16."""
+    half = dim // 2
+    steps = torch.arange(half, dtype=torch.bfloat16, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * steps / half)
+    angles = t[:, None].float() * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], -1).to(torch.bfloat16)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -97,9 +125,10 @@ class DiT(nn.Module):
     """Noise prediction for an action chunk (B, H, Da) at timesteps t (B,) under a :class:`Condition`."""
 
     def __init__(self, action_dim: int, chunk: int, dim: int, depth: int, heads: int, mlp_ratio: int,
-                 cross: bool) -> None:
+                 cross: bool, time_precision: str = "float32") -> None:
         super().__init__()
-        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_proj = (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+                          if time_precision == "float32" else bf16_sinusoid)
         self.time_emb = TimestepEmbedding(256, dim)
         self.x_in = nn.Linear(action_dim, dim)
         self.pos = nn.Parameter(torch.randn(1, chunk, dim) * 0.02)

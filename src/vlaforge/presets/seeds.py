@@ -18,9 +18,10 @@ plus activations; ZeRO-2 shards gradients + moments, ZeRO-3 / FSDP full-shard ev
 
 ``batch_size`` is per device, as in the seeds' scripts; multiply by the GPU count for the global batch.
 Where a seed uses DeepSpeed, the preset asks for ``distributed="fsdp"`` (torch's fully_shard, ZeRO-3-like),
-except DexVLA, which uses ``ddp`` (≈ 2.6 B parameters fit an 80 GB GPU with bf16 autocast). The seeds' own engine
-is one flag away: ``--distributed=deepspeed --deepspeed_config=configs/deepspeed/zero2.json`` (or ``zero3.json``;
-verified on CPU processes only, and without EMA, which DeepSpeed's partitioned bf16 parameters do not allow).
+except DexVLA, which uses ``ddp`` (≈ 3.2 B parameters: 51 GB of states + a 13 GB EMA fit an 80 GB GPU with bf16
+autocast). The seeds' own engine is one flag away: ``--distributed=deepspeed
+--deepspeed_config=configs/deepspeed/zero2.json`` (or ``zero3.json``; verified on CPU processes only, and without
+EMA, which DeepSpeed's partitioned bf16 parameters do not allow).
 """
 
 from __future__ import annotations
@@ -117,12 +118,16 @@ def _dexvla_data() -> DataConfig:
 def _dexvla(tiny: bool, stage: int) -> TrainConfig:
     backbone = _backbone("qwen2_vl", tiny, proprio="none", readout="mean", gradient_checkpointing=True,
                          image_size=None)  # tiny: the family's 56 px (multiples of 28 for the patch merger)
-    head = HEADS.get("dit")(size="tiny" if tiny else "L", cross_attention=False, num_train_timesteps=100,
+    # the published ScaleDP (vlaforge import dexvla): its combine condition MLP, bf16 timestep sinusoid and
+    # DexVLA's projected FiLM; --policy.head.condition=sum --policy.head.time_precision=float32
+    # --policy.reasoning.film=pooled --policy.head.size=L give the earlier vlaforge variant
+    head = HEADS.get("dit")(size="tiny" if tiny else "H", cross_attention=False, num_train_timesteps=100,
                             num_steps=10, beta_schedule="squaredcos_cap_v2", clip_sample=1.0,
-                            repeated_diffusion_steps=1)
+                            repeated_diffusion_steps=1, condition="combine", combine_hidden=64 if tiny else 1024,
+                            time_precision="bfloat16")
     policy = PolicyConfig(backbone=backbone, head=head, chunk=50, exec_steps=16,
                           normalization={OBS_STATE: "mean_std", ACTION: "min_max"},
-                          reasoning=ReasoningConfig(max_tokens=8 if tiny else 256, loss_weight=1.0))
+                          reasoning=ReasoningConfig(max_tokens=8 if tiny else 256, loss_weight=1.0, film="projected"))
     if stage == 2:  # train_dexvla_stage2.sh: lr 2e-5 constant, warmup 1 %, 100k steps
         optim = OptimConfig(lr=2e-5, weight_decay=0.0, betas=HF_BETAS, warmup_steps=1000, min_lr_ratio=1.0)
         steps = 100_000
@@ -135,18 +140,20 @@ def _dexvla(tiny: bool, stage: int) -> TrainConfig:
 
 @PRESETS.register("dexvla_stage2")
 def dexvla_stage2() -> TrainConfig:
-    """DexVLA stage 2 (embodied curriculum): Qwen2-VL + ScaleDP-L diffusion expert, sub-step reasoning, EMA.
+    """DexVLA stage 2 (embodied curriculum): Qwen2-VL + ScaleDP-H diffusion expert, sub-step reasoning, EMA.
 
-    Published: Qwen2-VL-2B (2.2 B) + ScaleDP-H (≈ 1 B) ≈ 3.2 B ("about 3 B"); this preset uses ScaleDP-L
-    (1024 × 24, ≈ 0.45 B), DexVLA's other released expert, ≈ 2.6 B in all. Recipe (``train_dexvla_stage2.sh``):
-    VLM and head fully trained (vision tower and LLM unfrozen), chunk 50 (16 executed per query), 10 DDIM
-    steps of a 100-step squaredcos schedule, ε-MSE + reasoning CE (weight 1), the reasoning FiLMed into the
-    pooled prompt state, actions min/max and state mean/std, the 95 % crop / ±5° / colour-jitter augmentation;
-    AdamW lr 2e-5 constant with 1 % warmup, 100k steps, 12 per GPU × 8 GPUs, DeepSpeed ZeRO-2, bf16,
-    gradient checkpointing, EMA 0.9999 (optional in the seed). Stage 1 (pre-training the expert alone) is not
-    part of this recipe. Memory (README, one A6000, batch 2): full training 38 GB (ScaleDP-L: 33 GB); DeepSpeed
-    CPU offload 20–29 GB. Computed: 2.6 B × 16 B ≈ 42 GB of states, ≈ 15 GB/GPU with ZeRO-2 on 8 GPUs, plus
-    10 GB for the EMA copy and activations.
+    Published: Qwen2-VL-2B (2.2 B) + ScaleDP-H (1280 × 32, ≈ 1 B) ≈ 3.2 B ("about 3 B"), in DexVLA's exact
+    variant: the ``combine`` MLP over [condition, state], the bf16 timestep sinusoid, the projected FiLM with its
+    identity term. Start from the released parts: ``vlaforge import dexvla SCALEDP_CKPT --base QWEN2VL_DIR --out
+    CKPT``, then ``vlaforge train dexvla_stage2 --init_from CKPT --data DIR --out DIR`` (``--policy.head.size=L``
+    for ScaleDP-L without an import). Recipe (``train_dexvla_stage2.sh``): VLM and head fully trained (vision
+    tower and LLM unfrozen), chunk 50 (16 executed per query), 10 DDIM steps of a 100-step squaredcos schedule,
+    ε-MSE + reasoning CE (weight 1), actions min/max and state mean/std, the 95 % crop / ±5° / colour-jitter
+    augmentation; AdamW lr 2e-5 constant with 1 % warmup, 100k steps, 12 per GPU × 8 GPUs, DeepSpeed ZeRO-2,
+    bf16, gradient checkpointing, EMA 0.9999 (optional in the seed). Stage 1 (pre-training the expert alone) is
+    not part of this recipe (its result is what the import brings). Memory (README, one A6000, batch 2): full
+    training 38 GB (ScaleDP-L: 33 GB); DeepSpeed CPU offload 20–29 GB. Computed: 3.2 B × 16 B ≈ 51 GB of
+    states, ≈ 18 GB/GPU with ZeRO-2 on 8 GPUs, plus 13 GB for the EMA copy and activations.
     """
     return _dexvla(tiny=False, stage=2)
 
@@ -164,10 +171,10 @@ def dexvla_stage3() -> TrainConfig:
     Run it with ``vlaforge train dexvla_stage3 --init_from RUN/checkpoints/last --data DIR --out DIR``, where RUN
     is the stage-2 run (``init_from`` is left empty here: the checkpoint then fixes the architecture).
     Differences from stage 2, as ``train_dexvla_stage3.sh``: a cosine schedule decaying to 0 instead of a
-    constant lr (peak 2e-5), warmup 0.1 % (80 steps), 80k steps; FiLM reasoning injection on (as in stage 2
-    here). The VLM stays unfrozen in the script (the paper is ambiguous about freezing, issue #5). Published
-    size as :func:`dexvla_stage2` (≈ 3.2 B with ScaleDP-H, ≈ 2.6 B with the L expert used here); memory the same:
-    38 GB full training on one A6000 at batch 2 (README), ≈ 15 GB/GPU of states with ZeRO-2 on 8 GPUs (computed).
+    constant lr (peak 2e-5), warmup 0.1 % (80 steps), 80k steps; FiLM reasoning injection on (DexVLA's
+    projected variant, as in stage 2 here). The VLM stays unfrozen in the script (the paper is ambiguous about
+    freezing, issue #5). Published size as :func:`dexvla_stage2` (≈ 3.2 B with ScaleDP-H); memory the same:
+    38 GB full training on one A6000 at batch 2 (README), ≈ 18 GB/GPU of states with ZeRO-2 on 8 GPUs (computed).
     """
     return _dexvla(tiny=False, stage=3)
 

@@ -15,6 +15,7 @@ IMPORTERS: Registry = Registry("importers", lazy={
     "openvla": "vlaforge.weights.openvla", "openvla_oft": "vlaforge.weights.openvla",
     "hybridvla": "vlaforge.weights.hybridvla",
     "llava_vla": "vlaforge.weights.llava_vla",
+    "dexvla": "vlaforge.weights.dexvla",
 })
 
 __all__ = ["IMPORTERS"]
