@@ -7,6 +7,7 @@ Evaluation seeds start at :data:`EVAL_SEED_START`, far from the seeds demos are 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -15,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from vlaforge.chunking import ActionChunker
 from vlaforge.data.video import write_video
 from vlaforge.eval.envs.base import EnvConfig
-from vlaforge.inference import ActionChunker, InferencePolicy
+from vlaforge.inference import InferencePolicy
 from vlaforge.types import OBS_IMAGES, FeatureMismatchError
 from vlaforge.utils import PinnedThreads, progress_bar
 
@@ -49,11 +51,18 @@ def _bordered(frames: list[np.ndarray], success: bool, hold: int = 8) -> list[np
 def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], episodes: int, *,
              seed_start: int = EVAL_SEED_START, exec_steps: int | None = None, parallel_envs: int = 10,
              sim_threads: int = 2, video_dir: Path | None = None, videos_per_task: int = 1,
-             show_progress: bool = True) -> list[EpisodeResult]:
-    """Run ``episodes`` episodes of each task; return one result per episode."""
+             show_progress: bool = True, ensemble: int = 0, ensemble_temp: float = 0.01) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes of each task; return one result per episode.
+
+    ``ensemble=K`` (1..chunk): ACT's temporal ensembling instead of the receding horizon (the policy is queried
+    every step; see :class:`~vlaforge.chunking.ActionChunker`).
+    """
     k = exec_steps or policy.exec_steps
     if not 1 <= k <= policy.chunk:
         raise ValueError(f"exec_steps: expected 1..{policy.chunk} (the policy's chunk), got {k}")
+    if not 0 <= ensemble <= policy.chunk:
+        raise ValueError(f"ensemble: expected 0 (off) .. {policy.chunk} (the policy's chunk), got {ensemble}")
+    k = functools.partial(ActionChunker, k, ensemble=ensemble, temperature=ensemble_temp)  # the chunk executor
     results: list[EpisodeResult] = []
     with progress_bar(show_progress) as bar, PinnedThreads(sim_threads) as threads:
         job = bar.add_task("eval", total=episodes * len(tasks))
@@ -68,10 +77,10 @@ class _TaskRunner:
     """Episodes of one task on ``n`` env copies in lockstep; each env lives on its own pinned thread."""
 
     def __init__(self, policy: InferencePolicy, env_cfg: EnvConfig, task: str, episodes: int, seed_start: int,
-                 exec_steps: int, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
+                 make_chunker: Any, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
         self.policy, self.env_cfg, self.task = policy, env_cfg, task
         self.queue = list(range(seed_start, seed_start + episodes))
-        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, exec_steps, video_dir, \
+        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, make_chunker, video_dir, \
             videos, threads
         self.envs: list[Any] = []
         self.slots: list[dict[str, Any] | None] = []
@@ -79,7 +88,7 @@ class _TaskRunner:
     def _start(self, i: int, seed: int) -> dict[str, Any]:
         obs = self.envs[i].reset(seed)
         record = self.video_dir is not None and seed - self.seed_start < self.videos
-        return {"seed": seed, "obs": obs, "steps": 0, "chunker": ActionChunker(self.k),
+        return {"seed": seed, "obs": obs, "steps": 0, "chunker": self.k(),
                 "frames": [_frame(obs)] if record else None}
 
     def _restart(self, free: list[int]) -> None:
@@ -119,7 +128,7 @@ class _TaskRunner:
                 active = [i for i, s in enumerate(self.slots) if s is not None]
                 if not active:
                     return sorted(results, key=lambda r: r.seed)
-                need = [i for i in active if self.slots[i]["chunker"].empty]
+                need = [i for i in active if self.slots[i]["chunker"].needs_chunk]
                 if need:
                     chunks = self.policy.infer_batch([self.slots[i]["obs"] for i in need])
                     for i, chunk in zip(need, chunks, strict=True):

@@ -22,6 +22,8 @@ class EvalConfig(ConfigBase):
     tasks: str = ""  # comma-separated task names or suites (mt10 ...)
     episodes: int = 10  # per task
     exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
+    ensemble: int = 0  # K > 0: ACT temporal ensembling of each chunk's first K actions (queries every step)
+    ensemble_temp: float = 0.01  # ensembling weights exp(-ensemble_temp * i), i = 0 the oldest prediction (ACT)
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task
@@ -35,6 +37,7 @@ class EvalConfig(ConfigBase):
         self.check(self.episodes >= 1, "episodes", ">= 1")
         self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
         self.check(self.videos >= 0, "videos", ">= 0")
+        self.check(self.ensemble >= 0, "ensemble", ">= 0 (0: receding horizon)")
 
 
 def default_eval_dir(checkpoint: Path) -> Path:
@@ -59,7 +62,8 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
                                                                       unnorm_key=cfg.unnorm_key)
     results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
                        parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
-                       videos_per_task=cfg.videos, show_progress=show_progress)
+                       videos_per_task=cfg.videos, show_progress=show_progress, ensemble=cfg.ensemble,
+                       ensemble_temp=cfg.ensemble_temp)
     summary = summarize(results)
     reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start)) if cfg.expert else None
     print_table(summary, reference, title=f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
