@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
-    """Per-task and mean success (mean over tasks, as Meta-World reports it)."""
+def summarize(results: list[EpisodeResult], groups: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Per-task and mean success (mean over tasks, as Meta-World reports it).
+
+    ``groups`` (an env's :meth:`~vlaforge.eval.envs.base.EnvConfig.task_groups`): also the mean of each group's
+    evaluated tasks and ``group_mean``, the mean of those group means (Meta-World's difficulty-weighted score).
+    """
     tasks: dict[str, dict[str, Any]] = {}
     for task in dict.fromkeys(r.task for r in results):
         rs = [r for r in results if r.task == task]
@@ -183,7 +188,32 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         tasks[task] = {"success_rate": wins / len(rs), "successes": wins, "episodes": len(rs),
                        "ci95": [lo, hi], "mean_steps": float(np.mean([r.steps for r in rs]))}
     mean = float(np.mean([t["success_rate"] for t in tasks.values()])) if tasks else 0.0
-    return {"mean_success": mean, "tasks": tasks, "episodes": [asdict(r) for r in results]}
+    out = {"mean_success": mean, "tasks": tasks}
+    if groups:
+        out.update(group_means(tasks, groups))
+    return {**out, "episodes": [asdict(r) for r in results]}
+
+
+def group_means(tasks: dict[str, dict[str, Any]], groups: dict[str, Sequence[str]]) -> dict[str, Any]:
+    """``{"groups": {name: {success_rate, tasks, of}}, "group_mean": mean of the group means}``.
+
+    A group's mean is over its evaluated tasks (``tasks`` of its ``of``); groups with none evaluated are left out.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, members in groups.items():
+        rates = [tasks[t]["success_rate"] for t in members if t in tasks]
+        if rates:
+            out[name] = {"success_rate": float(np.mean(rates)), "tasks": len(rates), "of": len(members)}
+    mean = float(np.mean([g["success_rate"] for g in out.values()])) if out else 0.0
+    return {"groups": out, "group_mean": mean}
+
+
+def _rate(summary: dict[str, Any], key: str, group: str | None = None) -> float | None:
+    """``summary[key]`` (a mean) or ``summary[key][group]["success_rate"]``; None where absent."""
+    value = summary.get(key)
+    if group is not None:
+        value = (value or {}).get(group, {}).get("success_rate")
+    return value
 
 
 def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None, title: str = "success") -> None:
@@ -204,10 +234,16 @@ def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None
             r = reference["tasks"].get(task)
             row.append(f"{r['successes']}/{r['episodes']}" if r else "-")
         table.add_row(*row)
-    row = ["mean", f"{summary['mean_success']:.0%}", "", ""]
-    if reference is not None:
-        row.append(f"{reference['mean_success']:.0%}")
-    table.add_row(*row, style="bold")
+    rows = [("mean", "mean_success", None)]
+    if summary.get("groups"):
+        rows += [(f"{name} ({g['tasks']}/{g['of']} tasks)", "groups", name) for name, g in summary["groups"].items()]
+        rows.append(("mean of group means", "group_mean", None))
+    for label, key, group in rows:
+        row = [label, f"{_rate(summary, key, group):.0%}", "", ""]
+        if reference is not None:
+            ref = _rate(reference, key, group)
+            row.append(f"{ref:.0%}" if ref is not None else "-")
+        table.add_row(*row, style="bold")
     Console().print(table)
 
 

@@ -25,6 +25,10 @@ class EnvConfig(Choice, ChoiceType):
     def make(self, task: str) -> EnvAdapter:
         raise NotImplementedError
 
+    def task_groups(self) -> dict[str, tuple[str, ...]]:
+        """Named groups of tasks whose means the benchmark reports (e.g. Meta-World's difficulties); default none."""
+        return {}
+
 
 class EnvAdapter(Protocol):
     """One task of one simulator, producing raw observations in vlaforge keys."""
