@@ -11,7 +11,8 @@ from vlaforge.config import Choice, ChoiceType
 from vlaforge.registry import Registry
 from vlaforge.types import RobotSpec
 
-ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld"})
+ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld",
+                                                           "pusht": "vlaforge.eval.envs.pusht"})
 
 
 @dataclass(frozen=True)
