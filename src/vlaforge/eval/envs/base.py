@@ -12,7 +12,8 @@ from vlaforge.registry import Registry
 from vlaforge.types import RobotSpec
 
 ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld",
-                                                           "pusht": "vlaforge.eval.envs.pusht"})
+                                                           "pusht": "vlaforge.eval.envs.pusht",
+                                                           "aloha": "vlaforge.eval.envs.aloha"})
 
 
 @dataclass(frozen=True)
