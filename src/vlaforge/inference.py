@@ -1,4 +1,4 @@
-"""The one interface through which a policy acts: :class:`InferencePolicy` (local or remote) and chunking.
+"""The one interface through which a policy acts: :class:`InferencePolicy` (local or remote).
 
 ``LocalPolicy.load(ckpt).infer(raw_obs)`` needs nothing but the checkpoint directory: the inputs pipeline
 (feature checks, normalization, images, prompt) and the outputs pipeline (unnormalization) come from it.
@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from vlaforge.chunking import ActionChunker
 from vlaforge.policy import VLAPolicy
 from vlaforge.types import RobotSpec
+
+__all__ = ["ActionChunker", "InferencePolicy", "LocalPolicy"]  # ActionChunker: vlaforge.chunking (torch-free)
 
 
 class InferencePolicy(Protocol):
@@ -62,29 +64,3 @@ class LocalPolicy:
     def metadata(self) -> dict[str, Any]:
         return {"robot": self.robot.to_json(), "chunk": self.chunk, "exec_steps": self.exec_steps,
                 "head": self.policy.cfg.head.type}
-
-
-class ActionChunker:
-    """Receding-horizon execution: run the first ``exec_steps`` actions of each chunk, then re-plan."""
-
-    def __init__(self, exec_steps: int) -> None:
-        if exec_steps < 1:
-            raise ValueError(f"exec_steps: expected >= 1, got {exec_steps}")
-        self.exec_steps = exec_steps
-        self._queue: deque[np.ndarray] = deque()
-
-    def reset(self) -> None:
-        self._queue.clear()
-
-    @property
-    def empty(self) -> bool:
-        return not self._queue
-
-    def push(self, chunk: np.ndarray) -> None:
-        if len(chunk) < self.exec_steps:
-            raise ValueError(f"chunk of {len(chunk)} actions is shorter than exec_steps={self.exec_steps}")
-        self._queue.clear()
-        self._queue.extend(np.asarray(chunk)[: self.exec_steps])
-
-    def pop(self) -> np.ndarray:
-        return self._queue.popleft()

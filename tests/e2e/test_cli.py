@@ -30,8 +30,9 @@ def test_collect_train_resume_eval(tmp_path):
     assert steps == [1, 2, 3, 4, 5]
     ckpt = run / "checkpoints" / "last"
     assert main(["eval", str(ckpt), "--env", "metaworld", "--tasks", "drawer-close", "--episodes", "1",
-                 "--env.image_size=32", "--env.max_steps=40", "--out", str(ev)]) == 0
+                 "--env.image_size=32", "--env.max_steps=40", "--ensemble=2", "--out", str(ev)]) == 0
     result = json.loads((ev / "eval.json").read_text())
+    assert result["config"]["ensemble"] == 2 and "| drawer-close-v3 | easy |" in (ev / "eval.md").read_text()
     assert result["tasks"]["drawer-close-v3"]["episodes"] == 1
     assert result["expert"]["tasks"]["drawer-close-v3"]["episodes"] == 1
     assert result["episodes"][0]["seed"] >= 100_000  # evaluation seeds are disjoint from demo seeds 0, 1

@@ -53,6 +53,11 @@ def test_task_specs_and_instructions():
     cfg = ENVS.get("metaworld")()
     assert len(cfg.task_names("mt10")) == 10 and len(cfg.task_names("mt50")) == 50
     assert cfg.task_names("drawer-open, push-v3") == ["drawer-open-v3", "push-v3"]
+    groups = {g: cfg.task_names(g) for g in ("easy", "medium", "hard", "very_hard")}
+    assert [len(t) for t in groups.values()] == [28, 11, 6, 5] and cfg.task_names("very-hard") == groups["very_hard"]
+    assert set(cfg.task_names("easy,medium,hard,very_hard")) == set(cfg.task_names("mt50"))
+    assert cfg.task_names("hard,push") == groups["hard"]  # no task twice
+    assert cfg.task_groups() == {g: tuple(t) for g, t in groups.items()}
     with pytest.raises(ValueError, match="did you mean drawer-open-v3"):
         cfg.task_names("drawr-open")
     assert len(INSTRUCTIONS) == 50

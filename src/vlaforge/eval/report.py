@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,34 @@ def plot_success(summary: dict[str, Any], reference: dict[str, Any] | None, png:
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def eval_markdown(summary: dict[str, Any], reference: dict[str, Any] | None, title: str,
+                  task_groups: dict[str, Sequence[str]] | None = None) -> str:
+    """Per-task table (by group where the env has groups) and the means, policy beside the scripted experts."""
+    def expert(task: str) -> str:
+        r = reference["tasks"].get(task) if reference else None
+        return f"{r['successes']}/{r['episodes']} ({r['success_rate']:.0%})" if r else "-"
+
+    groups = summary.get("groups") or {}
+    group_of = {t: g for g, members in (task_groups or {}).items() for t in members}
+    lines = [f"# {title}", "", "| task | group | policy | 95 % CI | mean steps | scripted expert (same seeds) |",
+             "|---|---|---|---|---|---|"]
+    for task, t in summary["tasks"].items():
+        lines.append(f"| {task} | {group_of.get(task, '')} | {t['successes']}/{t['episodes']} "
+                     f"({t['success_rate']:.0%}) | {t['ci95'][0]:.0%}–{t['ci95'][1]:.0%} | {t['mean_steps']:.0f} | "
+                     f"{expert(task)} |")
+    ref_pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+    lines += ["", "| mean | tasks | policy | scripted expert |", "|---|---|---|---|",
+              f"| plain mean over tasks | {len(summary['tasks'])} | {summary['mean_success']:.0%} | "
+              f"{ref_pct(reference['mean_success'] if reference else None)} |"]
+    for name, g in groups.items():
+        ref = ((reference or {}).get("groups") or {}).get(name, {}).get("success_rate")
+        lines.append(f"| {name} | {g['tasks']}/{g['of']} | {g['success_rate']:.0%} | {ref_pct(ref)} |")
+    if groups:
+        lines.append(f"| **mean of group means** | | **{summary['group_mean']:.0%}** | "
+                     f"{ref_pct((reference or {}).get('group_mean'))} |")
+    return "\n".join(lines) + "\n"
 
 
 def machine() -> dict[str, Any]:

@@ -7,17 +7,20 @@ Evaluation seeds start at :data:`EVAL_SEED_START`, far from the seeds demos are 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlaforge.chunking import ActionChunker
 from vlaforge.data.video import write_video
 from vlaforge.eval.envs.base import EnvConfig
-from vlaforge.inference import ActionChunker, InferencePolicy
+from vlaforge.inference import InferencePolicy
 from vlaforge.types import OBS_IMAGES, FeatureMismatchError
 from vlaforge.utils import PinnedThreads, progress_bar
 
@@ -49,11 +52,18 @@ def _bordered(frames: list[np.ndarray], success: bool, hold: int = 8) -> list[np
 def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], episodes: int, *,
              seed_start: int = EVAL_SEED_START, exec_steps: int | None = None, parallel_envs: int = 10,
              sim_threads: int = 2, video_dir: Path | None = None, videos_per_task: int = 1,
-             show_progress: bool = True) -> list[EpisodeResult]:
-    """Run ``episodes`` episodes of each task; return one result per episode."""
+             show_progress: bool = True, ensemble: int = 0, ensemble_temp: float = 0.01) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes of each task; return one result per episode.
+
+    ``ensemble=K`` (1..chunk): ACT's temporal ensembling instead of the receding horizon (the policy is queried
+    every step; see :class:`~vlaforge.chunking.ActionChunker`).
+    """
     k = exec_steps or policy.exec_steps
     if not 1 <= k <= policy.chunk:
         raise ValueError(f"exec_steps: expected 1..{policy.chunk} (the policy's chunk), got {k}")
+    if not 0 <= ensemble <= policy.chunk:
+        raise ValueError(f"ensemble: expected 0 (off) .. {policy.chunk} (the policy's chunk), got {ensemble}")
+    k = functools.partial(ActionChunker, k, ensemble=ensemble, temperature=ensemble_temp)  # the chunk executor
     results: list[EpisodeResult] = []
     with progress_bar(show_progress) as bar, PinnedThreads(sim_threads) as threads:
         job = bar.add_task("eval", total=episodes * len(tasks))
@@ -68,10 +78,10 @@ class _TaskRunner:
     """Episodes of one task on ``n`` env copies in lockstep; each env lives on its own pinned thread."""
 
     def __init__(self, policy: InferencePolicy, env_cfg: EnvConfig, task: str, episodes: int, seed_start: int,
-                 exec_steps: int, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
+                 make_chunker: Any, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
         self.policy, self.env_cfg, self.task = policy, env_cfg, task
         self.queue = list(range(seed_start, seed_start + episodes))
-        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, exec_steps, video_dir, \
+        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, make_chunker, video_dir, \
             videos, threads
         self.envs: list[Any] = []
         self.slots: list[dict[str, Any] | None] = []
@@ -79,7 +89,7 @@ class _TaskRunner:
     def _start(self, i: int, seed: int) -> dict[str, Any]:
         obs = self.envs[i].reset(seed)
         record = self.video_dir is not None and seed - self.seed_start < self.videos
-        return {"seed": seed, "obs": obs, "steps": 0, "chunker": ActionChunker(self.k),
+        return {"seed": seed, "obs": obs, "steps": 0, "chunker": self.k(),
                 "frames": [_frame(obs)] if record else None}
 
     def _restart(self, free: list[int]) -> None:
@@ -119,7 +129,7 @@ class _TaskRunner:
                 active = [i for i, s in enumerate(self.slots) if s is not None]
                 if not active:
                     return sorted(results, key=lambda r: r.seed)
-                need = [i for i in active if self.slots[i]["chunker"].empty]
+                need = [i for i in active if self.slots[i]["chunker"].needs_chunk]
                 if need:
                     chunks = self.policy.infer_batch([self.slots[i]["obs"] for i in need])
                     for i, chunk in zip(need, chunks, strict=True):
@@ -164,8 +174,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
-    """Per-task and mean success (mean over tasks, as Meta-World reports it)."""
+def summarize(results: list[EpisodeResult], groups: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Per-task and mean success (mean over tasks, as Meta-World reports it).
+
+    ``groups`` (an env's :meth:`~vlaforge.eval.envs.base.EnvConfig.task_groups`): also the mean of each group's
+    evaluated tasks and ``group_mean``, the mean of those group means (Meta-World's difficulty-weighted score).
+    """
     tasks: dict[str, dict[str, Any]] = {}
     for task in dict.fromkeys(r.task for r in results):
         rs = [r for r in results if r.task == task]
@@ -174,7 +188,32 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         tasks[task] = {"success_rate": wins / len(rs), "successes": wins, "episodes": len(rs),
                        "ci95": [lo, hi], "mean_steps": float(np.mean([r.steps for r in rs]))}
     mean = float(np.mean([t["success_rate"] for t in tasks.values()])) if tasks else 0.0
-    return {"mean_success": mean, "tasks": tasks, "episodes": [asdict(r) for r in results]}
+    out = {"mean_success": mean, "tasks": tasks}
+    if groups:
+        out.update(group_means(tasks, groups))
+    return {**out, "episodes": [asdict(r) for r in results]}
+
+
+def group_means(tasks: dict[str, dict[str, Any]], groups: dict[str, Sequence[str]]) -> dict[str, Any]:
+    """``{"groups": {name: {success_rate, tasks, of}}, "group_mean": mean of the group means}``.
+
+    A group's mean is over its evaluated tasks (``tasks`` of its ``of``); groups with none evaluated are left out.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, members in groups.items():
+        rates = [tasks[t]["success_rate"] for t in members if t in tasks]
+        if rates:
+            out[name] = {"success_rate": float(np.mean(rates)), "tasks": len(rates), "of": len(members)}
+    mean = float(np.mean([g["success_rate"] for g in out.values()])) if out else 0.0
+    return {"groups": out, "group_mean": mean}
+
+
+def _rate(summary: dict[str, Any], key: str, group: str | None = None) -> float | None:
+    """``summary[key]`` (a mean) or ``summary[key][group]["success_rate"]``; None where absent."""
+    value = summary.get(key)
+    if group is not None:
+        value = (value or {}).get(group, {}).get("success_rate")
+    return value
 
 
 def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None, title: str = "success") -> None:
@@ -195,10 +234,16 @@ def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None
             r = reference["tasks"].get(task)
             row.append(f"{r['successes']}/{r['episodes']}" if r else "-")
         table.add_row(*row)
-    row = ["mean", f"{summary['mean_success']:.0%}", "", ""]
-    if reference is not None:
-        row.append(f"{reference['mean_success']:.0%}")
-    table.add_row(*row, style="bold")
+    rows = [("mean", "mean_success", None)]
+    if summary.get("groups"):
+        rows += [(f"{name} ({g['tasks']}/{g['of']} tasks)", "groups", name) for name, g in summary["groups"].items()]
+        rows.append(("mean of group means", "group_mean", None))
+    for label, key, group in rows:
+        row = [label, f"{_rate(summary, key, group):.0%}", "", ""]
+        if reference is not None:
+            ref = _rate(reference, key, group)
+            row.append(f"{ref:.0%}" if ref is not None else "-")
+        table.add_row(*row, style="bold")
     Console().print(table)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from vlaforge.config import ConfigBase, Paths
 from vlaforge.eval.envs.base import ENVS, EnvConfig
+from vlaforge.eval.report import eval_markdown
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize, write_summary
 from vlaforge.inference import InferencePolicy
 
@@ -19,9 +20,11 @@ log = logging.getLogger(__name__)
 class EvalConfig(ConfigBase):
     checkpoint: str = ""
     env: EnvConfig = field(default_factory=lambda: ENVS.get("metaworld")())
-    tasks: str = ""  # comma-separated task names or suites (mt10 ...)
+    tasks: str = ""  # comma-separated task names or suites (mt10, mt50, easy, medium, hard, very_hard ...)
     episodes: int = 10  # per task
     exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
+    ensemble: int = 0  # K > 0: ACT temporal ensembling of each chunk's first K actions (queries every step)
+    ensemble_temp: float = 0.01  # ensembling weights exp(-ensemble_temp * i), i = 0 the oldest prediction (ACT)
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task
@@ -35,6 +38,7 @@ class EvalConfig(ConfigBase):
         self.check(self.episodes >= 1, "episodes", ">= 1")
         self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
         self.check(self.videos >= 0, "videos", ">= 0")
+        self.check(self.ensemble >= 0, "ensemble", ">= 0 (0: receding horizon)")
 
 
 def default_eval_dir(checkpoint: Path) -> Path:
@@ -59,11 +63,16 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
                                                                       unnorm_key=cfg.unnorm_key)
     results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
                        parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
-                       videos_per_task=cfg.videos, show_progress=show_progress)
-    summary = summarize(results)
-    reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start)) if cfg.expert else None
-    print_table(summary, reference, title=f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
+                       videos_per_task=cfg.videos, show_progress=show_progress, ensemble=cfg.ensemble,
+                       ensemble_temp=cfg.ensemble_temp)
+    groups = cfg.env.task_groups()
+    summary = summarize(results, groups)
+    reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start), groups) if cfg.expert \
+        else None
+    title = f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)"
+    print_table(summary, reference, title=title)
     write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt) if ckpt else None,
                   config=cfg.to_dict())
+    (out / "eval.md").write_text(eval_markdown(summary, reference, title, groups))
     log.info("wrote %s", out / "eval.json")
     return {"summary": summary, "expert": reference, "out": out}

@@ -2,8 +2,9 @@
 
 * :class:`RemotePolicy` implements :class:`vlaforge.inference.InferencePolicy` over the websocket, so
   ``vlaforge eval --remote ws://HOST:PORT`` runs the same rollout code as local evaluation.
-* :class:`ActionChunkBroker`: one action per control step; runs the first ``exec_steps`` actions of a chunk,
-  then asks for a new one (receding horizon, like openpi's broker; inference blocks the control loop).
+* :class:`ActionChunkBroker`: one action per control step through the same chunk executor as local evaluation
+  (:class:`vlaforge.chunking.ActionChunker`): receding horizon like openpi's broker, or ACT's temporal ensembling
+  (inference blocks the control loop).
 * :class:`AsyncActionBroker`: asynchronous inference (SmolVLA / LeRobot async style): when the queue of pending
   actions falls to ``threshold * chunk``, the next chunk is requested in the background from the latest
   observation while the robot keeps executing the current one.
@@ -33,6 +34,7 @@ import numpy as np
 from websockets.exceptions import InvalidHandshake
 from websockets.sync.client import connect
 
+from vlaforge.chunking import ActionChunker
 from vlaforge.serve import protocol as P
 from vlaforge.types import RobotSpec
 
@@ -123,29 +125,36 @@ class _ChunkPolicy(Protocol):
 
 
 class ActionChunkBroker:
-    """Receding horizon over any policy: execute ``exec_steps`` actions of each chunk, then re-query."""
+    """One action per control step over any policy, through :class:`~vlaforge.chunking.ActionChunker`.
 
-    def __init__(self, policy: _ChunkPolicy, exec_steps: int | None = None) -> None:
+    Receding horizon (execute ``exec_steps`` actions of each chunk, then re-query) or, with ``ensemble=K``, ACT's
+    temporal ensembling (query every step, average the overlapping predictions; ``temperature`` as there).
+    """
+
+    def __init__(self, policy: _ChunkPolicy, exec_steps: int | None = None, ensemble: int = 0,
+                 temperature: float = 0.01) -> None:
         self.policy = policy
         self.exec_steps = exec_steps or policy.exec_steps
         if not 1 <= self.exec_steps <= policy.chunk:
             raise ValueError(f"exec_steps: expected 1..{policy.chunk} (the chunk), got {self.exec_steps}")
-        self._queue: deque[np.ndarray] = deque()
+        if ensemble > policy.chunk:
+            raise ValueError(f"ensemble: expected 0..{policy.chunk} (the chunk), got {ensemble}")
+        self.chunker = ActionChunker(self.exec_steps, ensemble=ensemble, temperature=temperature)
         self.requests = 0
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """The action (Da,) for this control step."""
-        if not self._queue:
-            self._queue.extend(np.asarray(self.policy.infer(obs)["actions"])[: self.exec_steps])
+        if self.chunker.needs_chunk:
+            self.chunker.push(self.policy.infer(obs)["actions"])
             self.requests += 1
-        return self._queue.popleft()
+        return self.chunker.pop()
 
     def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
         """openpi's broker shape: ``{"actions": (Da,)}``."""
         return {"actions": self.act(obs)}
 
     def reset(self) -> None:
-        self._queue.clear()
+        self.chunker.reset()
 
 
 class AsyncActionBroker:

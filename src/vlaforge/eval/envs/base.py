@@ -11,7 +11,9 @@ from vlaforge.config import Choice, ChoiceType
 from vlaforge.registry import Registry
 from vlaforge.types import RobotSpec
 
-ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld"})
+ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld",
+                                                           "pusht": "vlaforge.eval.envs.pusht",
+                                                           "aloha": "vlaforge.eval.envs.aloha"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class EnvConfig(Choice, ChoiceType):
 
     def make(self, task: str) -> EnvAdapter:
         raise NotImplementedError
+
+    def task_groups(self) -> dict[str, tuple[str, ...]]:
+        """Named groups of tasks whose means the benchmark reports (e.g. Meta-World's difficulties); default none."""
+        return {}
 
 
 class EnvAdapter(Protocol):
