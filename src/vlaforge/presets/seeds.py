@@ -279,8 +279,9 @@ def robovlms() -> TrainConfig:
     left out of the window; Huber on the arm dims + 0.01 × BCE on the gripper logits; full fine-tune; AdamW
     lr 2e-5, weight decay 0, cosine to 0.01 × lr with a warmup; 50k steps (OXE ``max_steps``), 4 per GPU,
     DeepSpeed stage 2, bf16; random-shift augmentation with 10 px padding; q01/q99 actions with the gripper
-    raw (the OXE recipe; the CALVIN runs clip to fixed ±0.65 bounds, which the import sets). Memory (computed): 1.7 B × 16 B ≈ 27 GB of states, ≈ 9 GB/GPU with ZeRO-2 on 8 GPUs, plus
-    activations of 8 frames per sample (the repo documents no number).
+    raw (the OXE recipe; the CALVIN runs clip to fixed ±0.65 bounds, which the import sets). Memory (computed):
+    1.7 B × 16 B ≈ 27 GB of states, ≈ 9 GB/GPU with ZeRO-2 on 8 GPUs, plus activations of 8 frames per sample
+    (the repo documents no number).
     """
     return _robovlms(tiny=False)
 
