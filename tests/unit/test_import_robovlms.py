@@ -119,11 +119,16 @@ def robovlms(tmp_path_factory):
     return root, kosmos, ckpt
 
 
-def test_imported_robovlms_matches_the_reference_over_the_window(robovlms):
+@pytest.fixture(scope="module")
+def local(robovlms):
+    return LocalPolicy.load(robovlms[2])
+
+
+def test_imported_robovlms_matches_the_reference_over_the_window(robovlms, local):
     """Four steps with a window of 2: the LSTM keeps its state while the window fills, then it is recomputed from
     zero over the last two features; a reset starts the next episode from an empty window."""
-    root, kosmos, ckpt = robovlms
-    ref, policy = Reference(root, kosmos), LocalPolicy.load(ckpt)
+    root, kosmos, _ = robovlms
+    ref, policy = Reference(root, kosmos), local
     assert (policy.history, policy.chunk, policy.exec_steps) == (WINDOW, CHUNK, 1)
     task = "push the red block to the left"
     for episode, steps in enumerate((4, 1)):
@@ -137,11 +142,10 @@ def test_imported_robovlms_matches_the_reference_over_the_window(robovlms):
             assert set(np.unique(got[:, -1])) <= {-1.0, 1.0} and np.abs(got[:, :6]).max() <= BOUND
 
 
-def test_the_window_flags_decide_what_the_lstm_sees(robovlms):
+def test_the_window_flags_decide_what_the_lstm_sees(local):
     """The first frame of an episode: the window repeats it in front and flags the copy; flagged frames are left
     out whatever they hold, unflagged ones are fused."""
-    _, _, ckpt = robovlms
-    policy = LocalPolicy.load(ckpt)
+    policy = local
     a, b = _frames(2, seed=3)
     obs = HistoryWindow(WINDOW).push({image_key("static"): a, "task": "open the drawer"})
     assert obs[image_key("static")].shape == (WINDOW, 40, 40, 3) and obs[OBS_IS_PAD].tolist() == [True, False]
@@ -153,9 +157,8 @@ def test_the_window_flags_decide_what_the_lstm_sees(robovlms):
     assert not np.allclose(flagged[:, :6], unflagged[:, :6], atol=1e-4)
 
 
-def test_robovlms_image_preprocessing_and_bounds_on_fixed_arrays(robovlms):
-    _, _, ckpt = robovlms
-    policy = LocalPolicy.load(ckpt).policy
+def test_robovlms_image_preprocessing_and_bounds_on_fixed_arrays(local):
+    policy = local.policy
     img = np.arange(50 * 60 * 3, dtype=np.uint8).reshape(50, 60, 3) * 7  # not square: squashed, not padded
     batch = policy.prepare([{image_key("static"): np.stack([img] * WINDOW), "task": "open the drawer"}])
     pixels = policy.backbone.normalize_images(batch[image_key("static")][0, -1])
@@ -169,9 +172,8 @@ def test_robovlms_image_preprocessing_and_bounds_on_fixed_arrays(robovlms):
     np.testing.assert_allclose(item[ACTION][0], [1.0, -1.0, 0.5, 0, 0, 0, -1.0], atol=1e-6)
 
 
-def test_imported_robovlms_serves_the_window(robovlms):
-    _, _, ckpt = robovlms
-    local = LocalPolicy.load(ckpt)
+def test_imported_robovlms_serves_the_window(robovlms, local):
+    ckpt = robovlms[2]
     window = HistoryWindow(WINDOW)
     for img in _frames(2, seed=7):
         obs = window.push({image_key("static"): img, "task": "lift the blue block"})
