@@ -199,9 +199,9 @@ def import_robovlms(src: Path, unnorm_key: str | None = None, cameras: tuple[str
                           f"{hf['vision_config']['image_size']}")
     hand = bool(run.get("use_hand_rgb", False))
     cams = tuple(cameras or (("gripper", "static") if hand else ("static",)))
-    if len(cams) != 1 + hand:
-        raise LayoutError(f"--cameras: this run sees {1 + hand} image(s) ({'wrist, then static' if hand else 'static'}"
-                          f"), got {list(cams)}")
+    if len(cams) not in (1, 1 + hand):  # one name for a use_hand_rgb run: the static view alone (as SimplerEnv)
+        sees = "the wrist view, then the static one (or the static one alone)" if hand else "one static view"
+        raise LayoutError(f"--cameras: this run sees {sees}, got {list(cams)}")
     mean = tuple(run.get("image_mean", CLIP_MEAN_STD[0]))
     std = tuple(run.get("image_std", CLIP_MEAN_STD[1]))
     backbone = BACKBONES.get("kosmos2")(
