@@ -199,6 +199,8 @@ def test_robovlms_import_refusals(tmp_path, robovlms):
     root, kosmos, _ = robovlms
     with pytest.raises(LayoutError, match="--tokenizer"):
         import_robovlms(root)
+    with pytest.raises(LayoutError, match="--cameras: this run sees one static view"):
+        import_robovlms(root, tokenizer=kosmos, cameras=("static", "gripper"))
     run = json.loads((root / "configs" / "kosmos_ph_calvin_abcd.json").read_text())
     bad = tmp_path / "bad"
     (bad / "configs").mkdir(parents=True)
@@ -213,3 +215,16 @@ def test_robovlms_import_refusals(tmp_path, robovlms):
     torch.save({"weights": {}}, bad / "checkpoints" / "other.pt")
     with pytest.raises(LayoutError, match="expected one RoboVLMs checkpoint"):
         import_robovlms(bad, tokenizer=kosmos)
+
+
+def test_the_robovlms_preset_builds_the_published_variant():
+    from vlaforge.presets import get_preset
+    from vlaforge.weights.robovlms import PROMPT
+
+    policy = get_preset("robovlms").policy
+    head, backbone = policy.head, policy.backbone
+    assert (head.type, head.mlp, head.mlp_widths, head.input_proj, head.window_pads, head.tanh) == (
+        "lstm", "arm_gripper", (1024, 512, 256), False, "skip", True)
+    assert (backbone.image_markers, backbone.prompt_template, backbone.readout, backbone.history) == (
+        False, PROMPT, "act", "per_frame")
+    assert (policy.history, policy.chunk, policy.exec_steps) == (8, 10, 1)
