@@ -11,7 +11,8 @@ reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and p
 ``--released openvla,openvla_oft,hybridvla`` instead times the released models' architectures at their published
 sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
 builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
-into ``bench/results/released.json``.
+into ``bench/results/released.json``. ``robovlms`` is KosMos P.H. (Kosmos-2 1.66 B, a full window of 8 frames,
+chunk 10).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from vlaforge.backbones.base import BACKBONES
 from vlaforge.heads.base import HEADS
 from vlaforge.policy import PolicyConfig, VLAPolicy
 from vlaforge.processors import collate
-from vlaforge.types import ACTION, OBS_STATE, TASK, RobotSpec, image_key
+from vlaforge.types import ACTION, OBS_IS_PAD, OBS_STATE, TASK, RobotSpec, image_key
 
 CAMERAS = {"front": (224, 224), "wrist": (224, 224)}
 CHUNK, ACTION_DIM, STATE_DIM = 8, 7, 8
@@ -97,6 +99,21 @@ DINO_L = dict(model_type="dinov2_with_registers", hidden_size=1024, mlp_ratio=4,
 SIGLIP_SO400M = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                      num_attention_heads=16, image_size=224, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu")
 LLAMA2_7B = dict(model_type="llama", vocab_size=32064, pad_token_id=32000, rms_norm_eps=1e-6)
+KOSMOS2_WINDOW, KOSMOS2_CHUNK = 8, 10  # RoboVLMs' CALVIN KosMos P.H. (ws-8, act-10)
+
+
+def _robovlms() -> tuple[Any, Any]:
+    """RoboVLMs' KosMos P.H.: kosmos-2-patch14-224 (transformers' Kosmos2Config defaults are its sizes)."""
+    from transformers import Kosmos2Config
+
+    from vlaforge.backbones.kosmos2 import CLIP_MEAN_STD
+    from vlaforge.weights.robovlms import BACKBONE_OPTIONS, HEAD_OPTIONS
+
+    hf = Kosmos2Config().to_dict()
+    backbone = BACKBONES.get("kosmos2")(arch={"hf_config": hf, "image_mean": list(CLIP_MEAN_STD[0]),
+                                              "image_std": list(CLIP_MEAN_STD[1])},
+                                        dtype="bfloat16", add_tokens=("<grounding>",), **BACKBONE_OPTIONS)
+    return backbone, HEADS.get("lstm")(hidden=1024, layers=4, mlp_widths=(1024, 512, 256), **HEAD_OPTIONS)
 
 
 def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
@@ -109,6 +126,7 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     arch = {"configs": {"dino": DINO_L, "siglip": SIGLIP_SO400M, "llm": LLAMA2_7B}, "image_mean": [0.0] * 3,
             "image_std": [1.0] * 3}
     extra = {"add_tokens": ("▁",)}  # the code-built tokenizer stands in for Llama-2's (timing only)
+    history = 1
     if system == "openvla":
         cams, state, chunk = ("primary",), 0, 1
         backbone = openvla_backbone(arch, "bfloat16", proprio="none", readout="last", **extra)
@@ -128,10 +146,14 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
                                                     markers="vocab"),
             threshold=0.0, gripper_values=(0.0, 1.0), binarize_gripper=True, clip=True, ar_context="diffusion_block",
             ar_suffix="▁")  # threshold 0: always both paths, as a confident model runs
+    elif system == "robovlms":
+        cams, state, chunk, history = ("static",), 0, KOSMOS2_CHUNK, KOSMOS2_WINDOW
+        backbone, head = _robovlms()
     else:
-        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla)")
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms)")
     robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
-    cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=chunk).with_robot(robot)
+    cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=1 if history > 1 else chunk,
+                       history=history).with_robot(robot)
     tok = build_tokenizer()
     tok.add_tokens(list(backbone.add_tokens), special_tokens=True)  # built from `assets`: the tokenizer has them
     tok.save_pretrained(str(tmp / system))
@@ -152,7 +174,10 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     d = {k: {"mean": np.zeros(n), "std": np.ones(n), "q01": -np.ones(n), "q99": np.ones(n), "min": -np.ones(n),
              "max": np.ones(n)} for k, n in ((OBS_STATE, max(state, 1)), (ACTION, ACTION_DIM))}
     policy.make_pipelines(d if state else {ACTION: d[ACTION]}, robot)
-    obs = {image_key(c): rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for c in cams}
+    lead = (history,) if history > 1 else ()
+    obs = {image_key(c): rng.integers(0, 255, (*lead, 224, 224, 3), dtype=np.uint8) for c in cams}
+    if history > 1:  # a full window: every frame is real
+        obs[OBS_IS_PAD] = np.zeros(history, bool)
     obs[TASK] = "put the red block in the bowl"
     if state:
         obs[OBS_STATE] = rng.normal(size=state).astype(np.float32)

@@ -506,8 +506,15 @@ class Backbone(nn.Module):
         frames = images.transpose(1, 2).flatten(0, 1)  # (B*T, V, 3, S, S)
         rep = {k: batch[k].repeat_interleave(t, 0) for k in (INPUT_IDS, ATTENTION_MASK)}
         st = state.repeat_interleave(t, 0) if state is not None else None
-        history = self._encode(frames, st, rep, use_cache=False).pooled.view(b, t, -1)
-        ctx = self._encode(images[:, :, -1], state, batch, use_cache)
+        every = self._encode(frames, st, rep, use_cache=False)
+        history = every.pooled.view(b, t, -1)
+        if use_cache:  # a cache of the current frame alone: encode it again
+            ctx = self._encode(images[:, :, -1], state, batch, use_cache)
+        else:  # the current frame is each window's last: its rows of the window's encoding
+            last = torch.arange(b, device=history.device) * t + t - 1
+            ctx = Context(hidden=every.hidden[last], mask=every.mask[last], pooled=every.pooled[last], state=state,
+                          prefix_len=every.prefix_len, last_index=every.last_index[last], lm=self,
+                          extras={k: v[last] if torch.is_tensor(v) else v for k, v in every.extras.items()})
         ctx.history = history
         return ctx
 

@@ -2,8 +2,9 @@
 
 Paper: Kosmos-2 (Peng et al., 2023); reference: ``transformers/models/kosmos2``. The ViT's last layer goes
 through ``post_layernorm``, L2 normalization and the latent-query resampler (64 tokens by default) into the
-text decoder, between ``<image>`` and ``</image>`` as in Kosmos-2's prompts. Differences: none in the model;
-RoboVLMs needed a patched modeling file to pass ``inputs_embeds``, which current transformers accepts.
+text decoder, between ``<image>`` and ``</image>`` as in Kosmos-2's prompts (``image_markers=False``: right after
+BOS with no markers, as RoboVLMs' RoboKosMos inserts them). Differences: none in the model; RoboVLMs needed a
+patched modeling file to pass ``inputs_embeds``, which current transformers accepts.
 The decoder's sinusoidal positions start at ``padding_idx + 1``, so position ids are offset accordingly.
 """
 
@@ -42,6 +43,8 @@ class Kosmos2BackboneConfig(BackboneConfig):
     sizes: ClassVar[dict[str, Any]] = SIZES
     model_types: ClassVar[tuple[str, ...]] = ("kosmos-2",)
 
+    image_markers: bool = True  # <image> ... </image> around each view's tokens (False: RoboVLMs' layout)
+
     @classmethod
     def backbone_class(cls) -> type[Backbone]:
         return Kosmos2Backbone
@@ -67,9 +70,10 @@ class Kosmos2Backbone(Backbone):
         self.hidden_size = hf.text_config.embed_dim
         self.image_size = hf.vision_config.image_size
         self._offset = hf.text_config.pad_token_id + 1  # sinusoidal table rows start after padding_idx
+        markers = self.cfg.image_markers
         self._set_layout(self.model.text_model.model, self.model.text_model.lm_head,
-                         start=[self.tokenizer.bos_token_id], view_prefix=[ids("<image>")],
-                         view_suffix=[ids("</image>")])
+                         start=[self.tokenizer.bos_token_id], view_prefix=[ids("<image>")] if markers else [],
+                         view_suffix=[ids("</image>")] if markers else [])
 
     def embed_images(self, pixel_values: Tensor) -> Tensor:
         vision = self.model.vision_model  # as Kosmos2Model.get_image_features: whole last layer, normalized

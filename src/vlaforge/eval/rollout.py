@@ -20,7 +20,7 @@ import numpy as np
 from vlaforge.chunking import ActionChunker
 from vlaforge.data.video import write_video
 from vlaforge.eval.envs.base import EnvConfig
-from vlaforge.inference import InferencePolicy
+from vlaforge.inference import HistoryWindow, InferencePolicy
 from vlaforge.types import OBS_IMAGES, FeatureMismatchError
 from vlaforge.utils import PinnedThreads, progress_bar
 
@@ -89,8 +89,9 @@ class _TaskRunner:
     def _start(self, i: int, seed: int) -> dict[str, Any]:
         obs = self.envs[i].reset(seed)
         record = self.video_dir is not None and seed - self.seed_start < self.videos
-        return {"seed": seed, "obs": obs, "steps": 0, "chunker": self.k(),
-                "frames": [_frame(obs)] if record else None}
+        window = HistoryWindow(getattr(self.policy, "history", 1))  # a history policy reads the last T frames
+        return {"seed": seed, "obs": obs, "steps": 0, "chunker": self.k(), "window": window,
+                "view": window.push(obs), "frames": [_frame(obs)] if record else None}
 
     def _restart(self, free: list[int]) -> None:
         """Give the next seeds, in order, to the free slots (decided here so that runs are reproducible)."""
@@ -102,6 +103,7 @@ class _TaskRunner:
     def _step(self, i: int) -> EpisodeResult | None:
         s, env = self.slots[i], self.envs[i]
         s["obs"], success, _ = env.step(s["chunker"].pop())
+        s["view"] = s["window"].push(s["obs"])
         s["steps"] += 1
         if s["frames"] is not None:
             s["frames"].append(_frame(s["obs"]))
@@ -131,7 +133,7 @@ class _TaskRunner:
                     return sorted(results, key=lambda r: r.seed)
                 need = [i for i in active if self.slots[i]["chunker"].needs_chunk]
                 if need:
-                    chunks = self.policy.infer_batch([self.slots[i]["obs"] for i in need])
+                    chunks = self.policy.infer_batch([self.slots[i]["view"] for i in need])
                     for i, chunk in zip(need, chunks, strict=True):
                         self.slots[i]["chunker"].push(chunk)
                 for i, done in zip(active, self.threads.map(self._step, active), strict=True):

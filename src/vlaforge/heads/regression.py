@@ -6,6 +6,12 @@ Papers: OpenVLA-OFT (Kim et al., 2025) — parallel decoding of the chunk with a
 trained with Huber on the arm dims plus BCE on the gripper. Reference: ``prismatic/models/action_heads.py``,
 ``robovlms/model/policy_head/base_policy.py``. One class with a ``fusion`` parameter instead of RoboVLMs' four
 near-identical MLP classes. Without a per-frame history the window is the current frame alone.
+
+RoboVLMs' released LSTMDecoder is these options of ``lstm`` (``vlaforge import robovlms`` sets them): the LSTM
+reads the backbone feature itself (``input_proj=False``), a ReLU MLP 1024-512-256 ending in tanh gives the arm
+dims and a second one the gripper logits (``mlp="arm_gripper"``), and frames flagged as padding in
+``observation_is_pad`` are left out (``window_pads="skip"``): before its window is full RoboVLMs runs the LSTM
+over the frames it has seen, after that from a zero state over the last ``window`` frames.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, masked_mean, target_and_mask
-from vlaforge.types import Context, LMSpec, SequenceModel
+from vlaforge.types import OBS_IS_PAD, Context, LMSpec, SequenceModel
 
 LOSSES = ("l1", "mse", "huber_bce")
 READOUTS = ("pooled", "placeholders")
-MLPS = ("gelu", "resnet")
+MLPS = ("gelu", "resnet", "arm_gripper")
+WINDOW_PADS = ("fuse", "skip")
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,23 @@ class RegressionHeadConfig(HeadConfig):
     # "pooled": the backbone's readout vector; "placeholders": OpenVLA-OFT's parallel decoding — chunk x action_dim
     # zero-embedded tokens (+ EOS) encoded with the prompt, each step reads action_dim consecutive hidden states
     readout: str = "pooled"
-    mlp: str = "gelu"  # "gelu": Linear-GELU stacks | "resnet": OFT's MLP-ResNet (LayerNorm, ReLU residual blocks)
+    # "gelu": Linear-GELU stacks | "resnet": OFT's MLP-ResNet (LayerNorm, ReLU residual blocks) | "arm_gripper":
+    # RoboVLMs' two ReLU MLPs (``mlp_widths``), one for the arm dims and one for the ``gripper_dims`` logits
+    mlp: str = "gelu"
+    mlp_widths: tuple[int, ...] = (1024, 512, 256)  # hidden widths of the arm_gripper MLPs (RoboVLMs')
+    input_proj: bool = True  # a Linear from the backbone width to ``hidden`` first (False: RoboVLMs' LSTM reads it)
+    # history frames flagged in ``observation_is_pad``: "fuse" them like real ones (copies of the first frame) |
+    # "skip" them: the LSTM starts at the first real frame (RoboVLMs' inference before its window is full)
+    window_pads: str = "fuse"
 
     def validate(self) -> None:
         self.check(self.readout in READOUTS, "readout", f"one of {READOUTS}")
         self.check(self.mlp in MLPS, "mlp", f"one of {MLPS}")
+        self.check(self.window_pads in WINDOW_PADS, "window_pads", f"one of {WINDOW_PADS}")
+        self.check(self.window_pads == "fuse" or self.fusion == "lstm", "window_pads", "'fuse' (skip: lstm only)")
+        self.check(self.mlp != "arm_gripper" or (self.readout == "pooled" and len(self.gripper_dims) > 0),
+                   "mlp", "arm_gripper with readout='pooled' and gripper_dims set")
+        self.check(all(w >= 1 for w in self.mlp_widths), "mlp_widths", "positive widths")
         self.check(self.readout == "pooled" or self.fusion == "none", "readout", "'pooled' with a history fusion")
         self.check(self.hidden >= 1 and self.layers >= 1, "hidden", "hidden >= 1 and layers >= 1")
         self.check(self.loss in LOSSES, "loss", f"one of {LOSSES}")
@@ -96,6 +115,30 @@ class MLPResNet(nn.Module):
         return self.fc_out(self.norm_out(x))
 
 
+def _relu_mlp(inp: int, widths: tuple[int, ...], out: int) -> nn.Sequential:
+    """Linear-ReLU through ``widths``, then a Linear to ``out`` (RoboVLMs' MLPTanhHead / MLPSigmoidHead bodies)."""
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Linear(inp, w), nn.ReLU()]
+        inp = w
+    return nn.Sequential(*layers, nn.Linear(inp, out))
+
+
+def _lstm_last_real(lstm: nn.LSTM, x: Tensor, pad: Tensor) -> Tensor:
+    """The LSTM's top output at each row's last frame, run from a zero state over the row's real frames only.
+
+    ``pad`` (B, T): True for padding frames, which lead the window (before the episode's first frame).
+    """
+    t = x.shape[1]
+    real = (~pad).sum(1).clamp(min=1)  # a row of pads only: its last frame stands for the current one
+    start = t - real
+    idx = (start[:, None] + torch.arange(t, device=x.device)).clamp(max=t - 1)  # real frames first
+    shifted = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    packed = nn.utils.rnn.pack_padded_sequence(shifted, real.cpu(), batch_first=True, enforce_sorted=False)
+    _, (h, _) = lstm(packed)
+    return h[-1]
+
+
 class RegressionHead(ActionHead):
     def __init__(self, cfg: RegressionHeadConfig, action_dim: int, chunk: int, hidden_size: int,
                  state_dim: int) -> None:
@@ -110,17 +153,22 @@ class RegressionHead(ActionHead):
                 if cfg.mlp == "resnet" else nn.Sequential(nn.Linear(action_dim * hidden_size, h), nn.GELU(),
                                                           nn.Linear(h, action_dim))
             return
-        self.inp = nn.Linear(hidden_size, h)
-        self.state = nn.Linear(state_dim, h) if state_dim > 0 else None
+        width = h if cfg.input_proj else hidden_size  # what the fusion reads
+        self.inp = nn.Linear(hidden_size, h) if cfg.input_proj else nn.Identity()
+        self.state = nn.Linear(state_dim, width) if state_dim > 0 else None
         if cfg.fusion == "lstm":
-            self.fuse: nn.Module | None = nn.LSTM(h, h, num_layers=cfg.layers, batch_first=True)
+            self.fuse: nn.Module | None = nn.LSTM(width, h, num_layers=cfg.layers, batch_first=True)
         elif cfg.fusion == "gpt":
             self.fuse = GPT2Model(GPT2Config(n_embd=h, n_layer=cfg.layers, n_head=cfg.heads, n_positions=cfg.window,
                                              vocab_size=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                              bos_token_id=0, eos_token_id=0))
         else:
             self.fuse = None
-        if cfg.mlp == "resnet":
+        if cfg.mlp == "arm_gripper":
+            n_grip = int(grip.sum())
+            self.arm = _relu_mlp(h, cfg.mlp_widths, chunk * (action_dim - n_grip))
+            self.gripper = _relu_mlp(h, cfg.mlp_widths, chunk * n_grip)
+        elif cfg.mlp == "resnet":
             self.mlp = MLPResNet(h, h, chunk * action_dim, cfg.layers)
         else:
             mlp: list[nn.Module] = []
@@ -128,11 +176,15 @@ class RegressionHead(ActionHead):
                 mlp += [nn.Linear(h, h), nn.GELU()]
             self.mlp = nn.Sequential(*mlp, nn.Linear(h, chunk * action_dim))
 
-    def _features(self, ctx: Context) -> Tensor:
+    def _features(self, ctx: Context, batch: dict[str, Any]) -> Tensor:
         seq = ctx.history if ctx.history is not None else ctx.pooled[:, None]  # (B, T, D)
         x = self.inp(seq)
         if self.state is not None and ctx.state is not None:
             x = x + self.state(ctx.state.to(x.dtype))[:, None]
+        pad = batch.get(OBS_IS_PAD)
+        if isinstance(self.fuse, nn.LSTM) and self.cfg.window_pads == "skip" and ctx.history is not None \
+                and pad is not None:
+            return _lstm_last_real(self.fuse, x, pad.to(x.device).bool())
         if isinstance(self.fuse, nn.LSTM):
             x = self.fuse(x)[0]
         elif self.fuse is not None:
@@ -161,15 +213,21 @@ class RegressionHead(ActionHead):
         h = ctx.hidden.gather(1, pos[..., None].expand(-1, -1, ctx.hidden.shape[-1]))
         return h.reshape(h.shape[0], self.chunk, -1)
 
-    def _raw(self, ctx: Context) -> Tensor:
+    def _raw(self, ctx: Context, batch: dict[str, Any]) -> Tensor:
         if self.placeholders:
             h = self._placeholder_states(ctx)
             return self.mlp(h.to(next(self.mlp.parameters()).dtype)).float()
-        return self.mlp(self._features(ctx)).view(-1, self.chunk, self.action_dim).float()
+        x = self._features(ctx, batch)
+        if self.cfg.mlp != "arm_gripper":
+            return self.mlp(x).view(-1, self.chunk, self.action_dim).float()
+        raw = x.new_empty(x.shape[0], self.chunk, self.action_dim, dtype=torch.float32)
+        raw[..., ~self._gripper] = self.arm(x).view(x.shape[0], self.chunk, -1).float()
+        raw[..., self._gripper] = self.gripper(x).view(x.shape[0], self.chunk, -1).float()
+        return raw
 
     def loss(self, ctx: Context, batch: dict[str, Any]) -> dict[str, Tensor]:
         target, valid = target_and_mask(batch, self.chunk, self.action_dim)
-        raw = self._raw(ctx)
+        raw = self._raw(ctx, batch)
         cfg, grip = self.cfg, self._gripper
         if cfg.loss == "huber_bce":
             arm = F.huber_loss(self._arm(raw)[..., ~grip], target[..., ~grip], reduction="none").mean(-1)
@@ -185,7 +243,7 @@ class RegressionHead(ActionHead):
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
-        raw = self._raw(ctx)
+        raw = self._raw(ctx, batch)
         out = self._arm(raw)
         if self.cfg.loss == "huber_bce":  # gripper logits -> open / closed in the normalized range
             out[..., self._gripper] = torch.where(raw[..., self._gripper] > 0, 1.0, -1.0)

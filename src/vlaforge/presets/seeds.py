@@ -272,10 +272,16 @@ def llava_vla_tiny() -> TrainConfig:
 
 # ---------------------------------------------------------------- RoboVLMs
 def _robovlms(tiny: bool) -> TrainConfig:
-    backbone = _backbone("kosmos2", tiny, proprio="none", history="per_frame", readout="act",
-                         gradient_checkpointing=True)
-    head = HEADS.get("lstm")(hidden=64 if tiny else 1024, layers=4, loss="huber_bce", gripper_dims=GRIPPER,
-                             gripper_weight=0.01, tanh=True)
+    # the options of RoboVLMs' released KosMos P.H. (vlaforge.weights.robovlms imports it with them): image tokens
+    # right after BOS without <image> markers, its grounding prompt, the LSTM on the [ACT] feature itself,
+    # separate arm (tanh) / gripper MLPs, padding frames left out of the window. The previous variant stays
+    # reachable: --policy.backbone.image_markers=true --policy.backbone.prompt_template={task}
+    # --policy.head.input_proj=true --policy.head.mlp=gelu --policy.head.window_pads=fuse
+    from vlaforge.weights.robovlms import BACKBONE_OPTIONS, HEAD_OPTIONS
+
+    backbone = _backbone("kosmos2", tiny, gradient_checkpointing=True, **BACKBONE_OPTIONS)
+    head = HEADS.get("lstm")(hidden=64 if tiny else 1024, layers=4, gripper_weight=0.01,
+                             mlp_widths=(64, 32, 16) if tiny else (1024, 512, 256), **HEAD_OPTIONS)
     policy = PolicyConfig(backbone=backbone, head=head, chunk=10, exec_steps=1, history=8,
                           normalization={OBS_STATE: "mean_std", ACTION: "q01_q99"},
                           normalize_skip={ACTION: GRIPPER})
@@ -288,14 +294,17 @@ def _robovlms(tiny: bool) -> TrainConfig:
 def robovlms() -> TrainConfig:
     """RoboVLMs (RoboKosMos, policy-head history): Kosmos-2 per frame, an [ACT] token, an LSTM over 8 frames.
 
-    Published: kosmos-2-patch14-224 ≈ 1.66 B + LSTM decoder (4 × 1024, ≈ 0.03 B) + MLP heads. Recipe
-    (``configs/calvin_finetune/*kosmos*ph*``): window 8, each frame encoded alone (``history="per_frame"``), a
-    learnable [ACT] token read out, LSTM fusion, chunk 10 (``fwd_pred_next_n``), the first action executed per
-    step; Huber on the arm dims + 0.01 × BCE on the gripper logits, tanh arm outputs; full fine-tune; AdamW
+    Published: kosmos-2-patch14-224 ≈ 1.66 B + LSTM decoder (4 × 1024, ≈ 0.03 B) + MLP heads, as ``vlaforge import
+    robovlms`` builds it. Recipe (``configs/calvin_finetune/*kosmos*ph*``): window 8, each frame encoded alone
+    (``history="per_frame"``), image tokens right after BOS, ``<grounding>An image of a robot {task}``, a learnable
+    [ACT] token read out, the LSTM on its 2048-d feature, separate arm (tanh) and gripper MLPs (1024-512-256),
+    chunk 10 (``fwd_pred_next_n``), the first action executed per step, padding frames before the episode start
+    left out of the window; Huber on the arm dims + 0.01 × BCE on the gripper logits; full fine-tune; AdamW
     lr 2e-5, weight decay 0, cosine to 0.01 × lr with a warmup; 50k steps (OXE ``max_steps``), 4 per GPU,
     DeepSpeed stage 2, bf16; random-shift augmentation with 10 px padding; q01/q99 actions with the gripper
-    raw. Memory (computed): 1.7 B × 16 B ≈ 27 GB of states, ≈ 9 GB/GPU with ZeRO-2 on 8 GPUs, plus
-    activations of 8 frames per sample (the repo documents no number).
+    raw (the OXE recipe; the CALVIN runs clip to fixed ±0.65 bounds, which the import sets). Memory (computed):
+    1.7 B × 16 B ≈ 27 GB of states, ≈ 9 GB/GPU with ZeRO-2 on 8 GPUs, plus activations of 8 frames per sample
+    (the repo documents no number).
     """
     return _robovlms(tiny=False)
 

@@ -68,6 +68,7 @@ class RemotePolicy:
         self.robot = RobotSpec.from_json(self.metadata["robot"])
         self.chunk = int(self.metadata["chunk"])
         self.exec_steps = int(self.metadata["exec_steps"])
+        self.history = int(self.metadata.get("history", 1))  # frames per observation (HistoryWindow)
         self._lock = threading.Lock()
         self.reseed(seed)
 

@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from vlaforge.types import OBS_IMAGES, OBS_STATE, TASK, RobotSpec, image_key
+from vlaforge.types import OBS_IMAGES, OBS_IS_PAD, OBS_STATE, TASK, RobotSpec, image_key
 
 PROTOCOL = "vlaforge-serve"
 PROTOCOL_VERSION = 1
@@ -245,6 +245,14 @@ class ObservationSchema:
     def keys(self) -> list[str]:
         return [image_key(c) for c in self.robot.cameras] + ([OBS_STATE] if self.robot.state_dim else []) + [TASK]
 
+    def _pads(self, name: str, value: Any, problems: list[Problem]) -> np.ndarray | None:
+        """A window's optional ``observation_is_pad`` (T,): which frames precede the episode (HistoryWindow)."""
+        arr = np.asarray(value) if isinstance(value, list | np.ndarray) else None
+        if arr is None or arr.shape != (self.history,) or arr.dtype.kind not in "bui":
+            problems.append(Problem(name, f"({self.history},) booleans", describe(value)))
+            return None
+        return arr.astype(bool)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {image_key(c): {"shape": list(self.camera_shape(c)), "dtype": "uint8"}
                                for c in self.robot.cameras}
@@ -359,6 +367,10 @@ class ObservationSchema:
                 st = self._state(f"{where}{OBS_STATE}", obs[OBS_STATE], problems)
                 if st is not None:
                     out[OBS_STATE] = st
+        if self.history > 1 and OBS_IS_PAD in obs:
+            pads = self._pads(f"{where}{OBS_IS_PAD}", obs[OBS_IS_PAD], problems)
+            if pads is not None:
+                out[OBS_IS_PAD] = pads
         task = obs.get(TASK)
         if not isinstance(task, str):
             problems.append(Problem(f"{where}{TASK}", "an instruction string", describe(task) if task is not None
@@ -367,7 +379,7 @@ class ObservationSchema:
             problems.append(Problem(f"{where}{TASK}", f"at most {MAX_TASK_CHARS} characters", f"{len(task)}"))
         else:
             out[TASK] = task
-        known = set(self.keys)
+        known = set(self.keys) | ({OBS_IS_PAD} if self.history > 1 else set())
         unknown_keys(list(obs), known, where, f"one of {self.keys} (or seed / rng_state)", problems)
         return out
 

@@ -16,6 +16,7 @@ IMPORTERS: Registry = Registry("importers", lazy={
     "hybridvla": "vlaforge.weights.hybridvla",
     "llava_vla": "vlaforge.weights.llava_vla",
     "dexvla": "vlaforge.weights.dexvla",
+    "robovlms": "vlaforge.weights.robovlms",
 })
 
 __all__ = ["IMPORTERS"]
