@@ -1,4 +1,4 @@
-"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--out DIR]
+"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--workers N] [--out DIR]
 vlaforge eval [CHECKPOINT] --remote ws://HOST:PORT ...   (through `vlaforge serve`; API key from $VLAFORGE_API_KEY)"""
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 from vlaforge.config import ConfigBase, Paths
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize, write_summary
+from vlaforge.eval.workers import make_pool
 from vlaforge.inference import InferencePolicy
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ class EvalConfig(ConfigBase):
     episodes: int = 10  # per task
     exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
+    workers: int = 1  # processes the envs run in (1: this process, on pinned threads); results do not depend on it
+    worker_timeout: float = 600.0  # seconds a worker may take to answer one call (build, reset or step its envs)
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task
     expert: bool = True  # also run the scripted experts on the same seeds, for reference
@@ -34,6 +37,8 @@ class EvalConfig(ConfigBase):
     def validate(self) -> None:
         self.check(self.episodes >= 1, "episodes", ">= 1")
         self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
+        self.check(self.workers >= 1, "workers", ">= 1")
+        self.check(self.worker_timeout > 0, "worker_timeout", "> 0")
         self.check(self.videos >= 0, "videos", ">= 0")
 
 
@@ -57,11 +62,13 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
     tasks = cfg.env.task_names(cfg.tasks)
     policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device,
                                                                       unnorm_key=cfg.unnorm_key)
-    results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
-                       parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
-                       videos_per_task=cfg.videos, show_progress=show_progress)
-    summary = summarize(results)
-    reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start)) if cfg.expert else None
+    with make_pool(cfg.env, min(cfg.parallel_envs, cfg.episodes), cfg.workers, timeout=cfg.worker_timeout) as pool:
+        results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
+                           video_dir=out / "videos" if cfg.videos else None, videos_per_task=cfg.videos,
+                           show_progress=show_progress, pool=pool)
+        summary = summarize(results)
+        reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start, pool=pool)) \
+            if cfg.expert else None
     print_table(summary, reference, title=f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)")
     write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt) if ckpt else None,
                   config=cfg.to_dict())
