@@ -8,7 +8,7 @@ from the pool's start (process spawn + env builds included) to the last episode.
 ``bench/results/eval_workers.json`` and prints a Markdown table.
 
     python bench/eval_workers.py                                       # Meta-World reach + drawer-close, 96 px
-    python bench/eval_workers.py --env libero --tasks libero_object --episodes 2 --max-steps 0   # once the adapter lands
+    python bench/eval_workers.py --env libero --tasks libero_object --episodes 2 --image-size 0 --max-steps 0
 """
 
 from __future__ import annotations
