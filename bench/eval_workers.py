@@ -4,7 +4,8 @@ The policy is a tiny random one (uniform actions from a seeded stream, a chunk o
 are the simulator's and the worker plumbing's, not a VLA's: with a real policy add its batched inference time
 (one call per ``exec_steps`` steps for up to ``--parallel-envs`` observations). Every worker count runs the same
 episodes (same seeds, same batches), and the script checks that the results are identical. Each count is timed
-from the pool's start (process spawn + env builds included) to the last episode. Writes
+from the pool's start (process spawn + env builds included) to the last episode; CPU ms/step (this process and
+its workers) shows the cost of the worker plumbing even on a busy machine, where wall time cannot. Writes
 ``bench/results/eval_workers.json`` and prints a Markdown table.
 
     python bench/eval_workers.py                                       # Meta-World reach + drawer-close, 96 px
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -40,23 +42,31 @@ class RandomPolicy:
         return self.rng.uniform(-self.scale, self.scale, shape).astype(np.float32)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the workers, once joined): robust to a busy box."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(args: argparse.Namespace, workers: int) -> dict:
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
     env = ENVS.get(args.env)(**overrides)
     tasks = env.task_names(args.tasks)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     with make_pool(env, min(args.parallel_envs, args.episodes), workers) as pool:
         policy = RandomPolicy(pool.make(tasks[0]).robot)
         t1 = time.perf_counter()
         results = evaluate(policy, env, tasks, args.episodes, parallel_envs=args.parallel_envs, pool=pool,
                            show_progress=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     steps = sum(r.steps for r in results)
     return {"workers": workers, "episodes": len(results), "steps": steps, "wall_s": round(wall, 2),
             "startup_s": round(t1 - t0, 2), "episodes_per_hour": round(len(results) * 3600 / wall, 1),
-            "steps_per_s": round(steps / wall, 1), "results": [(r.task, r.seed, r.success, r.steps) for r in results]}
+            "steps_per_s": round(steps / wall, 1), "cpu_s": round(cpu, 1),
+            "cpu_ms_per_step": round(1000 * cpu / steps, 2),
+            "results": [(r.task, r.seed, r.success, r.steps) for r in results]}
 
 
 def main() -> None:
@@ -82,12 +92,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "runs": [{k: v for k, v in r.items() if k != "results"} for r in rows]},
                               indent=2))
-    print(f"| workers | episodes | env steps | wall s (startup s) | episodes/hour | steps/s |  ({args.env}, "
-          f"{args.parallel_envs} envs, load {load[0]:.1f} on {os.cpu_count()} CPUs)")
-    print("|---|---|---|---|---|---|")
+    print(f"| workers | episodes | env steps | wall s (startup s) | episodes/hour | steps/s | CPU ms/step |  "
+          f"({args.env}, {args.parallel_envs} envs, load {load[0]:.1f} on {os.cpu_count()} CPUs)")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['episodes']} | {r['steps']} | {r['wall_s']} ({r['startup_s']}) | "
-              f"{r['episodes_per_hour']} | {r['steps_per_s']} |")
+              f"{r['episodes_per_hour']} | {r['steps_per_s']} | {r['cpu_ms_per_step']} |")
     print(f"identical results across worker counts: {same}")
     if not same:
         raise SystemExit("results differ between worker counts")
