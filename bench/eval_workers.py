@@ -3,7 +3,8 @@
 The policy is a tiny random one (uniform actions from a seeded stream, a chunk of 8, 4 executed), so the numbers
 are the simulator's and the worker plumbing's, not a VLA's: with a real policy add its batched inference time
 (one call per ``exec_steps`` steps for up to ``--parallel-envs`` observations). Every worker count runs the same
-episodes (same seeds, same batches), and the script checks that the results are identical. Each count is timed
+episodes (same seeds, same batches), and the script checks that the results and every observation the policy was
+given (a SHA-1 over them) are identical. Each count is timed
 from the pool's start (process spawn + env builds included) to the last episode; CPU ms/step (this process and
 its workers) shows the cost of the worker plumbing even on a busy machine, where wall time cannot. Writes
 ``bench/results/eval_workers.json`` and prints a Markdown table.
@@ -15,6 +16,7 @@ its workers) shows the cost of the worker plumbing even on a busy machine, where
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -31,13 +33,19 @@ from vlaforge.types import RobotSpec
 
 
 class RandomPolicy:
-    """Uniform actions in [-scale, scale] from one seeded stream (the same batches give the same actions)."""
+    """Uniform actions in [-scale, scale] from one seeded stream (the same batches give the same actions); keeps a
+    digest of every observation it is given, so runs can be compared observation for observation."""
 
     def __init__(self, robot: RobotSpec, chunk: int = 8, exec_steps: int = 4, scale: float = 0.5) -> None:
         self.robot, self.chunk, self.exec_steps, self.scale = robot, chunk, exec_steps, scale
         self.rng = np.random.default_rng(0)
+        self.digest = hashlib.sha1()
 
     def infer_batch(self, observations: list) -> np.ndarray:
+        for obs in observations:
+            for _, v in sorted(obs.items()):
+                if isinstance(v, np.ndarray):
+                    self.digest.update(np.ascontiguousarray(v).tobytes())
         shape = (len(observations), self.chunk, self.robot.action_dim)
         return self.rng.uniform(-self.scale, self.scale, shape).astype(np.float32)
 
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace, workers: int) -> dict:
     return {"workers": workers, "episodes": len(results), "steps": steps, "wall_s": round(wall, 2),
             "startup_s": round(t1 - t0, 2), "episodes_per_hour": round(len(results) * 3600 / wall, 1),
             "steps_per_s": round(steps / wall, 1), "cpu_s": round(cpu, 1),
-            "cpu_ms_per_step": round(1000 * cpu / steps, 2),
+            "cpu_ms_per_step": round(1000 * cpu / steps, 2), "observations_sha1": policy.digest.hexdigest(),
             "results": [(r.task, r.seed, r.success, r.steps) for r in results]}
 
 
@@ -81,7 +89,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_workers.json"))
     args = ap.parse_args()
     rows = [run(args, int(w)) for w in args.workers.split(",")]
-    same = all(r["results"] == rows[0]["results"] for r in rows)
+    same = all(r["results"] == rows[0]["results"] and r["observations_sha1"] == rows[0]["observations_sha1"]
+               for r in rows)
     load = os.getloadavg()
     meta = {"env": args.env, "tasks": args.tasks, "episodes_per_task": args.episodes,
             "parallel_envs": args.parallel_envs, "image_size": args.image_size, "max_steps": args.max_steps,
@@ -98,7 +107,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['workers']} | {r['episodes']} | {r['steps']} | {r['wall_s']} ({r['startup_s']}) | "
               f"{r['episodes_per_hour']} | {r['steps_per_s']} | {r['cpu_ms_per_step']} |")
-    print(f"identical results across worker counts: {same}")
+    print(f"identical results and observations across worker counts: {same}")
     if not same:
         raise SystemExit("results differ between worker counts")
 
