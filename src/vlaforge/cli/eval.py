@@ -1,4 +1,4 @@
-"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--out DIR]
+"""vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--workers N] [--out DIR]
 vlaforge eval CHECKPOINT --tasks mt50|mt10|easy|medium|hard|very_hard   (Meta-World: per-group means + their mean)
 vlaforge eval CHECKPOINT ... --ensemble=K [--ensemble_temp=0.01]   (ACT temporal ensembling, a query every step)
 vlaforge eval [CHECKPOINT] --remote ws://HOST:PORT ...   (through `vlaforge serve`; API key from $VLAFORGE_API_KEY)"""

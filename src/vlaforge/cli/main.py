@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "collect": ("vlaforge.cli.collect", "scripted-expert demos -> a LeRobot v3 dataset"),
-    "convert": ("vlaforge.cli.convert", "hdf5 | rlds | calvin -> a LeRobot v3 dataset; calvin-annotations -> JSON"),
+    "convert": ("vlaforge.cli.convert", "hdf5 | libero | rlds | calvin -> LeRobot v3; calvin-annotations -> JSON"),
     "stats": ("vlaforge.cli.stats", "(re)compute meta/stats.json of a dataset"),
     "train": ("vlaforge.cli.train", "train a preset on a dataset"),
     "eval": ("vlaforge.cli.eval", "evaluate a checkpoint in simulation"),

@@ -23,6 +23,7 @@ from vlaforge.eval.collect import collect
 from vlaforge.eval.envs.metaworld import INSTRUCTIONS, MetaWorldConfig
 from vlaforge.eval.report import machine, plot_success, write_report
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize
+from vlaforge.eval.workers import make_pool
 from vlaforge.presets import get_preset
 from vlaforge.presets.quickstart import QUICKSTART_TASKS
 
@@ -37,11 +38,13 @@ class QuickstartConfig(ConfigBase):
     steps: int | None = None  # training steps (default: the preset's)
     max_train_minutes: float = 20.0  # the training budget: its schedule is laid out to end within it
     exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
+    workers: int = 1  # evaluation: processes the envs run in (1: this process); the results do not depend on it
     overwrite: bool = False
 
     def validate(self) -> None:
         self.check(self.demos >= 1, "demos", ">= 1")
         self.check(self.eval_episodes >= 1, "eval_episodes", ">= 1")
+        self.check(self.workers >= 1, "workers", ">= 1")
 
 
 # what a quick start writes into its folder; --overwrite removes these and nothing else
@@ -111,10 +114,11 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     ckpt = Paths.last_checkpoint(run_dir).resolve()
     print(f"[3/3] evaluating {ckpt.name} on {cfg.eval_episodes} episodes x {len(tasks)} tasks", file=sys.stderr)
     policy = LocalPolicy.load(ckpt)
-    results = evaluate(policy, env, tasks, cfg.eval_episodes, exec_steps=cfg.exec_steps,
-                       video_dir=out / "videos", videos_per_task=1)
-    summary = summarize(results)
-    reference = summarize(expert_baseline(env, tasks, cfg.eval_episodes))
+    with make_pool(env, min(10, cfg.eval_episodes), cfg.workers) as pool:
+        results = evaluate(policy, env, tasks, cfg.eval_episodes, exec_steps=cfg.exec_steps, video_dir=out / "videos",
+                           videos_per_task=1, pool=pool)
+        summary = summarize(results)
+        reference = summarize(expert_baseline(env, tasks, cfg.eval_episodes, pool=pool))
     timings["eval"] = (time.time() - t) / 60
     print_table(summary, reference, title="quick start: success on unseen seeds")
 

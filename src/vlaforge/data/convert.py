@@ -1,6 +1,6 @@
 """Episode sources of other formats and their conversion to the LeRobot v3 layout.
 
-Every foreign format (``hdf5``, ``rlds``, ``calvin``) is read by a :class:`Source`: it knows its features up
+Every foreign format (``hdf5``, ``libero``, ``rlds``, ``calvin``) is read by a :class:`Source`: it knows its features up
 front and yields :class:`Episode` objects in the canonical keys of :mod:`vlaforge.types`
 (``observation.images.<camera>`` uint8 (T, H, W, 3), ``observation.state`` and ``action`` float32 (T, D), and
 optional per-frame string features such as ``reasoning``). :func:`convert` writes any source with the one
@@ -22,7 +22,8 @@ from vlaforge.registry import Registry
 from vlaforge.types import FeatureSpec
 
 SOURCES: Registry[Any] = Registry("sources", lazy={
-    "hdf5": "vlaforge.data.hdf5", "calvin": "vlaforge.data.calvin", "rlds": "vlaforge.data.rlds",
+    "hdf5": "vlaforge.data.hdf5", "libero": "vlaforge.data.hdf5", "calvin": "vlaforge.data.calvin",
+    "rlds": "vlaforge.data.rlds",
 })
 
 

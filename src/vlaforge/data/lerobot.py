@@ -487,6 +487,11 @@ class LeRobotDataset:
         load_stats: read ``meta/stats.json`` (False to recompute it).
     """
 
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        """Whether ``root`` looks like a LeRobot dataset (for :func:`vlaforge.data.open_reader`)."""
+        return (Path(root) / "meta" / "info.json").is_file()
+
     def __init__(self, root: str | Path, *, history: int = 1, chunk: int = 1, video_cache: str = "auto",
                  preload_limit_gb: float = 4.0, episodes: list[int] | None = None, load_stats: bool = True) -> None:
         if history < 1 or chunk < 1:

@@ -7,6 +7,7 @@ Evaluation seeds start at :data:`EVAL_SEED_START`, far from the seeds demos are 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -20,9 +21,10 @@ import numpy as np
 from vlaforge.chunking import ActionChunker
 from vlaforge.data.video import write_video
 from vlaforge.eval.envs.base import EnvConfig
+from vlaforge.eval.workers import WORKER_TIMEOUT, EnvInfo, EnvPool, make_pool
 from vlaforge.inference import HistoryWindow, InferencePolicy
 from vlaforge.types import OBS_IMAGES, FeatureMismatchError
-from vlaforge.utils import PinnedThreads, progress_bar
+from vlaforge.utils import progress_bar
 
 EVAL_SEED_START = 100_000
 
@@ -51,12 +53,16 @@ def _bordered(frames: list[np.ndarray], success: bool, hold: int = 8) -> list[np
 
 def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], episodes: int, *,
              seed_start: int = EVAL_SEED_START, exec_steps: int | None = None, parallel_envs: int = 10,
-             sim_threads: int = 2, video_dir: Path | None = None, videos_per_task: int = 1,
-             show_progress: bool = True, ensemble: int = 0, ensemble_temp: float = 0.01) -> list[EpisodeResult]:
-    """Run ``episodes`` episodes of each task; return one result per episode.
+             sim_threads: int = 2, workers: int = 1, worker_timeout: float = WORKER_TIMEOUT,
+             video_dir: Path | None = None, videos_per_task: int = 1, show_progress: bool = True,
+             pool: EnvPool | None = None, ensemble: int = 0, ensemble_temp: float = 0.01) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes of each task; return one result per episode (tasks in order, then seeds).
 
-    ``ensemble=K`` (1..chunk): ACT's temporal ensembling instead of the receding horizon (the policy is queried
-    every step; see :class:`~vlaforge.chunking.ActionChunker`).
+    ``parallel_envs`` env copies run side by side: in this process on ``sim_threads`` pinned threads, or spread over
+    ``workers`` processes (or the slots of ``pool``, which the caller then owns). The schedule (the seed of each
+    slot, the policy's batches) does not depend on where the envs live, so the results are the same for any
+    ``workers``. ``ensemble=K`` (1..chunk): ACT's temporal ensembling instead of the receding horizon (the policy is
+    queried every step; see :class:`~vlaforge.chunking.ActionChunker`).
     """
     k = exec_steps or policy.exec_steps
     if not 1 <= k <= policy.chunk:
@@ -65,104 +71,100 @@ def evaluate(policy: InferencePolicy, env_cfg: EnvConfig, tasks: list[str], epis
         raise ValueError(f"ensemble: expected 0 (off) .. {policy.chunk} (the policy's chunk), got {ensemble}")
     k = functools.partial(ActionChunker, k, ensemble=ensemble, temperature=ensemble_temp)  # the chunk executor
     results: list[EpisodeResult] = []
-    with progress_bar(show_progress) as bar, PinnedThreads(sim_threads) as threads:
+    with progress_bar(show_progress) as bar, _pool(pool, env_cfg, min(parallel_envs, episodes), workers,
+                                                   sim_threads, worker_timeout) as envs:
         job = bar.add_task("eval", total=episodes * len(tasks))
         for task in tasks:
             bar.update(job, description=f"eval {task}")
-            runner = _TaskRunner(policy, env_cfg, task, episodes, seed_start, k, video_dir, videos_per_task, threads)
-            results += runner.run(min(parallel_envs, episodes), lambda: bar.advance(job))
+            info = envs.make(task)
+            diffs = policy.robot.differences(info.robot, this="checkpoint", that="environment", stateless_ok=True)
+            if diffs:
+                raise FeatureMismatchError(diffs, f"checkpoint does not match environment {env_cfg.type}/{task}")
+            runner = _TaskRunner(policy, envs, info, task, episodes, seed_start, k, video_dir, videos_per_task)
+            results += runner.run(lambda: bar.advance(job))
     return results
 
 
+def _pool(pool: EnvPool | None, env_cfg: EnvConfig, n: int, workers: int, sim_threads: int,
+          timeout: float) -> contextlib.AbstractContextManager[EnvPool]:
+    """The caller's pool (left open) or a new one (closed at the end)."""
+    return contextlib.nullcontext(pool) if pool is not None else make_pool(env_cfg, n, workers, sim_threads, timeout)
+
+
 class _TaskRunner:
-    """Episodes of one task on ``n`` env copies in lockstep; each env lives on its own pinned thread."""
+    """Episodes of one task on the pool's ``n`` env slots in lockstep."""
 
-    def __init__(self, policy: InferencePolicy, env_cfg: EnvConfig, task: str, episodes: int, seed_start: int,
-                 make_chunker: Any, video_dir: Path | None, videos: int, threads: PinnedThreads) -> None:
-        self.policy, self.env_cfg, self.task = policy, env_cfg, task
+    def __init__(self, policy: InferencePolicy, pool: EnvPool, info: EnvInfo, task: str, episodes: int,
+                 seed_start: int, make_chunker: Any, video_dir: Path | None, videos: int) -> None:
+        self.policy, self.pool, self.info, self.task = policy, pool, info, task
         self.queue = list(range(seed_start, seed_start + episodes))
-        self.seed_start, self.k, self.video_dir, self.videos, self.threads = seed_start, make_chunker, video_dir, \
-            videos, threads
-        self.envs: list[Any] = []
-        self.slots: list[dict[str, Any] | None] = []
-
-    def _start(self, i: int, seed: int) -> dict[str, Any]:
-        obs = self.envs[i].reset(seed)
-        record = self.video_dir is not None and seed - self.seed_start < self.videos
-        window = HistoryWindow(getattr(self.policy, "history", 1))  # a history policy reads the last T frames
-        return {"seed": seed, "obs": obs, "steps": 0, "chunker": self.k(), "window": window,
-                "view": window.push(obs), "frames": [_frame(obs)] if record else None}
+        self.seed_start, self.make_chunker, self.video_dir, self.videos = seed_start, make_chunker, video_dir, videos
+        self.slots: list[dict[str, Any] | None] = [None] * pool.n
 
     def _restart(self, free: list[int]) -> None:
         """Give the next seeds, in order, to the free slots (decided here so that runs are reproducible)."""
         free = free[: len(self.queue)]
         seeds = [self.queue.pop(0) for _ in free]
-        for i, slot in zip(free, self.threads.map(self._start, free, seeds), strict=True):
-            self.slots[i] = slot
+        for i, seed, obs in zip(free, seeds, self.pool.reset(free, seeds) if free else [], strict=True):
+            record = self.video_dir is not None and seed - self.seed_start < self.videos
+            window = HistoryWindow(getattr(self.policy, "history", 1))  # a history policy reads the last T frames
+            self.slots[i] = {"seed": seed, "obs": obs, "steps": 0, "chunker": self.make_chunker(), "window": window,
+                             "view": window.push(obs), "frames": [_frame(obs)] if record else None}
 
-    def _step(self, i: int) -> EpisodeResult | None:
-        s, env = self.slots[i], self.envs[i]
-        s["obs"], success, _ = env.step(s["chunker"].pop())
-        s["view"] = s["window"].push(s["obs"])
+    def _finish(self, i: int, obs: dict[str, Any], success: bool) -> EpisodeResult | None:
+        s = self.slots[i]
+        s["obs"] = obs
+        s["view"] = s["window"].push(obs)
         s["steps"] += 1
         if s["frames"] is not None:
-            s["frames"].append(_frame(s["obs"]))
-        if not (success or s["steps"] >= env.max_steps):
+            s["frames"].append(_frame(obs))
+        if not (success or s["steps"] >= self.info.max_steps):
             return None
         if s["frames"] is not None:
             tag = "success" if success else "failure"
             write_video(Path(self.video_dir) / f"{self.task}_seed{s['seed']}_{tag}.mp4",
-                        _bordered(s["frames"], success), fps=max(10, env.fps // 2))
+                        _bordered(s["frames"], success), fps=max(10, self.info.fps // 2))
         return EpisodeResult(self.task, s["seed"], success, s["steps"])
 
-    def run(self, n: int, tick: Any) -> list[EpisodeResult]:
-        slots = list(range(n))
-        self.envs = self.threads.map(lambda i: self.env_cfg.make(self.task), slots)
-        try:
-            diffs = self.policy.robot.differences(self.envs[0].robot, this="checkpoint", that="environment",
-                                                  stateless_ok=True)
-            if diffs:
-                raise FeatureMismatchError(diffs, f"checkpoint does not match environment {self.env_cfg.type}/"
-                                                  f"{self.task}")
-            self.slots = [None] * n
-            self._restart(slots)
-            results: list[EpisodeResult] = []
-            while True:
-                active = [i for i, s in enumerate(self.slots) if s is not None]
-                if not active:
-                    return sorted(results, key=lambda r: r.seed)
-                need = [i for i in active if self.slots[i]["chunker"].needs_chunk]
-                if need:
-                    chunks = self.policy.infer_batch([self.slots[i]["view"] for i in need])
-                    for i, chunk in zip(need, chunks, strict=True):
-                        self.slots[i]["chunker"].push(chunk)
-                for i, done in zip(active, self.threads.map(self._step, active), strict=True):
-                    if done is not None:
-                        results.append(done)
-                        tick()
-                        self.slots[i] = None
-                self._restart([i for i in active if self.slots[i] is None])
-        finally:
-            self.threads.map(lambda i: self.envs[i].close(), slots)
+    def run(self, tick: Any) -> list[EpisodeResult]:
+        self._restart(list(range(self.pool.n)))
+        results: list[EpisodeResult] = []
+        while True:
+            active = [i for i, s in enumerate(self.slots) if s is not None]
+            if not active:
+                return sorted(results, key=lambda r: r.seed)
+            need = [i for i in active if self.slots[i]["chunker"].needs_chunk]
+            if need:
+                chunks = self.policy.infer_batch([self.slots[i]["view"] for i in need])
+                for i, chunk in zip(need, chunks, strict=True):
+                    self.slots[i]["chunker"].push(chunk)
+            stepped = self.pool.step(active, [self.slots[i]["chunker"].pop() for i in active])
+            for i, (obs, success) in zip(active, stepped, strict=True):
+                done = self._finish(i, obs, success)
+                if done is not None:
+                    results.append(done)
+                    tick()
+                    self.slots[i] = None
+            self._restart([i for i in active if self.slots[i] is None])
 
 
-def expert_baseline(env_cfg: EnvConfig, tasks: list[str], episodes: int,
-                    seed_start: int = EVAL_SEED_START) -> list[EpisodeResult]:
-    """The scripted experts on the same seeds (no rendering): the reference a policy is compared with."""
+def expert_baseline(env_cfg: EnvConfig, tasks: list[str], episodes: int, seed_start: int = EVAL_SEED_START,
+                    workers: int = 1, worker_timeout: float = WORKER_TIMEOUT,
+                    pool: EnvPool | None = None) -> list[EpisodeResult]:
+    """The scripted experts on the same seeds (no rendering): the reference a policy is compared with.
+
+    The seeds of a task are dealt round-robin to the env slots (``workers`` processes, or the slots of ``pool``);
+    each episode depends on its seed only, so the results do not change with the number of slots.
+    """
     results = []
-    for task in tasks:
-        env = env_cfg.make(task)
-        try:
-            for seed in range(seed_start, seed_start + episodes):
-                env.reset(seed, render=False)
-                success, steps = False, 0
-                while not success and steps < env.max_steps:
-                    _, success, _ = env.step(env.expert_action(), render=False)
-                    steps += 1
-                results.append(EpisodeResult(task, seed, success, steps))
-        finally:
-            env.close()
-    return results
+    with _pool(pool, env_cfg, min(workers, episodes), workers, 1, worker_timeout) as envs:
+        n = min(envs.n, episodes)
+        for task in tasks:
+            envs.make(task)
+            seeds = [list(range(seed_start + i, seed_start + episodes, n)) for i in range(n)]
+            for ss, outs in zip(seeds, envs.expert(list(range(n)), seeds), strict=True):
+                results += [EpisodeResult(task, s, ok, steps) for s, (ok, steps) in zip(ss, outs, strict=True)]
+    return sorted(results, key=lambda r: (tasks.index(r.task), r.seed))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from vlaforge.config import ConfigBase, Paths
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.eval.report import eval_markdown
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize, write_summary
+from vlaforge.eval.workers import make_pool
 from vlaforge.inference import InferencePolicy
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ class EvalConfig(ConfigBase):
     ensemble: int = 0  # K > 0: ACT temporal ensembling of each chunk's first K actions (queries every step)
     ensemble_temp: float = 0.01  # ensembling weights exp(-ensemble_temp * i), i = 0 the oldest prediction (ACT)
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
+    workers: int = 1  # processes the envs run in (1: this process, on pinned threads); results do not depend on it
+    worker_timeout: float = 600.0  # seconds a worker may take to answer one call (build, reset or step its envs)
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task
     expert: bool = True  # also run the scripted experts on the same seeds, for reference
@@ -37,6 +40,8 @@ class EvalConfig(ConfigBase):
     def validate(self) -> None:
         self.check(self.episodes >= 1, "episodes", ">= 1")
         self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
+        self.check(self.workers >= 1, "workers", ">= 1")
+        self.check(self.worker_timeout > 0, "worker_timeout", "> 0")
         self.check(self.videos >= 0, "videos", ">= 0")
         self.check(self.ensemble >= 0, "ensemble", ">= 0 (0: receding horizon)")
 
@@ -61,15 +66,16 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
     tasks = cfg.env.task_names(cfg.tasks)
     policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device,
                                                                       unnorm_key=cfg.unnorm_key)
-    results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
-                       parallel_envs=cfg.parallel_envs, video_dir=out / "videos" if cfg.videos else None,
-                       videos_per_task=cfg.videos, show_progress=show_progress, ensemble=cfg.ensemble,
-                       ensemble_temp=cfg.ensemble_temp)
     groups = cfg.env.task_groups()
-    summary = summarize(results, groups)
-    reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start), groups) if cfg.expert \
-        else None
     title = f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)"
+    with make_pool(cfg.env, min(cfg.parallel_envs, cfg.episodes), cfg.workers, timeout=cfg.worker_timeout) as pool:
+        results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
+                           video_dir=out / "videos" if cfg.videos else None, videos_per_task=cfg.videos,
+                           show_progress=show_progress, pool=pool, ensemble=cfg.ensemble,
+                           ensemble_temp=cfg.ensemble_temp)
+        summary = summarize(results, groups)
+        reference = summarize(expert_baseline(cfg.env, tasks, cfg.episodes, cfg.seed_start, pool=pool), groups) \
+            if cfg.expert else None
     print_table(summary, reference, title=title)
     write_summary(out / "eval.json", summary, expert=reference, checkpoint=str(ckpt) if ckpt else None,
                   config=cfg.to_dict())

@@ -42,6 +42,7 @@ class OptimConfig(ConfigBase):
 @dataclass(frozen=True)
 class DataConfig(ConfigBase):
     path: str = ""  # LeRobot v3 dataset directory (set by --data); with a named mixture, the folder holding them
+    format: str = "auto"  # a registered dataset format (`vlaforge list formats`); auto: the one that detects it
     mixture: dict[str, float] = field(default_factory=dict)  # dataset dir -> weight (names are the dir names)
     mixture_name: str = ""  # a named mixture (vlaforge.data.rlds.MIXTURES); its datasets live in `path`/<name>
     balance: bool = False  # mixture weights times dataset sizes (OpenVLA's balance_weights)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vlaforge.config import Paths, atomic_write_text
-from vlaforge.data.lerobot import LeRobotDataset
+from vlaforge.data import open_reader
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import PolicyConfig, VLAPolicy
@@ -148,10 +148,11 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     saved = Path(cfg.init_from or "") / "config.json"
     if cfg.init_from and saved.is_file():
         shape = PolicyConfig.from_dict(json.loads(saved.read_text())["policy"])
-    opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache}
+    opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache,
+            "format": cfg.data.format}
     parts = _mixture_paths(cfg)
     if parts:
-        reader = MixtureDataset({n: LeRobotDataset(p, **opts) for n, (p, _) in parts.items()},
+        reader = MixtureDataset({n: open_reader(p, **opts) for n, (p, _) in parts.items()},
                                 {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
         dataset_stats = reader.stats
         unnorm_key = cfg.data.unnorm_key or reader.names[int(np.argmax(reader.probabilities))]
@@ -162,7 +163,7 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     else:
         if not cfg.data.path:
             raise ValueError("no training data: pass --data DATASET_DIR (or --data.mixture)")
-        reader = LeRobotDataset(cfg.data.path, **opts)
+        reader = open_reader(cfg.data.path, **opts)
         if reader.meta.stats is None:
             raise StatsError(f"{cfg.data.path} has no meta/stats.json; run `vlaforge stats {cfg.data.path}`")
         mix, stats, robot = {}, reader.meta.stats, reader.meta.robot_spec()
