@@ -29,6 +29,7 @@ class EvalConfig(ConfigBase):
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
     workers: int = 1  # processes the envs run in (1: this process, on pinned threads); results do not depend on it
     worker_timeout: float = 600.0  # seconds a worker may take to answer one call (build, reset or step its envs)
+    ray: str = ""  # HOST:PORT of a Ray cluster (auto: the local one, local: start one): the workers are Ray actors
     seed_start: int = EVAL_SEED_START
     videos: int = 1  # videos per task
     expert: bool = True  # also run the scripted experts on the same seeds, for reference
@@ -68,7 +69,8 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
                                                                       unnorm_key=cfg.unnorm_key)
     groups = cfg.env.task_groups()
     title = f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)"
-    with make_pool(cfg.env, min(cfg.parallel_envs, cfg.episodes), cfg.workers, timeout=cfg.worker_timeout) as pool:
+    with make_pool(cfg.env, min(cfg.parallel_envs, cfg.episodes), cfg.workers, timeout=cfg.worker_timeout,
+                   ray=cfg.ray) as pool:
         results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,
                            video_dir=out / "videos" if cfg.videos else None, videos_per_task=cfg.videos,
                            show_progress=show_progress, pool=pool, ensemble=cfg.ensemble,

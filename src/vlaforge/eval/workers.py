@@ -20,13 +20,16 @@ import multiprocessing as mp
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from vlaforge.eval.envs.base import EnvAdapter, EnvConfig
 from vlaforge.types import RobotSpec
 from vlaforge.utils import PinnedThreads
+
+if TYPE_CHECKING:
+    from vlaforge.eval.ray_pool import RayEnvPool
 
 WORKER_TIMEOUT = 600.0  # seconds one call to a worker may take (LIBERO: ~5 s per env build or reset)
 
@@ -65,10 +68,17 @@ class EnvPool(Protocol):
 
 
 def make_pool(env_cfg: EnvConfig, n: int, workers: int = 1, sim_threads: int = 2,
-              timeout: float = WORKER_TIMEOUT) -> ThreadEnvPool | ProcessEnvPool:
-    """``workers == 1``: envs in this process on ``sim_threads`` pinned threads; else ``min(workers, n)`` processes."""
+              timeout: float = WORKER_TIMEOUT, ray: str = "") -> ThreadEnvPool | ProcessEnvPool | RayEnvPool:
+    """``workers == 1``: envs in this process on ``sim_threads`` pinned threads; else ``min(workers, n)`` processes.
+
+    ``ray`` (a cluster address, ``auto`` or ``local``): ``min(workers, n)`` Ray actors on that cluster instead.
+    """
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
+    if ray:
+        from vlaforge.eval.ray_pool import RayEnvPool
+
+        return RayEnvPool(env_cfg, n, min(workers, n), ray, timeout)
     if workers == 1:
         return ThreadEnvPool(env_cfg, n, sim_threads)
     return ProcessEnvPool(env_cfg, n, min(workers, n), timeout)
@@ -119,18 +129,56 @@ def _where(task: str | None, seeds: list[int]) -> str:
     return f"task {task or '-'}, seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or '-'}"
 
 
+class WorkerEnvs:
+    """A worker's env slots (in a spawned process or a Ray actor): one request in, one ``(ok, payload)`` out.
+
+    A failing request answers ``(False, one line naming the worker, task and seeds)`` instead of raising.
+    """
+
+    def __init__(self, env_cfg: EnvConfig, index: int) -> None:
+        self.env_cfg, self.index = env_cfg, index
+        self.envs: dict[int, EnvAdapter] = {}
+        self.seeds: dict[int, int] = {}
+        self.task: str | None = None
+
+    def close(self) -> None:
+        envs, self.envs = self.envs, {}
+        for e in envs.values():
+            e.close()
+
+    def handle(self, op: str, slots: list[int], args: Any) -> tuple[bool, Any]:
+        try:
+            if op == "make":
+                self.close()
+                self.task = args
+                self.envs.update({i: self.env_cfg.make(args) for i in slots})
+                e = self.envs[slots[0]]
+                out: Any = EnvInfo(e.robot, e.max_steps, e.fps)
+            elif op == "reset":
+                self.seeds.update(zip(slots, args, strict=True))
+                out = [self.envs[i].reset(s) for i, s in zip(slots, args, strict=True)]
+            elif op == "step":
+                out = [self.envs[i].step(a)[:2] for i, a in zip(slots, args, strict=True)]
+            elif op == "expert":
+                out = []
+                for i, ss in zip(slots, args, strict=True):
+                    out.append([])
+                    for s in ss:
+                        self.seeds[i] = s
+                        out[-1].append(expert_episode(self.envs[i], s))
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            return True, out
+        except Exception as e:  # reported as one line by the main process
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            where = _where(self.task, [self.seeds[i] for i in slots if i in self.seeds] if op != "make" else [])
+            return False, f"eval worker {self.index} ({where}): {op} failed: {type(e).__name__}: {msg}"
+
+
 def _worker_main(conn: Any, env_cfg: EnvConfig, index: int) -> None:
     """A worker's loop: one request in, one ``(ok, payload)`` out, until ``close`` or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it stops us)
-    envs: dict[int, EnvAdapter] = {}
-    seeds: dict[int, int] = {}
-    task: str | None = None
-
-    def close_envs() -> None:
-        for e in envs.values():
-            e.close()
-        envs.clear()
-
+    worker = WorkerEnvs(env_cfg, index)
     while True:
         try:
             op, slots, args = conn.recv()
@@ -138,43 +186,68 @@ def _worker_main(conn: Any, env_cfg: EnvConfig, index: int) -> None:
             break
         if op == "close":
             break
-        try:
-            if op == "make":
-                close_envs()
-                task = args
-                envs.update({i: env_cfg.make(task) for i in slots})
-                e = envs[slots[0]]
-                out: Any = EnvInfo(e.robot, e.max_steps, e.fps)
-            elif op == "reset":
-                seeds.update(zip(slots, args, strict=True))
-                out = [envs[i].reset(s) for i, s in zip(slots, args, strict=True)]
-            elif op == "step":
-                out = [envs[i].step(a)[:2] for i, a in zip(slots, args, strict=True)]
-            elif op == "expert":
-                out = []
-                for i, ss in zip(slots, args, strict=True):
-                    out.append([])
-                    for s in ss:
-                        seeds[i] = s
-                        out[-1].append(expert_episode(envs[i], s))
-            else:
-                raise ValueError(f"unknown request {op!r}")
-            conn.send((True, out))
-        except Exception as e:  # reported as one line by the main process
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            where = _where(task, [seeds[i] for i in slots if i in seeds] if op != "make" else [])
-            conn.send((False, f"eval worker {index} ({where}): {op} failed: {type(e).__name__}: {msg}"))
+        conn.send(worker.handle(op, slots, args))
     try:
-        close_envs()
+        worker.close()
     finally:
         conn.close()
 
 
-class ProcessEnvPool:
+class SlotPool:
+    """The calls of :class:`EnvPool` for pools whose slot ``i`` lives in remote worker ``i % workers``.
+
+    Subclasses say how a request reaches a worker (:meth:`_submit`) and how its answer is awaited (:meth:`_await`,
+    which raises a one-line ``RuntimeError`` naming ``where`` when the worker fails, dies or times out).
+    """
+
+    n: int
+    workers: int
+    task: str | None = None
+    seeds: dict[int, int]
+
+    def _submit(self, w: int, op: str, slots: list[int], args: Any) -> Any: ...
+
+    def _await(self, w: int, handle: Any, op: str, where: str) -> Any: ...
+
+    def _call(self, op: str, slots: list[int], args: list[Any] | Any) -> list[Any]:
+        """Send ``op`` for ``slots`` to their workers (one message each), gather the answers in slot order."""
+        groups: dict[int, list[int]] = {}
+        for k, i in enumerate(slots):
+            groups.setdefault(i % self.workers, []).append(k)
+        handles = {w: self._submit(w, op, [slots[k] for k in ks], args if op == "make" else [args[k] for k in ks])
+                   for w, ks in groups.items()}
+        out: list[Any] = [None] * len(slots)
+        for w, ks in groups.items():
+            mine = [slots[k] for k in ks]
+            where = _where(self.task, [self.seeds[i] for i in mine if i in self.seeds] if op != "make" else [])
+            ok, payload = self._await(w, handles[w], op, where)
+            if not ok:
+                raise RuntimeError(payload)
+            for k, value in zip(ks, [payload] * len(ks) if op == "make" else payload, strict=True):
+                out[k] = value
+        return out
+
+    def make(self, task: str) -> EnvInfo:
+        self.task, self.seeds = task, {}
+        return self._call("make", list(range(self.n)), task)[0]
+
+    def reset(self, slots: list[int], seeds: list[int]) -> list[dict[str, Any]]:
+        self.seeds.update(zip(slots, seeds, strict=True))
+        return self._call("reset", slots, seeds)
+
+    def step(self, slots: list[int], actions: list[np.ndarray]) -> list[tuple[dict[str, Any], bool]]:
+        return self._call("step", slots, actions)
+
+    def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]:
+        self.seeds.update({i: ss[0] for i, ss in zip(slots, seeds, strict=True) if ss})
+        return self._call("expert", slots, seeds)
+
+
+class ProcessEnvPool(SlotPool):
     """``workers`` spawned processes; slot ``i`` lives in worker ``i % workers``."""
 
     def __init__(self, env_cfg: EnvConfig, n: int, workers: int, timeout: float = WORKER_TIMEOUT) -> None:
-        self.n, self.timeout = n, timeout
+        self.n, self.workers, self.timeout = n, workers, timeout
         self.task: str | None = None
         self.seeds: dict[int, int] = {}
         ctx = mp.get_context("spawn")
@@ -193,23 +266,11 @@ class ProcessEnvPool:
             self.close(graceful=False)
             raise
 
-    def _call(self, op: str, slots: list[int], args: list[Any] | Any) -> list[Any]:
-        """Send ``op`` for ``slots`` to their workers (one message each), gather the answers in slot order."""
-        groups: dict[int, list[int]] = {}
-        for k, i in enumerate(slots):
-            groups.setdefault(i % len(self.procs), []).append(k)
-        for w, ks in groups.items():
-            self.conns[w].send((op, [slots[k] for k in ks], args if op == "make" else [args[k] for k in ks]))
-        out: list[Any] = [None] * len(slots)
-        for w, ks in groups.items():
-            answer = self._receive(w, op, [slots[k] for k in ks])
-            for k, value in zip(ks, [answer] * len(ks) if op == "make" else answer, strict=True):
-                out[k] = value
-        return out
+    def _submit(self, w: int, op: str, slots: list[int], args: Any) -> None:
+        self.conns[w].send((op, slots, args))
 
-    def _receive(self, w: int, op: str, slots: list[int]) -> Any:
+    def _await(self, w: int, handle: None, op: str, where: str) -> tuple[bool, Any]:
         conn, proc = self.conns[w], self.procs[w]
-        where = _where(self.task, [self.seeds[i] for i in slots if i in self.seeds] if op != "make" else [])
         deadline = time.monotonic() + self.timeout
         while not conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
             if not proc.is_alive():
@@ -218,28 +279,10 @@ class ProcessEnvPool:
                 raise RuntimeError(f"eval worker {w} did not answer {op} within {self.timeout:.0f} s ({where}); "
                                    "raise --worker_timeout for slow simulators")
         try:
-            ok, payload = conn.recv()
+            return conn.recv()
         except (EOFError, OSError) as e:
             proc.join(1.0)
             raise RuntimeError(f"eval worker {w} died (exit code {proc.exitcode}) during {op} ({where})") from e
-        if not ok:
-            raise RuntimeError(payload)
-        return payload
-
-    def make(self, task: str) -> EnvInfo:
-        self.task, self.seeds = task, {}
-        return self._call("make", list(range(self.n)), task)[0]
-
-    def reset(self, slots: list[int], seeds: list[int]) -> list[dict[str, Any]]:
-        self.seeds.update(zip(slots, seeds, strict=True))
-        return self._call("reset", slots, seeds)
-
-    def step(self, slots: list[int], actions: list[np.ndarray]) -> list[tuple[dict[str, Any], bool]]:
-        return self._call("step", slots, actions)
-
-    def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]:
-        self.seeds.update({i: ss[0] for i, ss in zip(slots, seeds, strict=True) if ss})
-        return self._call("expert", slots, seeds)
 
     def close(self, graceful: bool = True) -> None:
         """Stop every worker: ask politely (their envs close), then terminate and finally kill what is left."""
