@@ -14,6 +14,7 @@ non-detached actors to their owner).
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from typing import Any
 
@@ -41,6 +42,18 @@ def _writable(answer: Any) -> Any:
     return answer
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody answers at (``ray.init`` would retry it for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if address in LOCAL or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"ray: cannot reach the Ray cluster at {address!r} ({_one_line(e)}); start its head "
+                              "with `ray start --head --port PORT` (or pass --ray local)") from e
+
+
 class RayEnvPool(SlotPool):
     """``workers`` Ray actors on the cluster at ``address`` (``local``: start one here; ``auto``: join the local one).
 
@@ -59,6 +72,7 @@ class RayEnvPool(SlotPool):
         self.actors: list[Any] = []
         self.owns_session = not ray.is_initialized()
         if self.owns_session:
+            _check_reachable(address)
             try:
                 ray.init(address=None if address == "local" else address, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
