@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 
 import numpy as np
@@ -17,9 +18,20 @@ ray = pytest.importorskip("ray")
 from test_eval_workers import TinyRandomPolicy  # noqa: E402
 
 from vlaforge.eval.envs import ENVS  # noqa: E402
-from vlaforge.eval.ray_pool import RayEnvPool  # noqa: E402
+from vlaforge.eval.ray_pool import RayEnvPool, _check_reachable  # noqa: E402
 from vlaforge.eval.runner import EvalConfig, run_eval  # noqa: E402
 from vlaforge.types import image_key  # noqa: E402
+
+
+def test_an_address_nobody_answers_at_is_a_one_line_error_not_minutes_of_retries():
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match=rf"^ray: cannot reach the Ray cluster at '127.0.0.1:{port}' "
+                                              r"\(ConnectionRefusedError: "):
+        _check_reachable(f"127.0.0.1:{port}")
+    for address in ("local", "auto", "ray://head:10001"):  # left to ray.init
+        _check_reachable(address)
 
 
 @pytest.fixture(scope="module")
