@@ -11,6 +11,10 @@ its workers) shows the cost of the worker plumbing even on a busy machine, where
 
     python bench/eval_workers.py                                       # Meta-World reach + drawer-close, 96 px
     python bench/eval_workers.py --env libero --tasks libero_object --episodes 2 --image-size 0 --max-steps 0
+    python bench/eval_workers.py --workers 1,2,ray:2 --ray local --out bench/results/eval_workers_ray.json
+
+``ray:N``: N Ray actors on the cluster at ``--ray`` (``local`` starts one; its start is in the startup time). Their
+CPU time is not this process's children's, so CPU ms/step is left out for them.
 """
 
 from __future__ import annotations
@@ -56,24 +60,27 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run(args: argparse.Namespace, workers: int) -> dict:
+def run(args: argparse.Namespace, spec: str) -> dict:
+    on_ray = spec.startswith("ray:")
+    workers = int(spec.removeprefix("ray:"))
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
     env = ENVS.get(args.env)(**overrides)
     tasks = env.task_names(args.tasks)
     t0, cpu0 = time.perf_counter(), _cpu()
-    with make_pool(env, min(args.parallel_envs, args.episodes), workers) as pool:
+    with make_pool(env, min(args.parallel_envs, args.episodes), workers, ray=args.ray if on_ray else "") as pool:
         policy = RandomPolicy(pool.make(tasks[0]).robot)
         t1 = time.perf_counter()
         results = evaluate(policy, env, tasks, args.episodes, parallel_envs=args.parallel_envs, pool=pool,
                            show_progress=False)
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     steps = sum(r.steps for r in results)
-    return {"workers": workers, "episodes": len(results), "steps": steps, "wall_s": round(wall, 2),
+    return {"workers": spec, "episodes": len(results), "steps": steps, "wall_s": round(wall, 2),
             "startup_s": round(t1 - t0, 2), "episodes_per_hour": round(len(results) * 3600 / wall, 1),
-            "steps_per_s": round(steps / wall, 1), "cpu_s": round(cpu, 1),
-            "cpu_ms_per_step": round(1000 * cpu / steps, 2), "observations_sha1": policy.digest.hexdigest(),
+            "steps_per_s": round(steps / wall, 1), "cpu_s": None if on_ray else round(cpu, 1),
+            "cpu_ms_per_step": None if on_ray else round(1000 * cpu / steps, 2),
+            "observations_sha1": policy.digest.hexdigest(),
             "results": [(r.task, r.seed, r.success, r.steps) for r in results]}
 
 
@@ -82,13 +89,14 @@ def main() -> None:
     ap.add_argument("--env", default="metaworld")
     ap.add_argument("--tasks", default="reach,drawer-close")
     ap.add_argument("--episodes", type=int, default=4, help="per task")
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="1,2", help="comma-separated; ray:N = N Ray actors on --ray")
+    ap.add_argument("--ray", default="local", help="Ray cluster address for the ray:N entries (local: start one)")
     ap.add_argument("--parallel-envs", type=int, default=4)
     ap.add_argument("--image-size", type=int, default=96, help="0: the env's default")
     ap.add_argument("--max-steps", type=int, default=100, help="0: the env's (suite's) default")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_workers.json"))
     args = ap.parse_args()
-    rows = [run(args, int(w)) for w in args.workers.split(",")]
+    rows = [run(args, w) for w in args.workers.split(",")]
     same = all(r["results"] == rows[0]["results"] and r["observations_sha1"] == rows[0]["observations_sha1"]
                for r in rows)
     load = os.getloadavg()
@@ -106,7 +114,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['episodes']} | {r['steps']} | {r['wall_s']} ({r['startup_s']}) | "
-              f"{r['episodes_per_hour']} | {r['steps_per_s']} | {r['cpu_ms_per_step']} |")
+              f"{r['episodes_per_hour']} | {r['steps_per_s']} | {r['cpu_ms_per_step'] or '-'} |")
     print(f"identical results and observations across worker counts: {same}")
     if not same:
         raise SystemExit("results differ between worker counts")
