@@ -111,6 +111,7 @@ class BackboneConfig(Choice, ChoiceType):
     prompt_template: str = "{task}"
     prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
     prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
+    prompt_special_tokens: bool = False  # let the tokenizer add its special tokens (LeRobot's tokenizer step does)
     max_prompt_tokens: int = 48
     image_resize: str = "pad"  # "pad": keep the aspect ratio (letterbox) | "squash" (Prismatic/OpenVLA)
     image_interpolation: str = "bilinear"  # "bilinear" (torch) | "bicubic" (PIL, as OpenVLA's processor)
@@ -366,7 +367,8 @@ class Backbone(nn.Module):
         """The processor steps this backbone contributes to the inputs pipeline: pixels, then prompt ids."""
         cfg = self.cfg
         tokenize = Tokenize(template=cfg.prompt_template, max_tokens=cfg.max_prompt_tokens,
-                            lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix)
+                            lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix,
+                            special_tokens=cfg.prompt_special_tokens)
         tokenize.bind(tokenizer=self.tokenizer)
         return [ImageStep(cameras=list(self.cameras), size=self.image_size, stitch=cfg.views == "stitch",
                           resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop),

@@ -22,6 +22,7 @@ from vlaforge.types import ACTION, OBS_STATE
 SMOLVLA_BACKBONE: dict[str, Any] = dict(
     proprio="linear", proprio_position="after_prompt", attention="prefix_lm", image_special_tokens=False,
     embed_scale=True, rope_theta=10000.0, prompt_template="{task}\n", prompt_lowercase=False, max_prompt_tokens=48,
+    prompt_special_tokens=True,
     image_resize="pad_topleft", readout="last")
 
 

@@ -31,6 +31,7 @@ class Tokenize(Step):
     max_tokens: int = 48
     lowercase: bool = True  # normalize_instruction (lower-case, whitespace, trailing period) before the template
     suffix: str = ""  # a token (by its string) appended after the prompt, e.g. OpenVLA's "▁" after "Out:"
+    special_tokens: bool = False  # the tokenizer's own special tokens (BOS ...) as its __call__ adds them (LeRobot)
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
@@ -51,7 +52,7 @@ class Tokenize(Step):
         ids = self._cache.get(task)
         if ids is None:
             text = self.template.format(task=normalize_instruction(task) if self.lowercase else task)
-            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._tokenizer(text, add_special_tokens=self.special_tokens)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]
             ids = np.asarray(ids, dtype=np.int64)

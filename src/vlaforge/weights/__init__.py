@@ -13,7 +13,7 @@ from vlaforge.registry import Registry
 
 IMPORTERS: Registry = Registry("importers", lazy={
     "openvla": "vlaforge.weights.openvla", "openvla_oft": "vlaforge.weights.openvla",
-    "hybridvla": "vlaforge.weights.hybridvla",
+    "hybridvla": "vlaforge.weights.hybridvla", "lerobot": "vlaforge.weights.lerobot",
 })
 
 __all__ = ["IMPORTERS"]
