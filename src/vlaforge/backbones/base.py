@@ -9,6 +9,8 @@ Prefix layout (one row; the prompt is right-padded, pads are masked out)::
 
     [start] [view-1 wrapper, image tokens, wrapper] ... [view-V ...] [proprio] [prompt prefix] [prompt] [pad ...] [ACT]
 
+(``proprio_position="after_prompt"`` moves the proprio token after the pads, SmolVLA's layout.)
+
 Position ids follow the real tokens only (``cumsum(mask) - 1`` unless a family overrides :meth:`positions`),
 so a suffix appended after the pads continues the real positions.
 """

@@ -19,6 +19,10 @@ Attention runs in float32 with RoPE base ``rope_theta`` (LeRobot's ``apply_rope`
 wide (LeRobot pads to 32; the padded dims are noise the model integrates too, so an imported model keeps them);
 the loss counts the real dims only.
 
+Differences from LeRobot: the VLM's layers run through transformers' Llama with the prefix encoded once (LeRobot
+runs VLM and expert layer by layer in training; the prefix never attends to the suffix, so the two are equal, as
+``tests/unit/test_smolvla.py`` checks to 1e-5); an expert with fewer layers than the VLM is not supported.
+
 The backbone provides the prefix (``attention="prefix_lm"``: images and prompt bidirectional, the state token after
 them) and its KV cache; this head only reads ``ctx.kv_cache``, ``ctx.mask`` and ``ctx.extras["prefix_next_position"]``.
 """
