@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from transformers import (
     Idefics3Config,
@@ -136,7 +137,9 @@ class SmolVLMBackbone(Backbone):
         patch_mask = pixel_values.new_ones(n, h // self._patch, w // self._patch, dtype=bool)
         vision = self.model.model.vision_model(pixel_values=pixel_values, patch_attention_mask=patch_mask)
         feats = self.model.model.connector(vision.last_hidden_state)
-        return feats * self._scale if self._scale != 1.0 else feats
+        if self._scale == 1.0:
+            return feats
+        return feats * torch.tensor(self._scale, dtype=feats.dtype)  # SmolVLA rounds the image scale to the dtype
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         emb = super().embed_tokens(ids)
