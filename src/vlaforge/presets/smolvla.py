@@ -56,14 +56,14 @@ def _smolvla(tiny: bool) -> TrainConfig:
 def smolvla() -> TrainConfig:
     """SmolVLA: SmolVLM2-500M cut to its first 16 text layers + a 0.75-wide flow-matching action expert.
 
-    Published: ``lerobot/smolvla_base`` ≈ 450 M parameters (this build: 351 M in the truncated VLM — SigLIP-B/16
-    at 512 px 86 M, 16 SmolLM2-360M layers 236 M with their 47 M embedding — and 100 M in the expert and
-    projections). Recipe (LeRobot ``SmolVLAConfig`` + docs): the VLM frozen (``train_expert_only``), the state
-    projection and expert trained; chunk 50, all 50 executed; mean/std for state and actions padded to 32 dims;
-    AdamW lr 1e-4, betas (0.9, 0.95), weight decay 1e-10, clip 10, 1k warmup, cosine to 2.5e-6; batch 64, 20k steps
-    (≈ 4 h on one A100, LeRobot docs); bf16; 10 Euler steps. Memory (computed): 100 M trainable × 16 B + 351 M
-    frozen bf16 × 2 B ≈ 2.3 GB of weights and optimizer states, plus activations (≈ 10 GB at batch 64, 512 px,
-    one camera — not measured here); inference ≈ 1 GB in bf16.
+    Published: ``lerobot/smolvla_base`` ≈ 450 M parameters (this build: 350 M in the truncated VLM — SigLIP-B/16
+    at 512 px 86 M, connector 12 M, 16 SmolLM2-360M layers with their embedding 205 M, LM head 47 M — and 100 M in
+    the expert and projections). Recipe (LeRobot ``SmolVLAConfig`` + docs): the VLM frozen (``train_expert_only``),
+    the state projection and the expert trained; chunk 50, all 50 executed; mean/std for state and actions, padded
+    to 32 dims; AdamW lr 1e-4, betas (0.9, 0.95), weight decay 1e-10, clip 10, 1k warmup, cosine to 2.5e-6;
+    batch 64, 20k steps (≈ 4 h on one A100, LeRobot docs); bf16; 10 Euler steps. Memory (computed): 100 M
+    trainable × 16 B + 350 M frozen bf16 × 2 B ≈ 2.3 GB of weights and optimizer states, plus activations (not
+    measured here); inference ≈ 1 GB in bf16.
     """
     return _smolvla(tiny=False)
 
