@@ -204,8 +204,10 @@ def measure_released(systems: list[str], repeats: int, out: Path, dtype: str = "
     print("\n| system | params (B) | chunk | ms / chunk | actions / s | vs OpenVLA |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']} | {r['actions_per_s']} | "
-              f"{r['actions_per_s_vs_openvla']}x |")
+        vs = f"{r['actions_per_s_vs_openvla']}x" if r["actions_per_s_vs_openvla"] is not None else "-"
+        cache = f" (prefix cache {r['cache_speedup']}x)" if "cache_speedup" in r else ""
+        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']}{cache} | {r['actions_per_s']} | "
+              f"{vs} |")
 
 
 def main() -> None:
