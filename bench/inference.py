@@ -12,7 +12,9 @@ reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and p
 sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
 builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
 into ``bench/results/released.json``. ``robovlms`` is KosMos P.H. (Kosmos-2 1.66 B, a full window of 8 frames,
-chunk 10).
+chunk 10). ``--released smolvla`` times SmolVLA (≈ 450 M, one 512 px camera, chunk 50,
+float32: bf16 is slower on CPUs without bf16 units) and, in the same run, the prefix-cache speed-up of its 10
+Euler steps (``--dtype`` sets the weights' dtype).
 """
 
 from __future__ import annotations
@@ -116,11 +118,12 @@ def _robovlms() -> tuple[Any, Any]:
     return backbone, HEADS.get("lstm")(hidden=1024, layers=4, mlp_widths=(1024, 512, 256), **HEAD_OPTIONS)
 
 
-def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
-    """A released architecture with random bf16 weights (never initialised twice: built empty, then filled)."""
+def build_released(system: str, tmp: Path, dtype: str = "bfloat16") -> tuple[VLAPolicy, dict, int]:
+    """A released architecture with random weights (never initialised twice: built empty, then filled)."""
     from accelerate import init_empty_weights
 
     from vlaforge.backbones.tokenizer import build_tokenizer
+    from vlaforge.presets.smolvla import smolvla_policy
     from vlaforge.weights.openvla import openvla_backbone
 
     arch = {"configs": {"dino": DINO_L, "siglip": SIGLIP_SO400M, "llm": LLAMA2_7B}, "image_mean": [0.0] * 3,
@@ -149,16 +152,20 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     elif system == "robovlms":
         cams, state, chunk, history = ("static",), 0, KOSMOS2_CHUNK, KOSMOS2_WINDOW
         backbone, head = _robovlms()
+    elif system == "smolvla":
+        cams, state, chunk = ("front",), 8, 50
+        published = smolvla_policy(tiny=False)
+        backbone, head = published.backbone.replace(dtype=dtype), published.head
     else:
-        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms)")
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms, smolvla)")
     robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
     cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=1 if history > 1 else chunk,
                        history=history).with_robot(robot)
     tok = build_tokenizer()
     tok.add_tokens(list(backbone.add_tokens), special_tokens=True)  # built from `assets`: the tokenizer has them
     tok.save_pretrained(str(tmp / system))
-    with init_empty_weights(include_buffers=False):
-        policy = VLAPolicy(cfg, assets=tmp / system)
+    with init_empty_weights(include_buffers=False):  # a random-init size (no arch) builds its own tokenizer
+        policy = VLAPolicy(cfg, assets=tmp / system if backbone.arch is not None else None)
     gen = torch.Generator().manual_seed(0)
     for mod_name, module in policy.named_modules():  # parameters only: buffers (position ids …) are real already
         for name, p in list(module._parameters.items()):
@@ -184,26 +191,32 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     return policy.eval(), collate([policy.inputs(obs)]), chunk
 
 
-def time_released(system: str, tmp: Path, repeats: int) -> dict:
+def time_released(system: str, tmp: Path, repeats: int, dtype: str = "bfloat16") -> dict:
     t0 = time.perf_counter()
-    policy, batch, chunk = build_released(system, tmp)
+    policy, batch, chunk = build_released(system, tmp, dtype)
     build_s = time.perf_counter() - t0
     with torch.inference_mode():
         # minutes per call at 7.5 B on a CPU: a warm-up call would change nothing but the wall time
         ms = timed(lambda: policy.sample(batch, generator=torch.Generator().manual_seed(0)), repeats, warmup=False)
-    return {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
-            "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
-            "build_s": round(build_s, 1)}
+        row = {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
+               "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
+               "build_s": round(build_s, 1)}
+        steps = getattr(policy.cfg.head, "num_steps", None) if system == "smolvla" else None
+        if steps:  # the same run: a sampler that re-encodes the prefix at every Euler step
+            naive = timed(lambda: [policy.sample(batch, num_steps=1) for _ in range(steps)], repeats, warmup=False)
+            row.update({"steps": steps, "reencode_every_step_ms": round(naive, 1),
+                        "cache_speedup": round(naive / ms, 2)})
+    return row
 
 
-def measure_released(systems: list[str], repeats: int, out: Path) -> None:
+def measure_released(systems: list[str], repeats: int, out: Path, dtype: str = "bfloat16") -> None:
     import gc
     import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for system in systems:
-            rows.append(time_released(system, Path(tmp), repeats))
+            rows.append(time_released(system, Path(tmp), repeats, dtype))
             print(json.dumps(rows[-1]), flush=True)
             gc.collect()
     base = next((r for r in rows if r["system"] == "openvla"), None)
@@ -211,13 +224,15 @@ def measure_released(systems: list[str], repeats: int, out: Path) -> None:
         r["actions_per_s_vs_openvla"] = round(r["actions_per_s"] / base["actions_per_s"], 2) if base else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1,
-                                        "dtype": "bfloat16", "image": 224, "weights": "random"}, "results": rows},
+                                        "dtype": dtype, "image": 224, "weights": "random"}, "results": rows},
                               indent=2))
     print("\n| system | params (B) | chunk | ms / chunk | actions / s | vs OpenVLA |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']} | {r['actions_per_s']} | "
-              f"{r['actions_per_s_vs_openvla']}x |")
+        vs = f"{r['actions_per_s_vs_openvla']}x" if r["actions_per_s_vs_openvla"] is not None else "-"
+        cache = f" (prefix cache {r['cache_speedup']}x)" if "cache_speedup" in r else ""
+        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']}{cache} | {r['actions_per_s']} | "
+              f"{vs} |")
 
 
 def main() -> None:
@@ -228,12 +243,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--released", default="", help="openvla,openvla_oft,hybridvla at published size (see above)")
+    ap.add_argument("--released", default="",
+                    help="openvla,openvla_oft,hybridvla,smolvla at published size (see above)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="--released weights' dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(__file__).parent / "results"
     if args.released:
-        measure_released(args.released.split(","), args.repeats, Path(args.out or results / "released.json"))
+        measure_released(args.released.split(","), args.repeats, Path(args.out or results / "released.json"),
+                         args.dtype)
         return
     args.out = args.out or str(results / "inference.json")
     rows = []

@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
                         help="dtype of the VLM's weights in the checkpoint (released weights are bf16)")
     parser.add_argument("--chunk", type=int, default=None, help="openvla_oft: actions per chunk (default: by platform)")
     parser.add_argument("--tokenizer", default=None, help="hybridvla: the Llama-2 tokenizer directory; robovlms: "
-                        "microsoft/kosmos-2-patch14-224's directory (tokenizer files + config.json)")
+                        "microsoft/kosmos-2-patch14-224's directory (tokenizer files + config.json); lerobot "
+                        "(smolvla): a local snapshot of the VLM (tokenizer files + config.json)")
     parser.add_argument("--llm_config", "--llm-config", dest="llm_config", default=None,
                         help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
     parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,

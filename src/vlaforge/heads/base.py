@@ -27,7 +27,7 @@ HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
     "tokens": "vlaforge.heads.tokens", "dit": "vlaforge.heads.dit", "unet1d": "vlaforge.heads.unet1d",
     "mlp": "vlaforge.heads.regression", "lstm": "vlaforge.heads.regression", "gpt": "vlaforge.heads.regression",
     "flow": "vlaforge.heads.flow", "inllm_diffusion": "vlaforge.heads.inllm_diffusion",
-    "hybrid": "vlaforge.heads.hybrid",
+    "hybrid": "vlaforge.heads.hybrid", "smolvla_expert": "vlaforge.heads.smolvla",
 })
 
 

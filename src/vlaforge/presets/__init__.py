@@ -35,6 +35,8 @@ PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
     "openvla_tiny": "vlaforge.presets.seeds",
     "openvla_oft": "vlaforge.presets.seeds",
     "openvla_oft_tiny": "vlaforge.presets.seeds",
+    "smolvla": "vlaforge.presets.smolvla",
+    "smolvla_tiny": "vlaforge.presets.smolvla",
 })
 
 

@@ -40,6 +40,7 @@ class Tokenize(Step):
     # State as text: "" (off) or the bin grid ("uniform_edges" | "norm_bins"); bin k is token id state_ids[k]
     state_text: str = ""
     state_ids: list[int] = field(default_factory=list)
+    special_tokens: bool = False  # the tokenizer's own special tokens (BOS ...) as its __call__ adds them (LeRobot)
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
@@ -80,7 +81,7 @@ class Tokenize(Step):
         if ids is None:
             text = self.template.format(task=normalize_instruction(task) if self.lowercase else task,
                                         state=state or "")  # a stateless policy: the slot stays empty
-            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._tokenizer(text, add_special_tokens=self.special_tokens)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]
             ids = np.asarray(ids, dtype=np.int64)
