@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlaforge.processors.base import STEPS, Step
-from vlaforge.types import ATTENTION_MASK, INPUT_IDS, REASONING, REASONING_IDS, REASONING_MASK, TASK
+from vlaforge.types import ATTENTION_MASK, INPUT_IDS, OBS_STATE, REASONING, REASONING_IDS, REASONING_MASK, TASK
 
 
 def token_id(tokenizer: Any, token: str) -> int:
@@ -17,6 +17,13 @@ def token_id(tokenizer: Any, token: str) -> int:
     if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
         raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
     return int(i)
+
+
+def state_bins_text(state: np.ndarray, bins: int) -> str:
+    """A normalized state in [-1, 1] as space-separated bin indices: ``digitize(s, linspace(-1, 1, bins + 1)[:-1])
+    - 1`` (pi0.5 / pi0-FAST write the state into the prompt this way)."""
+    idx = np.digitize(np.asarray(state, dtype=np.float64).reshape(-1), np.linspace(-1, 1, bins + 1)[:-1]) - 1
+    return " ".join(str(int(i)) for i in idx)
 
 
 def normalize_instruction(text: str) -> str:
@@ -31,6 +38,7 @@ class Tokenize(Step):
     max_tokens: int = 48
     lowercase: bool = True  # normalize_instruction (lower-case, whitespace, trailing period) before the template
     suffix: str = ""  # a token (by its string) appended after the prompt, e.g. OpenVLA's "▁" after "Out:"
+    state_bins: int = 0  # > 0: the normalized state, as that many bins, fills the template's "{state}" (pi0.5)
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
@@ -48,9 +56,16 @@ class Tokenize(Step):
         task = item.get(TASK)
         if not isinstance(task, str):
             raise TypeError(f"'{TASK}': expected an instruction string, got {type(task).__name__}")
-        ids = self._cache.get(task)
+        fields = {"task": normalize_instruction(task) if self.lowercase else task}
+        if self.state_bins:
+            if OBS_STATE not in item:
+                raise KeyError(f"tokenize: the prompt template {self.template!r} needs '{OBS_STATE}'")
+            fields["state"] = state_bins_text(np.asarray(item[OBS_STATE])[-1] if np.ndim(item[OBS_STATE]) == 2
+                                              else item[OBS_STATE], self.state_bins)
+        key = task if not self.state_bins else f"{task}\0{fields['state']}"
+        ids = self._cache.get(key)
         if ids is None:
-            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task)
+            text = self.template.format(**fields)
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]
@@ -59,7 +74,7 @@ class Tokenize(Step):
                 raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "
                                  f"{task!r}")
             if len(self._cache) < 4096:
-                self._cache[task] = ids
+                self._cache[key] = ids
         item[INPUT_IDS] = ids
         item[ATTENTION_MASK] = np.ones(len(ids), dtype=np.int64)
         reasoning = item.pop(REASONING, None)
