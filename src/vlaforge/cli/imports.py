@@ -28,19 +28,24 @@ def main(argv: list[str]) -> int:
                         help="comma-separated names for the model's camera inputs (they must match the env's)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                         help="dtype of the VLM's weights in the checkpoint (released weights are bf16)")
-    parser.add_argument("--chunk", type=int, default=None, help="openvla_oft: actions per chunk (default: by platform)")
-    parser.add_argument("--tokenizer", default=None, help="hybridvla: the Llama-2 tokenizer directory")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="openvla_oft, openpi: actions per chunk (default: by platform / config.json)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="hybridvla: the Llama-2 tokenizer directory; openpi: PaliGemma's tokenizer directory")
     parser.add_argument("--llm_config", "--llm-config", dest="llm_config", default=None,
                         help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
     parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,
                         help="hybridvla: the action-token offset it was trained with (README: 0; train.py: 7)")
+    parser.add_argument("--no_state_in_prompt", "--no-state-in-prompt", dest="state_in_prompt", action="store_false",
+                        default=None, help="openpi pi0.5: the checkpoint was trained without the state in the prompt "
+                        "(discrete_state_input=False, e.g. pi05_libero)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
     kw: dict = {"unnorm_key": args.unnorm_key, "dtype": args.dtype}
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
-    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub"):
+    for name in ("chunk", "tokenizer", "llm_config", "need_to_sub", "state_in_prompt"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     accepted = inspect.signature(importer).parameters

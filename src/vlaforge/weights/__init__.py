@@ -13,7 +13,7 @@ from vlaforge.registry import Registry
 
 IMPORTERS: Registry = Registry("importers", lazy={
     "openvla": "vlaforge.weights.openvla", "openvla_oft": "vlaforge.weights.openvla",
-    "hybridvla": "vlaforge.weights.hybridvla",
+    "hybridvla": "vlaforge.weights.hybridvla", "openpi": "vlaforge.weights.openpi",
 })
 
 __all__ = ["IMPORTERS"]
