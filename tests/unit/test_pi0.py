@@ -61,30 +61,35 @@ def ref_suffix(hw, x_t, t, state, pi05, model_dim):
 
 
 def ref_joint_velocity(policy, batch, x_t, t, pi05):
-    """openpi's joint forward: [images, bos, prompt] then [state?, actions] through both transformers layer by layer,
-    mask ``cumsum(ar)[k] <= cumsum(ar)[q]`` and both real, positions ``cumsum(pad) - 1``; no cache."""
+    """The joint reference on a vlaforge policy's weights: its prefix is [images, bos, prompt, pads]."""
     m = policy.backbone.model
     vw = {k: v.float() for k, v in m.state_dict().items()}
     hw = {k: v.float() for k, v in policy.head.state_dict().items()}
-    d = m.config.text_config.hidden_size
     with torch.no_grad():
         views = [m.model.multi_modal_projector(m.model.vision_tower((batch[f"observation.images.{c}"] - 0.5) / 0.5)
                                                .last_hidden_state) for c in policy.cfg.cameras]
-    emb = vw["model.language_model.embed_tokens.weight"]
     bos = torch.full((x_t.shape[0], 1), policy.backbone.tokenizer.bos_token_id)
-    text = emb[torch.cat([bos, batch["input_ids"]], 1)] * math.sqrt(d)
-    prefix = torch.cat([*views, text], 1)
-    ppad = torch.cat([torch.ones(prefix.shape[0], sum(v.shape[1] for v in views) + 1),
-                      batch["attention_mask"].float()], 1)
+    ids = torch.cat([bos, batch["input_ids"]], 1)
+    pad = torch.cat([torch.ones(ids.shape[0], sum(v.shape[1] for v in views) + 1), batch["attention_mask"].float()], 1)
+    return ref_joint(vw, hw, views, ids, pad, x_t, t, batch.get("observation.state"), pi05)
+
+
+def ref_joint(vw, hw, views, ids, ppad, x_t, t, state, pi05):
+    """openpi's joint forward: [images, prompt tokens] then [state?, actions] through both transformers layer by
+    layer, mask ``cumsum(ar)[k] <= cumsum(ar)[q]`` and both real, positions ``cumsum(pad) - 1``; no cache.
+    ``vw``: the VLM in transformers' names (``model.language_model.*``), ``hw``: the expert (``layers.i.*``, ``norm``,
+    the projections)."""
+    emb = vw.get("model.language_model.embed_tokens.weight", vw.get("lm_head.weight"))
+    prefix = torch.cat([*views, emb[ids] * math.sqrt(emb.shape[1])], 1)
     model_dim = hw["action_in_proj.weight"].shape[1]
-    suffix, cond, ar_s = ref_suffix(hw, x_t, t, batch.get("observation.state"), pi05, model_dim)
+    suffix, cond, ar_s = ref_suffix(hw, x_t, t, state, pi05, model_dim)
     pad = torch.cat([ppad, torch.ones(suffix.shape[:2])], 1).bool()
     cum = torch.cumsum(torch.tensor([0] * prefix.shape[1] + ar_s), 0)
     mask = (cum[None, :] <= cum[:, None])[None] & pad[:, None, :] & pad[:, :, None]
     pos = torch.cumsum(pad.long(), 1) - 1
     xs = [prefix, suffix]
     names = [("model.language_model.layers.{}.", vw, None), ("layers.{}.", hw, cond)]
-    for i in range(m.config.text_config.num_hidden_layers):
+    for i in range(len({k.split(".")[1] for k in hw if k.startswith("layers.")})):
         qs, ks, vs, gates, normed = [], [], [], [], []
         for x, (pre, w, c) in zip(xs, names, strict=True):
             p = pre.format(i)
@@ -222,3 +227,142 @@ def test_tiny_presets_train_with_the_trainer_and_reload(dataset, tmp_path, name)
     policy = VLAPolicy.from_pretrained(final)
     assert policy.cfg.head.type == "pi0"
     assert policy.cfg.head.time_conditioning == ("adarms" if name.startswith("pi05") else "concat")
+
+
+# ---------------------------------------------------------------- vlaforge import openpi
+STATS = {"state": {"mean": [0.1, -0.2, 0.3, 0.0], "std": [0.5, 1.5, 0.2, 2.0], "q01": [-0.8, -2.0, 0.0, -3.0],
+                   "q99": [1.0, 1.6, 0.7, 3.5]},
+         "actions": {"mean": [0.05, 0.0, -0.1, 0.5], "std": [0.3, 0.8, 1.2, 0.6], "q01": [-0.5, -1.5, -2.0, -0.2],
+                     "q99": [0.6, 1.4, 1.9, 1.1]}}
+
+
+def write_openpi_checkpoint(root, pi05: bool):
+    """A tiny openpi PyTorch checkpoint in the original layout: ``PI0Pytorch``'s state-dict names (transformers 4.53
+    PaliGemma under ``paligemma_with_expert.paligemma.``, the expert under ``.gemma_expert.``), only the tied
+    ``lm_head`` kept (as ``save_model`` does), ``config.json`` and ``assets/libero/norm_stats.json``.
+    Returns the source PaliGemma module (for image features) and the source tensors."""
+    from safetensors.torch import save_file
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    from vlaforge.backbones.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(extra_special=("<image>",))
+    tok.save_pretrained(str(root / "tokenizer"))
+    vocab, d, w, hd, da = 520, 64, 48, 16, 32
+    text = dict(model_type="gemma", hidden_size=d, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=hd, vocab_size=vocab, hidden_activation="gelu_pytorch_tanh",
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=1, image_size=32, patch_size=8, vision_use_head=False, projection_dim=d)
+    torch.manual_seed(11)
+    pg = PaliGemmaForConditionalGeneration(PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=d,
+                                                           image_token_id=vocab)).eval()
+    with torch.no_grad():  # no zero-initialised norms
+        for k, v in pg.named_parameters():
+            if "norm" in k:
+                v.add_(0.2 * torch.randn_like(v))
+    sd = {}
+    for k, v in pg.state_dict().items():
+        if k == "model.language_model.embed_tokens.weight":
+            continue
+        k = k.replace("model.vision_tower.", "model.vision_tower.vision_model.")
+        sd["paligemma_with_expert.paligemma." + k] = v.clone()
+    g = torch.Generator().manual_seed(12)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    ex = "paligemma_with_expert.gemma_expert."
+    norm = (lambda p: {p + "dense.weight": r(3 * w, w), p + "dense.bias": r(3 * w)}) if pi05 else \
+        (lambda p: {p + "weight": r(w)})
+    for i in range(2):
+        p = f"{ex}model.layers.{i}."
+        sd.update({p + "self_attn.q_proj.weight": r(2 * hd, w), p + "self_attn.k_proj.weight": r(hd, w),
+                   p + "self_attn.v_proj.weight": r(hd, w), p + "self_attn.o_proj.weight": r(w, 2 * hd),
+                   p + "mlp.gate_proj.weight": r(80, w), p + "mlp.up_proj.weight": r(80, w),
+                   p + "mlp.down_proj.weight": r(w, 80), **norm(p + "input_layernorm."),
+                   **norm(p + "post_attention_layernorm.")})
+    sd.update({**norm(ex + "model.norm."), ex + "lm_head.weight": r(vocab, w), "action_in_proj.weight": r(w, da),
+               "action_in_proj.bias": r(w), "action_out_proj.weight": r(da, w), "action_out_proj.bias": r(da)})
+    if pi05:
+        sd.update({"time_mlp_in.weight": r(w, w), "time_mlp_in.bias": r(w), "time_mlp_out.weight": r(w, w),
+                   "time_mlp_out.bias": r(w)})
+    else:
+        sd.update({"state_proj.weight": r(w, da), "state_proj.bias": r(w), "action_time_mlp_in.weight": r(w, 2 * w),
+                   "action_time_mlp_in.bias": r(w), "action_time_mlp_out.weight": r(w, w),
+                   "action_time_mlp_out.bias": r(w)})
+    src = root / "src"
+    (src / "assets" / "libero").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"action_dim": da, "action_horizon": 4, "paligemma_variant": "dummy",
+                                                 "action_expert_variant": "dummy", "precision": "float32"}))
+    (src / "assets" / "libero" / "norm_stats.json").write_text(json.dumps({"norm_stats": STATS}))
+    return pg, sd, tok
+
+
+@pytest.mark.parametrize("pi05", [False, True], ids=["pi0", "pi05"])
+def test_openpi_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05):
+    from vlaforge.cli.main import main
+
+    pg, sd, tok = write_openpi_checkpoint(tmp_path, pi05)
+    out = tmp_path / "ckpt"
+    assert main(["import", "openpi", str(tmp_path / "src"), "--out", str(out), "--tokenizer",
+                 str(tmp_path / "tokenizer"), "--dtype", "float32", "--cameras", "base_0_rgb,left_wrist_0_rgb"]) == 0
+    policy = VLAPolicy.from_pretrained(out)
+    assert policy.cfg.chunk == 4 and policy.cfg.action_dim == 4 and policy.cfg.head.model_action_dim == 32
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for c in ("base_0_rgb", "left_wrist_0_rgb")}
+    state = np.array([0.4, -1.0, 0.5, 1.0], dtype=np.float32)
+    task = "pick up the red block"
+    acts = policy.predict_action(images, task, state, seed=5)
+
+    # normalization on fixed arrays, openpi's formulas (mean/std for pi0, q01/q99 for pi0.5, epsilon 1e-6)
+    s, a = ({k: np.asarray(v, dtype=np.float64) for k, v in STATS[n].items()} for n in ("state", "actions"))
+    state_n = (state - s["q01"]) / (s["q99"] - s["q01"] + 1e-6) * 2 - 1 if pi05 else (state - s["mean"]) / (
+        s["std"] + 1e-6)
+    got = policy.inputs.steps[1]({"observation.state": state.copy()})["observation.state"]
+    np.testing.assert_allclose(got, state_n, rtol=1e-5, atol=1e-6)
+    y = np.linspace(-1, 1, 4)[None].repeat(3, 0)
+    unnorm = (y + 1) / 2 * (a["q99"] - a["q01"] + 1e-6) + a["q01"] if pi05 else y * (a["std"] + 1e-6) + a["mean"]
+    np.testing.assert_allclose(policy.outputs({"action": y.astype(np.float32)})["action"], unnorm, rtol=1e-5,
+                               atol=1e-6)
+
+    # the reference: openpi's prompt, [-1, 1] pixels, the source tensors, 10 Euler steps of the joint forward
+    if pi05:
+        bins = " ".join(str(i) for i in np.digitize(state_n, np.linspace(-1, 1, 257)[:-1]) - 1)
+        ids = [tok.bos_token_id, *tok(f"Task: {task}, State: {bins};\nAction: ", add_special_tokens=False)["input_ids"]]
+    else:
+        ids = [tok.bos_token_id, *tok(task, add_special_tokens=False)["input_ids"],
+               *tok("\n", add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        views = [pg.model.multi_modal_projector(pg.model.vision_tower(
+            torch.from_numpy(images[c]).permute(2, 0, 1)[None].float() / 255 * 2 - 1).last_hidden_state)
+            for c in ("base_0_rgb", "left_wrist_0_rgb")]
+    pre = "paligemma_with_expert.paligemma."
+    vw = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    hw = {k.removeprefix("paligemma_with_expert.gemma_expert.model."): v for k, v in sd.items()
+          if not k.startswith(pre) and "lm_head" not in k}
+    ids_t = torch.tensor([ids])
+    pad = torch.ones(1, sum(v.shape[1] for v in views) + len(ids))
+    st = torch.tensor(state_n, dtype=torch.float32)[None]
+    x = torch.randn((1, 4, 32), generator=torch.Generator().manual_seed(5))
+    tt = torch.tensor(1.0)
+    for _ in range(10):
+        x = x + torch.tensor(-0.1) * ref_joint(vw, hw, views, ids_t, pad, x, tt.expand(1), st, pi05)
+        tt = tt + torch.tensor(-0.1)
+    ref_n = x[0, :, :4].double().numpy()
+    ref = (ref_n + 1) / 2 * (a["q99"] - a["q01"] + 1e-6) + a["q01"] if pi05 else ref_n * (a["std"] + 1e-6) + a["mean"]
+    np.testing.assert_allclose(acts, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_openpi_import_refuses_a_foreign_layout_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlaforge.weights.common import LayoutError
+    from vlaforge.weights.openpi import import_openpi
+
+    write_openpi_checkpoint(tmp_path, pi05=False)
+    with pytest.raises(LayoutError, match="--tokenizer"):
+        import_openpi(tmp_path / "src")
+    foreign = {"vision_backbone.featurizer.cls_token": torch.zeros(1, 1, 8)}  # an OpenVLA key
+    save_file(foreign, str(tmp_path / "src" / "model.safetensors"))
+    with pytest.raises(LayoutError, match="not pi0 / pi0.5 weights") as e:
+        import_openpi(tmp_path / "src", tokenizer=str(tmp_path / "tokenizer"))
+    assert "\n" not in str(e.value)
