@@ -297,14 +297,46 @@ def write_openpi_checkpoint(root, pi05: bool):
     return pg, sd, tok
 
 
+def write_lerobot_checkpoint(root, sd, pi05: bool):
+    """The same weights in LeRobot's layout: ``model.`` prefix, ``embed_tokens`` copied from ``lm_head``, pi0.5's time
+    MLP under pi0's ``action_time_mlp_*`` names (as some conversions have it), config.json and processor files."""
+    from safetensors.numpy import save_file as save_np
+    from safetensors.torch import save_file
+
+    dst = root / "lerobot"
+    dst.mkdir()
+    out = {"model." + (k.replace("time_mlp_", "action_time_mlp_") if pi05 else k): v for k, v in sd.items()}
+    out["model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"] = \
+        sd["paligemma_with_expert.paligemma.lm_head.weight"]
+    save_file({k: v.contiguous().clone() for k, v in out.items()}, str(dst / "model.safetensors"))
+    mode = "QUANTILES" if pi05 else "MEAN_STD"
+    feats = {f"observation.images.{c}": {"type": "VISUAL", "shape": [3, 224, 224]}
+             for c in ("base_0_rgb", "left_wrist_0_rgb")}
+    (dst / "config.json").write_text(json.dumps({
+        "type": "pi05" if pi05 else "pi0", "chunk_size": 4, "n_action_steps": 2, "max_state_dim": 32,
+        "input_features": {**feats, "observation.state": {"type": "STATE", "shape": [4]}},
+        "output_features": {"action": {"type": "ACTION", "shape": [4]}},
+        "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": mode, "ACTION": mode}}))
+    flat = {f"{ours}.{n}": np.asarray(v, dtype=np.float32) for ours, theirs in (("observation.state", "state"),
+            ("action", "actions")) for n, v in STATS[theirs].items()}
+    save_np(flat, str(dst / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+    steps = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+             {"registry_name": "normalizer_processor", "config": {"eps": 1e-8},
+              "state_file": "policy_preprocessor_step_3_normalizer_processor.safetensors"}]
+    (dst / "policy_preprocessor.json").write_text(json.dumps({"name": "policy_preprocessor", "steps": steps}))
+    return dst
+
+
+@pytest.mark.parametrize("source", ["openpi", "lerobot"])
 @pytest.mark.parametrize("pi05", [False, True], ids=["pi0", "pi05"])
-def test_openpi_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05):
+def test_released_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05, source):
     from vlaforge.cli.main import main
 
     pg, sd, tok = write_openpi_checkpoint(tmp_path, pi05)
+    src = tmp_path / "src" if source == "openpi" else write_lerobot_checkpoint(tmp_path, sd, pi05)
     out = tmp_path / "ckpt"
-    assert main(["import", "openpi", str(tmp_path / "src"), "--out", str(out), "--tokenizer",
-                 str(tmp_path / "tokenizer"), "--dtype", "float32", "--cameras", "base_0_rgb,left_wrist_0_rgb"]) == 0
+    assert main(["import", source, str(src), "--out", str(out), "--tokenizer", str(tmp_path / "tokenizer"),
+                 "--dtype", "float32", "--cameras", "base_0_rgb,left_wrist_0_rgb"]) == 0
     policy = VLAPolicy.from_pretrained(out)
     assert policy.cfg.chunk == 4 and policy.cfg.action_dim == 4 and policy.cfg.head.model_action_dim == 32
     rng = np.random.default_rng(0)
@@ -313,15 +345,20 @@ def test_openpi_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05):
     task = "pick up the red block"
     acts = policy.predict_action(images, task, state, seed=5)
 
-    # normalization on fixed arrays, openpi's formulas (mean/std for pi0, q01/q99 for pi0.5, epsilon 1e-6)
+    # normalization on fixed arrays, the source's formulas: mean/std (pi0) or q01/q99 (pi0.5); openpi adds 1e-6 to
+    # the std / range, LeRobot 1e-8 to the std only
+    eps_std, eps_q = (1e-6, 1e-6) if source == "openpi" else (1e-8, 0.0)
     s, a = ({k: np.asarray(v, dtype=np.float64) for k, v in STATS[n].items()} for n in ("state", "actions"))
-    state_n = (state - s["q01"]) / (s["q99"] - s["q01"] + 1e-6) * 2 - 1 if pi05 else (state - s["mean"]) / (
-        s["std"] + 1e-6)
+    state_n = (state - s["q01"]) / (s["q99"] - s["q01"] + eps_q) * 2 - 1 if pi05 else (state - s["mean"]) / (
+        s["std"] + eps_std)
     got = policy.inputs.steps[1]({"observation.state": state.copy()})["observation.state"]
     np.testing.assert_allclose(got, state_n, rtol=1e-5, atol=1e-6)
+
+    def unnorm(y):
+        return (y + 1) / 2 * (a["q99"] - a["q01"] + eps_q) + a["q01"] if pi05 else y * (a["std"] + eps_std) + a["mean"]
+
     y = np.linspace(-1, 1, 4)[None].repeat(3, 0)
-    unnorm = (y + 1) / 2 * (a["q99"] - a["q01"] + 1e-6) + a["q01"] if pi05 else y * (a["std"] + 1e-6) + a["mean"]
-    np.testing.assert_allclose(policy.outputs({"action": y.astype(np.float32)})["action"], unnorm, rtol=1e-5,
+    np.testing.assert_allclose(policy.outputs({"action": y.astype(np.float32)})["action"], unnorm(y), rtol=1e-5,
                                atol=1e-6)
 
     # the reference: openpi's prompt, [-1, 1] pixels, the source tensors, 10 Euler steps of the joint forward
@@ -347,9 +384,7 @@ def test_openpi_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05):
     for _ in range(10):
         x = x + torch.tensor(-0.1) * ref_joint(vw, hw, views, ids_t, pad, x, tt.expand(1), st, pi05)
         tt = tt + torch.tensor(-0.1)
-    ref_n = x[0, :, :4].double().numpy()
-    ref = (ref_n + 1) / 2 * (a["q99"] - a["q01"] + 1e-6) + a["q01"] if pi05 else ref_n * (a["std"] + 1e-6) + a["mean"]
-    np.testing.assert_allclose(acts, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts, unnorm(x[0, :, :4].double().numpy()), rtol=1e-5, atol=1e-5)
 
 
 def test_openpi_import_refuses_a_foreign_layout_in_one_line(tmp_path):

@@ -14,6 +14,7 @@ from vlaforge.registry import Registry
 IMPORTERS: Registry = Registry("importers", lazy={
     "openvla": "vlaforge.weights.openvla", "openvla_oft": "vlaforge.weights.openvla",
     "hybridvla": "vlaforge.weights.hybridvla", "openpi": "vlaforge.weights.openpi",
+    "lerobot": "vlaforge.weights.lerobot",
 })
 
 __all__ = ["IMPORTERS"]

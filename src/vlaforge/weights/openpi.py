@@ -70,7 +70,15 @@ def rename_openpi(sd: dict[str, Tensor], where: str, prefix: str = "") -> dict[s
             out[RENAMES[src] + k[len(src):]] = v
     if unknown:
         raise LayoutError(f"{where}: {len(unknown)} weights are not pi0 / pi0.5 weights, e.g. {sorted(unknown)[:4]}")
-    if EMBED not in out and LM_HEAD in out:  # tied: save_model keeps one of the two names
+    if any(k.startswith("head.layers.0.input_layernorm.dense.") for k in out):  # pi0.5 (adaRMS expert)
+        for name in ("in", "out"):  # some pi0.5 checkpoints name the time MLP as pi0's (LeRobot renames it)
+            for p in ("weight", "bias"):
+                if f"head.action_time_mlp_{name}.{p}" in out:
+                    out.setdefault(f"head.time_mlp_{name}.{p}", out.pop(f"head.action_time_mlp_{name}.{p}"))
+        for k in [k for k in out if k.startswith("head.state_proj.") or (k.startswith("head.") and
+                  k.endswith("norm.weight") and k[: -len("weight")] + "dense.weight" in out)]:
+            del out[k]  # unused by pi0.5
+    if LM_HEAD in out:  # tied in PaliGemma: save_model keeps one of the two names, LeRobot copies lm_head
         out[EMBED] = out[LM_HEAD]
     if LM_HEAD not in out and EMBED in out:
         out[LM_HEAD] = out[EMBED]
@@ -167,7 +175,8 @@ def read_norm_stats(src: Path, mode: str) -> dict[str, Stats]:
 
 
 def pi0_policy_config(w: dict[str, Tensor], tokenizer: Any, stats: Stats, *, where: str, cameras: tuple[str, ...],
-                      dtype: str, chunk: int, state_in_prompt: bool) -> tuple[PolicyConfig, RobotSpec]:
+                      dtype: str, chunk: int, state_in_prompt: bool,
+                      modes: dict[str, str] | None = None) -> tuple[PolicyConfig, RobotSpec]:
     """The policy config of renamed pi0 / pi0.5 weights and the chosen statistics (shared with LeRobot's)."""
     from vlaforge.presets.pi0 import pi0_backbone, pi0_head
 
@@ -183,7 +192,7 @@ def pi0_policy_config(w: dict[str, Tensor], tokenizer: Any, stats: Stats, *, whe
                                                           max_prompt_tokens=48)
     backbone = pi0_backbone(pi05, arch=arch, dtype=dtype, **extra)
     norm = "q01_q99" if pi05 else "mean_std"
-    modes = {ACTION: norm, **({OBS_STATE: norm} if state_dim else {})}
+    modes = {k: m for k, m in (modes or {ACTION: norm, OBS_STATE: norm}).items() if k != OBS_STATE or state_dim}
     cfg = PolicyConfig(backbone=backbone, head=pi0_head(pi05, **opts), chunk=chunk, exec_steps=min(5, chunk),
                        normalization=modes, cameras=tuple(cameras), state_dim=state_dim, action_dim=action_dim)
     return cfg, RobotSpec(cameras={c: (0, 0) for c in cameras}, state_dim=state_dim, action_dim=action_dim)
