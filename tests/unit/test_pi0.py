@@ -386,6 +386,17 @@ def test_released_checkpoint_imports_and_acts_as_the_reference(tmp_path, pi05, s
         tt = tt + torch.tensor(-0.1)
     np.testing.assert_allclose(acts, unnorm(x[0, :, :4].double().numpy()), rtol=1e-5, atol=1e-5)
 
+    if source == "openpi" and not pi05:  # served over the openpi-style websocket: the in-process actions
+        from vlaforge.inference import LocalPolicy
+        from vlaforge.serve.client import RemotePolicy
+        from vlaforge.serve.server import PolicyServer, ServeConfig, ServerThread
+
+        obs = {**{f"observation.images.{c}": v for c, v in images.items()}, "observation.state": state, "task": task}
+        with ServerThread(PolicyServer(LocalPolicy.load(out), ServeConfig(checkpoint=str(out), port=0))) as thread, \
+                RemotePolicy(thread.url) as remote:
+            served = remote.infer(dict(obs))["actions"]
+        np.testing.assert_allclose(served, LocalPolicy.load(out).infer(dict(obs))["actions"], rtol=1e-6, atol=1e-7)
+
 
 def test_openpi_import_refuses_a_foreign_layout_in_one_line(tmp_path):
     from safetensors.torch import save_file
