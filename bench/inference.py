@@ -11,7 +11,8 @@ reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and p
 ``--released openvla,openvla_oft,hybridvla`` instead times the released models' architectures at their published
 sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
 builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
-into ``bench/results/released.json``.
+into ``bench/results/released.json``. ``pi0`` / ``pi05`` are PaliGemma-3B + the Gemma-300M expert (3.3 B, chunk 50,
+10 Euler steps on the prefix cache; ≈ 8 GB).
 """
 
 from __future__ import annotations
@@ -99,11 +100,28 @@ SIGLIP_SO400M = dict(model_type="siglip_vision_model", hidden_size=1152, interme
 LLAMA2_7B = dict(model_type="llama", vocab_size=32064, pad_token_id=32000, rms_norm_eps=1e-6)
 
 
+def paligemma_3b_arch() -> dict:
+    """The ``paligemma`` backbone's ``3b`` size (pi0's VLM) as a checkpoint ``arch``."""
+    from transformers import PaliGemmaConfig
+
+    from vlaforge.backbones.paligemma import SIZES
+    from vlaforge.backbones.tokenizer import build_tokenizer
+
+    tok, size = build_tokenizer(), SIZES["3b"]
+    text = dict(size["text"], pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+    d = text["hidden_size"]
+    hf = PaliGemmaConfig(vision_config={"model_type": "siglip_vision_model", **size["vision"], "projection_dim": d},
+                         text_config=text, projection_dim=d, image_token_id=text["vocab_size"])
+    return {"hf_config": hf.to_dict(), "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
 def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     """A released architecture with random bf16 weights (never initialised twice: built empty, then filled)."""
     from accelerate import init_empty_weights
 
     from vlaforge.backbones.tokenizer import build_tokenizer
+    from vlaforge.presets.pi0 import pi0_backbone, pi0_head
     from vlaforge.weights.openvla import openvla_backbone
 
     arch = {"configs": {"dino": DINO_L, "siglip": SIGLIP_SO400M, "llm": LLAMA2_7B}, "image_mean": [0.0] * 3,
@@ -128,8 +146,13 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
                                                     markers="vocab"),
             threshold=0.0, gripper_values=(0.0, 1.0), binarize_gripper=True, clip=True, ar_context="diffusion_block",
             ar_suffix="▁")  # threshold 0: always both paths, as a confident model runs
+    elif system in ("pi0", "pi05"):  # PaliGemma-3B + the Gemma-300M expert, as `vlaforge import openpi` builds it
+        arch = paligemma_3b_arch()
+        cams, state, chunk = ("base_0_rgb", "left_wrist_0_rgb"), 8, 50
+        backbone = pi0_backbone(system == "pi05", arch=arch, dtype="bfloat16")
+        head = pi0_head(system == "pi05")
     else:
-        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla)")
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, pi0, pi05)")
     robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
     cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=chunk).with_robot(robot)
     tok = build_tokenizer()
@@ -166,9 +189,17 @@ def time_released(system: str, tmp: Path, repeats: int) -> dict:
     with torch.inference_mode():
         # minutes per call at 7.5 B on a CPU: a warm-up call would change nothing but the wall time
         ms = timed(lambda: policy.sample(batch, generator=torch.Generator().manual_seed(0)), repeats, warmup=False)
-    return {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
-            "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
-            "build_s": round(build_s, 1)}
+    row = {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
+           "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
+           "build_s": round(build_s, 1)}
+    steps = getattr(policy.cfg.head, "num_steps", None) if policy.head.uses_kv_cache else None
+    if steps:  # an expert on the prefix cache: what re-encoding the prefix at every Euler step would cost
+        with torch.inference_mode():
+            enc = timed(lambda: policy.encode(batch), repeats, warmup=False)
+        naive = steps * enc + (ms - enc)  # S encodes + the same S expert steps (measured: chunk - one encode)
+        row.update(prefix_encode_ms=round(enc, 1), steps=steps, reencode_every_step_ms=round(naive, 1),
+                   cache_speedup=round(naive / ms, 2))
+    return row
 
 
 def measure_released(systems: list[str], repeats: int, out: Path) -> None:
@@ -192,7 +223,7 @@ def measure_released(systems: list[str], repeats: int, out: Path) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']} | {r['actions_per_s']} | "
-              f"{r['actions_per_s_vs_openvla']}x |")
+              f"{r['actions_per_s_vs_openvla'] or '-'}{'x' if r['actions_per_s_vs_openvla'] else ''} |")
 
 
 def main() -> None:
@@ -203,7 +234,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--released", default="", help="openvla,openvla_oft,hybridvla at published size (see above)")
+    ap.add_argument("--released", default="",
+                    help="openvla,openvla_oft,hybridvla,pi0,pi05 at published size (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(__file__).parent / "results"
