@@ -12,9 +12,10 @@ reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and p
 sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
 builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
 into ``bench/results/released.json``. ``robovlms`` is KosMos P.H. (Kosmos-2 1.66 B, a full window of 8 frames,
-chunk 10). ``--released smolvla`` times SmolVLA (≈ 450 M, one 512 px camera, chunk 50,
-float32: bf16 is slower on CPUs without bf16 units) and, in the same run, the prefix-cache speed-up of its 10
-Euler steps (``--dtype`` sets the weights' dtype).
+chunk 10). ``smolvla`` is SmolVLA (≈ 450 M, one 512 px camera, chunk 50; ``--dtype float32``: bf16 is slower on
+CPUs without bf16 units); ``pi0`` / ``pi05`` are PaliGemma-3B + the Gemma-300M expert (3.3 B, chunk 50; ≈ 8 GB). For
+the experts on the prefix cache the row also gives what re-encoding the prefix at each of the 10 Euler steps would
+cost (steps × one timed encode + the rest of the chunk), as a ratio.
 """
 
 from __future__ import annotations
@@ -118,11 +119,28 @@ def _robovlms() -> tuple[Any, Any]:
     return backbone, HEADS.get("lstm")(hidden=1024, layers=4, mlp_widths=(1024, 512, 256), **HEAD_OPTIONS)
 
 
+def paligemma_3b_arch() -> dict:
+    """The ``paligemma`` backbone's ``3b`` size (pi0's VLM) as a checkpoint ``arch``."""
+    from transformers import PaliGemmaConfig
+
+    from vlaforge.backbones.paligemma import SIZES
+    from vlaforge.backbones.tokenizer import build_tokenizer
+
+    tok, size = build_tokenizer(), SIZES["3b"]
+    text = dict(size["text"], pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+    d = text["hidden_size"]
+    hf = PaliGemmaConfig(vision_config={"model_type": "siglip_vision_model", **size["vision"], "projection_dim": d},
+                         text_config=text, projection_dim=d, image_token_id=text["vocab_size"])
+    return {"hf_config": hf.to_dict(), "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
 def build_released(system: str, tmp: Path, dtype: str = "bfloat16") -> tuple[VLAPolicy, dict, int]:
     """A released architecture with random weights (never initialised twice: built empty, then filled)."""
     from accelerate import init_empty_weights
 
     from vlaforge.backbones.tokenizer import build_tokenizer
+    from vlaforge.presets.pi0 import pi0_backbone, pi0_head
     from vlaforge.presets.smolvla import smolvla_policy
     from vlaforge.weights.openvla import openvla_backbone
 
@@ -156,8 +174,14 @@ def build_released(system: str, tmp: Path, dtype: str = "bfloat16") -> tuple[VLA
         cams, state, chunk = ("front",), 8, 50
         published = smolvla_policy(tiny=False)
         backbone, head = published.backbone.replace(dtype=dtype), published.head
+    elif system in ("pi0", "pi05"):  # PaliGemma-3B + the Gemma-300M expert, as `vlaforge import openpi` builds it
+        arch = paligemma_3b_arch()
+        cams, state, chunk = ("base_0_rgb", "left_wrist_0_rgb"), 8, 50
+        backbone = pi0_backbone(system == "pi05", arch=arch, dtype=dtype)
+        head = pi0_head(system == "pi05")
     else:
-        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms, smolvla)")
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms, "
+                         "smolvla, pi0, pi05)")
     robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
     cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=1 if history > 1 else chunk,
                        history=history).with_robot(robot)
@@ -198,14 +222,16 @@ def time_released(system: str, tmp: Path, repeats: int, dtype: str = "bfloat16")
     with torch.inference_mode():
         # minutes per call at 7.5 B on a CPU: a warm-up call would change nothing but the wall time
         ms = timed(lambda: policy.sample(batch, generator=torch.Generator().manual_seed(0)), repeats, warmup=False)
-        row = {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
-               "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
-               "build_s": round(build_s, 1)}
-        steps = getattr(policy.cfg.head, "num_steps", None) if system == "smolvla" else None
-        if steps:  # the same run: a sampler that re-encodes the prefix at every Euler step
-            naive = timed(lambda: [policy.sample(batch, num_steps=1) for _ in range(steps)], repeats, warmup=False)
-            row.update({"steps": steps, "reencode_every_step_ms": round(naive, 1),
-                        "cache_speedup": round(naive / ms, 2)})
+    row = {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
+           "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
+           "build_s": round(build_s, 1)}
+    steps = getattr(policy.cfg.head, "num_steps", None) if policy.head.uses_kv_cache else None
+    if steps:  # an expert on the prefix cache: what re-encoding the prefix at every Euler step would cost
+        with torch.inference_mode():
+            enc = timed(lambda: policy.encode(batch), repeats, warmup=False)
+        naive = steps * enc + (ms - enc)  # S encodes + the same S expert steps (measured: chunk - one encode)
+        row.update(prefix_encode_ms=round(enc, 1), steps=steps, reencode_every_step_ms=round(naive, 1),
+                   cache_speedup=round(naive / ms, 2))
     return row
 
 
@@ -244,7 +270,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--released", default="",
-                    help="openvla,openvla_oft,hybridvla,smolvla at published size (see above)")
+                    help="openvla,openvla_oft,hybridvla,robovlms,smolvla,pi0,pi05 at published size (see above)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="--released weights' dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -161,7 +161,8 @@ def test_extend_on_the_cached_prefix_matches_one_full_pass(dataset, backbone):
     torch.testing.assert_close(torch.cat([h1, h2], 1), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("head", ["tokens", "tokens_fast", "inllm_diffusion", "flow", "smolvla_expert", "hybrid"])
+@pytest.mark.parametrize("head", ["tokens", "tokens_fast", "inllm_diffusion", "flow", "smolvla_expert", "pi0",
+                                  "hybrid"])
 def test_prefix_is_encoded_once_per_sample(dataset, monkeypatch, head):
     """Heads on the prefix KV cache (token decoding, in-LLM denoising, the flow expert) never re-encode it."""
     policy, reader = make_policy(dataset, "qwen2_vl", head)
@@ -174,7 +175,7 @@ def test_prefix_is_encoded_once_per_sample(dataset, monkeypatch, head):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("head", ["dit", "unet1d", "inllm_diffusion", "flow", "smolvla_expert", "hybrid"])
+@pytest.mark.parametrize("head", ["dit", "unet1d", "inllm_diffusion", "flow", "smolvla_expert", "pi0", "hybrid"])
 def test_sampling_math_is_float32_under_bf16_weights(dataset, head):
     policy, reader = make_policy(dataset, "paligemma", head)
     policy = policy.to(torch.bfloat16).eval()

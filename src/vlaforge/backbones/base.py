@@ -116,6 +116,7 @@ class BackboneConfig(Choice, ChoiceType):
     prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
     prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
     prompt_special_tokens: bool = False  # let the tokenizer add its special tokens (LeRobot's tokenizer step does)
+    prompt_state_bins: int = 0  # > 0: the normalized state as that many bins fills "{state}" in the template (pi0.5)
     max_prompt_tokens: int = 48
     image_resize: str = "pad"  # "pad": keep the aspect ratio (letterbox) | "squash" (Prismatic/OpenVLA)
     image_interpolation: str = "bilinear"  # "bilinear" (torch) | "bicubic" (PIL, as OpenVLA's processor)
@@ -163,6 +164,11 @@ class BackboneConfig(Choice, ChoiceType):
         self.check(self.proprio != "text" or "{state}" in self.prompt_template, "prompt_template",
                    "a string containing '{state}' (proprio='text')")
         self.check(self.stitch_view_size >= 0, "stitch_view_size", ">= 0")
+        self.check(self.prompt_state_bins >= 0, "prompt_state_bins", ">= 0")
+        self.check(not (self.prompt_state_bins and self.proprio == "text"), "prompt_state_bins",
+                   "0 with proprio='text' (one state in the prompt)")
+        self.check(("{state}" in self.prompt_template) == (self.prompt_state_bins > 0 or self.proprio == "text"),
+                   "prompt_template", "a '{state}' field exactly when prompt_state_bins > 0 or proprio='text'")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError("backbone.image_size", "> 0 or null", self.image_size)
         if self.pretrained is None and self.arch is None:
@@ -387,7 +393,7 @@ class Backbone(nn.Module):
                             lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix,
                             state_text=cfg.proprio_bins if as_text else "",
                             state_ids=self._action_ids.tolist() if as_text else [],
-                            special_tokens=cfg.prompt_special_tokens)
+                            special_tokens=cfg.prompt_special_tokens, state_bins=cfg.prompt_state_bins)
         tokenize.bind(tokenizer=self.tokenizer)
         return [ImageStep(cameras=list(self.cameras), size=self.image_size, stitch=cfg.views == "stitch",
                           resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop,
@@ -427,7 +433,9 @@ class Backbone(nn.Module):
         heads = getattr(c, "num_attention_heads", None) or c.attention_heads
         kv = getattr(c, "num_key_value_heads", None) or heads
         head_dim = getattr(c, "head_dim", None) or self.hidden_size // heads
-        return LMSpec(self.hidden_size, layers, heads, kv, head_dim)
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        return LMSpec(self.hidden_size, layers, heads, kv, head_dim, float(theta or getattr(c, "rope_theta", 1e4)))
 
     @property
     def eos_token_id(self) -> int | None:

@@ -4,8 +4,10 @@ A LeRobot policy directory (``save_pretrained`` of a ``PreTrainedPolicy``, e.g. 
 ``lerobot/smolvla_base``) holds ``model.safetensors``, ``config.json`` (the policy config with its ``type`` tag and
 ``input_features`` / ``output_features``) and the processor pipelines: ``policy_preprocessor.json`` and
 ``policy_postprocessor.json``, whose ``normalizer_processor`` / ``unnormalizer_processor`` steps keep their statistics
-in ``policy_{pre,post}processor_step_N_*.safetensors`` (``<feature>.<stat>`` keys). The policy ``type`` picks the
-converter; this module knows ``smolvla``.
+in ``policy_{pre,post}processor_step_N_*.safetensors`` (``<feature>.<stat>`` keys; LeRobot's ``eps`` of the step,
+1e-8, is folded into std). The policy ``type`` picks the converter (``CONVERTERS``): ``smolvla`` here, ``pi0`` and
+``pi05`` through ``vlaforge.weights.openpi``'s mapping (openpi's names under ``model.``; the tied ``lm_head`` /
+``embed_tokens`` either or both; pi0.5's time MLP sometimes under pi0's ``action_time_mlp_*`` names).
 
 SmolVLA (LeRobot ``policies/smolvla``) maps onto the ``smolvlm`` backbone with SmolVLA's options
 (``vlaforge.presets.smolvla.SMOLVLA_BACKBONE``) and the ``smolvla_expert`` head; weights are renamed
@@ -31,7 +33,7 @@ from vlaforge.data.stats import Stats
 from vlaforge.heads.base import HEADS
 from vlaforge.policy import PolicyConfig
 from vlaforge.presets.smolvla import SMOLVLA_BACKBONE
-from vlaforge.types import ACTION, OBS_IMAGES, OBS_STATE, RobotSpec
+from vlaforge.types import ACTION, OBS_IMAGES, OBS_STATE, RobotSpec, camera_of
 from vlaforge.weights import IMPORTERS
 from vlaforge.weights.common import Imported, LayoutError, load_source_tokenizer, read_json, read_safetensors_dir
 
@@ -58,11 +60,23 @@ def processor_stats(src: Path, pipeline: str, registry_name: str) -> dict[str, d
     path = src / entry["state_file"]
     if not path.is_file():
         raise LayoutError(f"{f}: state_file {entry['state_file']} is missing")
+    eps = float((entry.get("config") or {}).get("eps", 1e-8))  # LeRobot: (x - mean) / (std + eps)
     out: dict[str, dict[str, np.ndarray]] = {}
     for key, value in load_file(str(path)).items():
         feature, _, stat = key.rpartition(".")
-        out.setdefault(feature, {})[stat] = np.asarray(value, dtype=np.float32).reshape(-1)
+        value = np.asarray(value, dtype=np.float64).reshape(-1)
+        out.setdefault(feature, {})[stat] = (value + eps if stat == "std" else value).astype(np.float32)
     return out
+
+
+def _cameras(hf: dict[str, Any], where: Path) -> list[str]:
+    """The ``VISUAL`` input features' camera names, in the config's order."""
+    feats = hf.get("input_features") or {}
+    cams = [camera_of(k) for k, v in feats.items() if k.startswith(OBS_IMAGES + ".")
+            and str((v or {}).get("type", "VISUAL")).upper() == "VISUAL"]
+    if not cams:
+        raise LayoutError(f"{where}: input_features has no VISUAL '{OBS_IMAGES}.*' entry (have {sorted(feats)})")
+    return cams
 
 
 def _features(hf: dict[str, Any], where: Path) -> tuple[list[str], int, int]:
@@ -70,12 +84,8 @@ def _features(hf: dict[str, Any], where: Path) -> tuple[list[str], int, int]:
     inputs, outputs = hf.get("input_features"), hf.get("output_features")
     if not isinstance(inputs, dict) or not isinstance(outputs, dict) or ACTION not in outputs:
         raise LayoutError(f"{where}: expected input_features and output_features with an '{ACTION}' entry")
-    cams = [k[len(OBS_IMAGES) + 1:] for k, v in inputs.items() if k.startswith(OBS_IMAGES + ".")
-            and isinstance(v, dict) and v.get("type") == "VISUAL"]
-    if not cams:
-        raise LayoutError(f"{where}: input_features has no VISUAL '{OBS_IMAGES}.*' entry")
     state = inputs.get(OBS_STATE, {})
-    return cams, int((state.get("shape") or [0])[0]), int(outputs[ACTION]["shape"][0])
+    return _cameras(hf, where), int((state.get("shape") or [0])[0]), int(outputs[ACTION]["shape"][0])
 
 
 def _modes(hf: dict[str, Any], state_dim: int, where: Path) -> dict[str, str]:
@@ -93,7 +103,8 @@ def _modes(hf: dict[str, Any], state_dim: int, where: Path) -> dict[str, str]:
 
 
 def _stats(src: Path, modes: dict[str, str]) -> Stats:
-    """State statistics from the preprocessor, action statistics from the postprocessor (what un-normalizes)."""
+    """State statistics from the preprocessor, action statistics from the postprocessor (what un-normalizes; the
+    preprocessor's copy where a checkpoint has no postprocessor)."""
     stats: Stats = {}
     sources = {OBS_STATE: ("policy_preprocessor", "normalizer_processor"),
                ACTION: ("policy_postprocessor", "unnormalizer_processor")}
@@ -101,12 +112,17 @@ def _stats(src: Path, modes: dict[str, str]) -> Stats:
         if mode == "identity":
             continue
         pipeline, step = sources[key]
+        if not (src / f"{pipeline}.json").is_file():
+            pipeline, step = sources[OBS_STATE]
         found = processor_stats(src, pipeline, step)
         need = _STAT_NAMES[mode]
         if key not in found or any(n not in found[key] for n in need):
             raise LayoutError(f"{src / pipeline}.json: the {step} statistics have no {key} {'/'.join(need)} "
                               f"(have {sorted(f'{k}.{s}' for k, v in found.items() for s in v)[:8]})")
         stats[key] = dict(found[key])
+        if mode == "q01_q99":
+            stats[key].setdefault("min", stats[key]["q01"])
+            stats[key].setdefault("max", stats[key]["q99"])
     return stats
 
 
@@ -215,14 +231,45 @@ def import_smolvla(src: Path, hf: dict[str, Any], unnorm_key: str | None, camera
              "exact: truncated SmolVLM2, sqrt(d)-scaled image and prompt embeddings, state token after the padded "
              "prompt (block mask), expert cross/self-attention, 32-wide padded actions, sin-cos time, Euler steps, "
              "resize-with-pad (left/top) and [-1, 1] pixels, task + '\\n' right-padded prompt",
-             "approximate: mean/std divides by std (LeRobot: std + 1e-8); an instruction longer than "
+             "approximate: an instruction longer than "
              "tokenizer_max_length is refused (LeRobot truncates); a rename_observations step is not carried over "
              "(name cameras with --cameras)"]
     weights = smolvla_weights(sd, state_dim, str(src / "model.safetensors"))
     return Imported(cfg, weights, load_source_tokenizer(tok_dir), {key: stats}, key, robot, notes)
 
 
-CONVERTERS = {"smolvla": import_smolvla}
+# ---------------------------------------------------------------- pi0 / pi0.5
+def import_lerobot_pi0(src: Path, cfg: dict[str, Any], unnorm_key: str | None, cameras: tuple[str, ...] | None,
+                       dtype: str, tokenizer: str | None) -> Imported:
+    """A LeRobot ``pi0`` / ``pi05`` directory (see the module docstring)."""
+    from vlaforge.weights.openpi import pi0_policy_config, rename_openpi
+
+    where = str(src / "config.json")
+    if tokenizer is None:
+        raise LayoutError("LeRobot pi0 / pi0.5 checkpoints carry no tokenizer: pass --tokenizer DIR (PaliGemma's, "
+                          "google/paligemma-3b-pt-224 as a local transformers directory)")
+    tok = load_source_tokenizer(Path(tokenizer))
+    w = rename_openpi(read_safetensors_dir(src), str(src / "model.safetensors"), prefix="model.")
+    modes = _modes(cfg, 1, src / "config.json")
+    stats = _stats(src, modes)
+    cams = tuple(cameras or _cameras(cfg, src / "config.json"))
+    chunk = int(cfg.get("chunk_size", 50))
+    for flag in ("use_relative_actions", "use_visual_memory", "use_proprioceptive_memory"):
+        if cfg.get(flag):
+            raise LayoutError(f"{where}: {flag}=true is not supported (plain pi0 / pi0.5 only)")
+    policy_cfg, robot = pi0_policy_config(w, tok, stats, where=str(src), cameras=cams, dtype=dtype, chunk=chunk,
+                                          state_in_prompt=True, modes=modes)
+    n_exec = int(cfg.get("n_action_steps", policy_cfg.exec_steps))
+    policy_cfg = policy_cfg.replace(exec_steps=max(1, min(n_exec, chunk)))
+    notes = ["# Imported LeRobot checkpoint", "", f"source: {src}", f"type: {cfg.get('type')}, chunk {chunk}, "
+             f"cameras {list(cams)}, normalization {modes}",
+             "exact: weights (openpi's architecture), prompt layout, normalization (LeRobot's eps folded into std)",
+             "approximate: images resized with torch bilinear + antialias when not 224 px; the instruction as given "
+             "(LeRobot replaces '_' and newlines); quantile-normalized values clipped to [-1, 1]"]
+    return Imported(policy_cfg, w, tok, {"lerobot": stats}, "lerobot", robot, notes)
+
+
+CONVERTERS = {"smolvla": import_smolvla, "pi0": import_lerobot_pi0, "pi05": import_lerobot_pi0}
 
 
 @IMPORTERS.register("lerobot")
