@@ -148,10 +148,12 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     saved = Path(cfg.init_from or "") / "config.json"
     if cfg.init_from and saved.is_file():
         shape = PolicyConfig.from_dict(json.loads(saved.read_text())["policy"])
-    opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache}
+    opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache,
+            "max_cache_mb": cfg.data.max_cache_mb / max(1, cfg.data.num_workers)}  # the budget is per process
     parts = _mixture_paths(cfg)
     if parts:
-        reader = MixtureDataset({n: LeRobotDataset(p, **opts) for n, (p, _) in parts.items()},
+        part_opts = {**opts, "max_cache_mb": opts["max_cache_mb"] / len(parts)}  # one budget for the mixture
+        reader = MixtureDataset({n: LeRobotDataset(p, **part_opts) for n, (p, _) in parts.items()},
                                 {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
         dataset_stats = reader.stats
         unnorm_key = cfg.data.unnorm_key or reader.names[int(np.argmax(reader.probabilities))]
@@ -303,7 +305,8 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     accum = cfg.grad_accum
     loader = make_loader(reader, pipeline, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start * accum,
                          steps=cfg.steps * accum, num_workers=cfg.data.num_workers, rank=runtime.rank,
-                         world=runtime.world)
+                         world=runtime.world, clip_frames=cfg.data.clip_frames,
+                         shuffle_buffer=cfg.data.shuffle_buffer)
     global_batch = cfg.batch_size * accum * runtime.world
     logger = _Logger(cfg, out, start, resume) if runtime.is_main else None
     t0, step, stopped_early, total = _clock(), start, False, cfg.steps
