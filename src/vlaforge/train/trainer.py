@@ -262,7 +262,11 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                                   f"--distributed={cfg.distributed} (it shards or casts the packed 4-bit weights); "
                                   f"use --distributed=none or ddp")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
+    if not runtime.is_main:  # the main process builds the dataset's keyframe index (video_cache=seek) once
+        runtime.barrier()
     reader, policy = build_reader_and_policy(cfg)
+    if runtime.is_main:
+        runtime.barrier()
     if runtime.rank > 0:
         seed_everything(cfg.seed + runtime.rank)  # then different noise per process; the data stream is shared
     cfg = cfg.replace(policy=policy.cfg)
