@@ -187,7 +187,8 @@ class LiberoEnv:
         self.instruction, self.bddl_file, self.init_states = _task_files(task)
         s = cfg.image_size
         with _numpy_global_seed(cfg.env_seed):
-            # hard_reset=False: a reset keeps the compiled model and the GL context (the state is set in full)
+            # hard_reset=False: a reset keeps the compiled model and the GL context (the state is set in full, and
+            # the one piece of Python state a hard reset would renew, the gripper's command, is zeroed in reset)
             self._env = libero_envs.OffScreenRenderEnv(
                 bddl_file_name=str(self.bddl_file), camera_names=list(cfg.cameras.values()), camera_heights=s,
                 camera_widths=s, use_camera_obs=False, hard_reset=False)
@@ -239,6 +240,10 @@ class LiberoEnv:
             self.init_index = None
             with _numpy_global_seed(self.seed):
                 self.raw = self._env.reset()
+        for robot in self._env.env.robots:
+            # robosuite's Panda gripper integrates its commands (0.01 a step) in the gripper model, which only a
+            # hard reset rebuilds: start every episode from zero as the original (hard reset) protocol does
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
         self.settle_actions = []
         for _ in range(self.cfg.settle_steps):
             self.raw, _, _, _ = self._env.step(DUMMY_ACTION.copy())
