@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("libero.libero", reason="the LIBERO extra is not installed (pip install 'vlaforge[libero]')")
-h5py = pytest.importorskip("h5py")
-
 from vlaforge.cli.main import main
+
+pytest.importorskip("libero.libero", reason="the LIBERO extra is not installed (pip install 'vlaforge[libero]')")
 
 TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 

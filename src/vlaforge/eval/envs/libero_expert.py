@@ -1,12 +1,12 @@
 """A scripted LIBERO expert: reads the privileged simulator state and drives the OSC_POSE controller.
 
 Pick-and-place goals (``(in OBJ REGION)``, ``(on OBJ TARGET)``: every libero_object and libero_spatial task, several
-goal-suite tasks) run approach -> descend -> grasp -> lift -> carry -> lower -> release -> retreat. Objects wider
-than the open gripper (bowls, plates) are taken by the rim on the gripper's side; elongated ones are grasped
-across their narrow side (the gripper turns about the vertical). Positions come from MuJoCo (body poses
-and the geoms' bounding boxes), the gripper is held pointing down at its starting orientation, and every phase has a
-step budget so a stuck phase moves on instead of stalling the episode. Goals it does not handle yet (open, close,
-turn on, push) make :meth:`LiberoExpert.act` raise ``NotImplementedError`` naming the predicate.
+goal-suite tasks, and one after the other the libero_10 tasks made of several) run approach -> descend -> grasp ->
+lift -> carry -> lower -> release -> retreat. Objects wider than the open gripper (bowls, plates) are taken by the
+rim on the gripper's side; elongated ones are grasped across their narrow side (the gripper turns about the
+vertical). Positions come from MuJoCo (body poses and the collision geoms' bounding boxes), the gripper is held
+pointing down, and every phase has a step budget so a stuck phase moves on instead of stalling the episode. Goals it
+does not handle yet (open, close, turn on) make building it raise ``NotImplementedError`` naming the goal.
 """
 
 from __future__ import annotations
@@ -50,18 +50,25 @@ class LiberoExpert:
     def __init__(self, env: Any) -> None:
         self.env = env
         self.domain = env._env.env  # the BDDL robosuite env
-        goals = [g for g in self.domain.parsed_problem["goal_state"]]
-        pred = goals[0][0].lower() if goals else ""
-        if len(goals) != 1 or pred not in ("in", "on"):
-            raise NotImplementedError(f"libero expert: goal {goals} of {env.task} is not a single pick-and-place")
-        _, self.obj, self.goal = (s.lower() for s in goals[0])
+        goals = [[str(x).lower() for x in g] for g in self.domain.parsed_problem["goal_state"]]
+        if not goals or any(g[0] not in ("in", "on") or len(g) != 3 for g in goals):
+            raise NotImplementedError(f"libero expert: goal {goals} of {env.task} is not a sequence of "
+                                      f"pick-and-places")
+        self.goals = [(g[1], g[2]) for g in goals]  # (object, where), done one after the other
         self.sim = env.sim
         self.m, self.d = self.sim.model._model, self.sim.data._data
+        self.rot_start = self._eef_rot()
+        self._start(0)
+
+    def _start(self, i: int) -> None:
+        """Set up pick-and-place ``i`` of the goal."""
+        self.index = i
+        self.obj, self.goal = self.goals[i]
         self.obj_body = self.m.body(self.domain.objects_dict[self.obj].root_body).id
-        self.rot0 = self._eef_rot()
+        self.rot0 = self.rot_start
         self.phase, self.t = "above", 0
         self.grip = GRIPPER_OPEN
-        self.offset = np.zeros(3)  # grasp point relative to the object's body origin
+        self.offset = np.zeros(3)  # grasp point relative to the object's centre
         self.hold = np.zeros(3)  # eef position minus the object's lowest point, once grasped
         lo, hi = _aabb(self.m, self.d, self.obj_body)
         half = (hi - lo)[:2] / 2
@@ -170,6 +177,9 @@ class LiberoExpert:
                 return self._move(self.target)
             self._next("retreat")
             self.target = self.target + np.array([0.0, 0.0, 0.08])
+        if self.target[2] - eef[2] < 0.02 and self.index + 1 < len(self.goals):
+            self._start(self.index + 1)
+            return self.act()
         return self._move(self.target)
 
 
