@@ -71,6 +71,8 @@ def test_fixed_initial_states_in_order_then_settle_steps(env):
     finally:
         env._env.step = inner_step
     assert env.init_index == 3
+    # below the evaluation seeds (collect starts at 0) the default init samples fresh scenes instead
+    assert env.uses_fixed_state(EVAL_SEED_START) and not env.uses_fixed_state(0)
     # the state set before the first settle step is the task's fixed initial state 3, exactly
     np.testing.assert_array_equal(calls[0][1], env.init_states[3])
     # ten no-op steps with the gripper open, none counted as an episode step

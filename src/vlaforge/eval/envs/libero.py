@@ -14,7 +14,9 @@ The protocol of OpenVLA-OFT and openpi's LIBERO clients:
   convention is mapped by its output pipeline, not here.
 
 ``init="sampled"`` replaces the fixed states with LIBERO's own placement sampler seeded with ``s`` (fresh scenes:
-what scripted demonstrations are collected on, so that they never share a scene with the evaluation).
+what scripted demonstrations should be collected on, so that they never share a scene with the evaluation). The
+default, ``init="auto"``, does both by seed: evaluation seeds (``>= EVAL_SEED_START``) get the fixed states, lower
+seeds (``vlaforge collect`` starts at 0) sampled scenes.
 
 LIBERO's placement sampler draws from NumPy's global RNG; it is reseeded (``env_seed``, 7 as in openpi, or the
 episode seed for sampled scenes) around every reset and the caller's global RNG state is restored afterwards, so an
@@ -113,14 +115,16 @@ class LiberoConfig(EnvConfig):
     image_size: int = 128  # rendered size (LIBERO's datasets: 128; openpi renders 256); the policy resizes
     settle_steps: int = SETTLE_STEPS
     max_steps: int = 0  # 0: the suite's (220/280/300/520/400)
-    init: str = "fixed"  # fixed: the task's 50 initial states (seed s -> state s mod 50); sampled: fresh scenes
+    # fixed: the task's 50 initial states (seed s -> state s mod 50); sampled: fresh scenes from LIBERO's sampler;
+    # auto: fixed for evaluation seeds (>= EVAL_SEED_START), sampled below (demonstrations)
+    init: str = "auto"
     env_seed: int = 7  # NumPy seed around every reset of fixed-state episodes (openpi's)
 
     def validate(self) -> None:
         self.check(self.image_size >= 16 and self.image_size % 2 == 0, "image_size", "an even number >= 16")
         self.check(self.max_steps >= 0, "max_steps", ">= 0 (0: the suite's)")
         self.check(self.settle_steps >= 0, "settle_steps", ">= 0")
-        self.check(self.init in ("fixed", "sampled"), "init", "'fixed' or 'sampled'")
+        self.check(self.init in ("auto", "fixed", "sampled"), "init", "'auto', 'fixed' or 'sampled'")
         self.check(len(self.cameras) >= 1, "cameras", "at least one camera")
 
     def task_names(self, spec: str | list[str]) -> list[str]:
@@ -229,9 +233,14 @@ class LiberoEnv:
     def init_index_of(self, seed: int) -> int:
         return int(seed) % len(self.init_states)
 
+    def uses_fixed_state(self, seed: int) -> bool:
+        from vlaforge.eval.rollout import EVAL_SEED_START
+
+        return self.cfg.init == "fixed" or (self.cfg.init == "auto" and seed >= EVAL_SEED_START)
+
     def reset(self, seed: int, render: bool = True) -> dict[str, Any]:
         self.seed = int(seed)
-        if self.cfg.init == "fixed":
+        if self.uses_fixed_state(seed):
             self.init_index = self.init_index_of(seed)
             with _numpy_global_seed(self.cfg.env_seed):
                 self._env.reset()
