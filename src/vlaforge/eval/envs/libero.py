@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,10 @@ import numpy as np
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.types import OBS_STATE, TASK, RobotSpec, image_key
 
-SUITES: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
-                          "libero_90": 400}
-MAX_STEPS = SUITES  # the suite's step budget (openpi / OpenVLA-OFT), settle steps not counted
+# each suite's step budget (openpi / OpenVLA-OFT: a little over its longest human demonstration), settle not counted
+MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
+                             "libero_90": 400}
+SUITES = tuple(MAX_STEPS)
 SETTLE_STEPS = 10
 DUMMY_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # no motion, gripper open
 GRIPPER_OPEN, GRIPPER_CLOSE = -1.0, 1.0
@@ -94,15 +96,21 @@ def libero_state(eef_pos: np.ndarray, eef_quat: np.ndarray, gripper_qpos: np.nda
     return np.concatenate([eef_pos, quat2axisangle(eef_quat), gripper_qpos]).astype(np.float32)
 
 
+# LIBERO's samplers draw from NumPy's one global RNG: envs resetting on several threads (collect, the evaluation's
+# pinned threads) take turns, or their seeded draws would interleave
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
 @contextmanager
 def _numpy_global_seed(seed: int):
     """Seed NumPy's global RNG (LIBERO's samplers draw from it) and restore the caller's state afterwards."""
-    saved = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
+    with _GLOBAL_RNG_LOCK:
+        saved = np.random.get_state()
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(saved)
 
 
 @ENVS.register("libero")
