@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q "torch==2.13.0" -e ".[metaworld,test]"
+	$(PIP) install -q "torch==2.13.0" -e ".[metaworld,libero,test]"
 	$(PIP) install -q --no-deps "openpi-client==0.1.2"
 	@touch $@ $(STAMP)
 

@@ -2,17 +2,22 @@
 
 Builds (or reads, with ``--data``) a LeRobot v3 dataset with two cameras, wraps it in a tiny policy's training
 pipeline (feature check, normalization, random shift, resize, tokenization) and times the trainer's own loader
-with 0 and 2 worker processes, for both video cache modes (``preload``: decode each episode's video once into
-memory; ``episode``: keep only the current episode decoded). Writes ``bench/results/data.json`` and prints a
-Markdown table.
+with 0 and 2 worker processes, for each video cache mode (``preload``: decode every video once into memory;
+``episode``: decode a whole episode per miss; ``seek``: decode only the group of pictures holding the frame,
+through the keyframe index), ``seek`` also with the clip sampler (``--clip-frames`` neighbouring frames per clip,
+shuffled over ``--shuffle-buffer`` positions). The episode / seek caches get ``--cache-frac`` (10 %) of the
+decoded size, split over the workers as the trainer does. With several ``--gops`` the synthetic dataset is
+written once per keyframe interval and its video size is reported. Writes ``bench/results/data.json`` (with the
+machine's load average: the numbers are only comparable within one run) and prints a Markdown table.
 
-    python bench/data.py [--data DIR] [--size 96] [--episodes 20] [--steps 30] [--workers 0,2]
+    python bench/data.py [--data DIR] [--size 96] [--episodes 10] [--steps 20] [--workers 0,2] [--gops 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -32,14 +37,14 @@ from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
 BATCH = 32
 
 
-def synthetic_dataset(root: Path, episodes: int, length: int, size: int) -> Path:
+def synthetic_dataset(root: Path, episodes: int, length: int, size: int, gop: int | None = None) -> Path:
     """Smooth moving images (compress like real camera frames, unlike noise) + random state/action."""
     feats = {image_key(c): FeatureSpec("video", (size, size, 3)) for c in ("scene", "wrist")}
     feats[OBS_STATE] = FeatureSpec("float32", (4,))
     feats[ACTION] = FeatureSpec("float32", (4,))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     rng = np.random.default_rng(0)
-    with LeRobotWriter(root, 20, feats) as w:
+    with LeRobotWriter(root, 20, feats, gop=gop) as w:
         for e in range(episodes):
             frames = {}
             for c, key in enumerate(k for k in feats if k.startswith("observation.images")):
@@ -55,9 +60,17 @@ def synthetic_dataset(root: Path, episodes: int, length: int, size: int) -> Path
     return root
 
 
-def measure(root: Path, workers: int, cache: str, steps: int, image_size: int) -> dict:
+def decoded_bytes(root: Path) -> int:
+    info = json.loads((root / "meta/info.json").read_text())
+    return sum(info["total_frames"] * int(np.prod(f["shape"])) for f in info["features"].values()
+               if f["dtype"] == "video")
+
+
+def measure(root: Path, workers: int, cache: str, steps: int, image_size: int, cache_mb: float, clip: int,
+            buffer: int) -> dict:
     t_open = time.perf_counter()
-    reader = LeRobotDataset(root, chunk=8, video_cache=cache)  # preload decodes every video here
+    # preload decodes every video here; seek reads (or builds) the keyframe index; the budget is per process
+    reader = LeRobotDataset(root, chunk=8, video_cache=cache, max_cache_mb=cache_mb / max(1, workers))
     open_s = time.perf_counter() - t_open
     robot = reader.meta.robot_spec()
     cfg = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", image_size=image_size),
@@ -66,7 +79,7 @@ def measure(root: Path, workers: int, cache: str, steps: int, image_size: int) -
     policy.make_pipelines(reader.meta.stats, robot)
     pipeline = policy.train_pipeline(augmentation(DataConfig(shift_pad=4), list(cfg.cameras)))
     loader = make_loader(reader, pipeline, batch_size=BATCH, seed=0, start_step=0, steps=steps + 2,
-                         num_workers=workers)
+                         num_workers=workers, clip_frames=clip, shuffle_buffer=buffer)
     it = iter(loader)
     t0 = time.perf_counter()
     first = next(it)  # includes worker start-up and, for preload, decoding every video
@@ -78,8 +91,9 @@ def measure(root: Path, workers: int, cache: str, steps: int, image_size: int) -
         n += len(batch[ACTION])
     dt = time.perf_counter() - t1
     assert first[image_key("scene")].shape[-1] == image_size
-    return {"workers": workers, "video_cache": cache, "frames_per_s": n / dt, "open_s": open_s, "first_batch_s": warm,
-            "batches": steps}
+    return {"workers": workers, "video_cache": cache, "clip_frames": clip, "shuffle_buffer": buffer if clip > 1 else 0,
+            "frames_per_s": n / dt, "open_s": open_s, "first_batch_s": warm, "batches": steps,
+            "max_cache_mb": cache_mb if cache != "preload" else None}
 
 
 def main() -> None:
@@ -87,31 +101,56 @@ def main() -> None:
     ap.add_argument("--data", help="an existing LeRobot v3 dataset (default: a synthetic one)")
     ap.add_argument("--size", type=int, default=96, help="camera resolution of the synthetic dataset")
     ap.add_argument("--image-size", type=int, default=96, help="backbone input resolution")
-    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--length", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=30, help="timed batches per configuration")
+    ap.add_argument("--steps", type=int, default=20, help="timed batches per configuration")
     ap.add_argument("--workers", default="0,2")
-    ap.add_argument("--caches", default="preload,episode")
+    ap.add_argument("--caches", default="preload,episode,seek,seek+clip")
+    ap.add_argument("--cache-frac", type=float, default=0.1, help="episode/seek cache budget / decoded size")
+    ap.add_argument("--clip-frames", type=int, default=4)
+    ap.add_argument("--shuffle-buffer", type=int, default=64)
+    ap.add_argument("--gops", default="2", help="keyframe intervals of the synthetic dataset (comma-separated)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
+    load_before = os.getloadavg()
+    rows, sizes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.data) if args.data else synthetic_dataset(Path(tmp) / "bench", args.episodes, args.length,
-                                                                    args.size)
-        rows = [measure(root, int(w), c, args.steps, args.image_size)
-                for c in args.caches.split(",") for w in args.workers.split(",")]
-        info = json.loads((root / "meta/info.json").read_text())
+        for gop in ([None] if args.data else [int(g) for g in args.gops.split(",")]):
+            root = Path(args.data) if args.data else synthetic_dataset(Path(tmp) / f"bench-g{gop}", args.episodes,
+                                                                        args.length, args.size, gop)
+            decoded = decoded_bytes(root)
+            video = sum(p.stat().st_size for p in (root / "videos").rglob("*.mp4"))
+            sizes[str(gop)] = {"video_bytes": video, "decoded_bytes": decoded}
+            cache_mb = args.cache_frac * decoded / 2**20
+            for c in args.caches.split(","):
+                for w in args.workers.split(","):
+                    clip = args.clip_frames if c.endswith("+clip") else 1
+                    row = measure(root, int(w), c.removesuffix("+clip"), args.steps, args.image_size, cache_mb,
+                                  clip, args.shuffle_buffer)
+                    rows.append({"gop": gop, **row})
+            info = json.loads((root / "meta/info.json").read_text())
+    base = {(r["gop"], r["workers"]): r["frames_per_s"] for r in rows if r["video_cache"] == "preload"}
+    for r in rows:  # ratio to preload on the same dataset with the same workers
+        key = (r["gop"], r["workers"])
+        r["vs_preload"] = r["frames_per_s"] / base[key] if key in base else None
     result = {"batch_size": BATCH, "frames": info["total_frames"], "episodes": info["total_episodes"],
               "camera_size": args.size, "image_size": args.image_size, "cameras": 2, "machine": platform.processor()
-              or platform.machine(), "cpus": torch.get_num_threads(), "rows": rows}
+              or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(), "cache_frac": args.cache_frac,
+              "video_sizes": sizes, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{info['total_frames']} frames, 2 cameras {args.size}px -> {args.image_size}px, batch {BATCH}\n")
-    print("| video cache | workers | frames/s | open dataset (s) | first batch (s) |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n{info['total_frames']} frames, 2 cameras {args.size}px -> {args.image_size}px, batch {BATCH}, "
+          f"cache budget {args.cache_frac:.0%} of the decoded size, load average {load_before[0]:.1f}\n")
+    print("| gop | video cache | clip frames | workers | frames/s | vs preload | open dataset (s) | first batch (s) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['video_cache']} | {r['workers']} | {r['frames_per_s']:.0f} | {r['open_s']:.2f} "
-              f"| {r['first_batch_s']:.2f} |")
+        ratio = f"{r['vs_preload']:.2f}" if r["vs_preload"] else "-"
+        print(f"| {r['gop'] or '-'} | {r['video_cache']} | {r['clip_frames']} | {r['workers']} | "
+              f"{r['frames_per_s']:.0f} | {ratio} | {r['open_s']:.2f} | {r['first_batch_s']:.2f} |")
+    for g, v in sizes.items():
+        print(f"gop {g}: video {v['video_bytes'] / 2**20:.2f} MiB, decoded {v['decoded_bytes'] / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

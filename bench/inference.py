@@ -12,7 +12,10 @@ reports naive / cached as a ratio. Writes ``bench/results/inference.json`` and p
 sizes (7.5 B parameters, bf16, random weights; ≈ 16 GB of memory each, one at a time) as ``vlaforge import``
 builds them — OpenVLA's autoregressive token decoding against OFT's one-pass parallel decoding of a chunk of 8 —
 into ``bench/results/released.json``. ``robovlms`` is KosMos P.H. (Kosmos-2 1.66 B, a full window of 8 frames,
-chunk 10).
+chunk 10). ``smolvla`` is SmolVLA (≈ 450 M, one 512 px camera, chunk 50; ``--dtype float32``: bf16 is slower on
+CPUs without bf16 units); ``pi0`` / ``pi05`` are PaliGemma-3B + the Gemma-300M expert (3.3 B, chunk 50; ≈ 8 GB). For
+the experts on the prefix cache the row also gives what re-encoding the prefix at each of the 10 Euler steps would
+cost (steps × one timed encode + the rest of the chunk), as a ratio.
 """
 
 from __future__ import annotations
@@ -116,11 +119,29 @@ def _robovlms() -> tuple[Any, Any]:
     return backbone, HEADS.get("lstm")(hidden=1024, layers=4, mlp_widths=(1024, 512, 256), **HEAD_OPTIONS)
 
 
-def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
-    """A released architecture with random bf16 weights (never initialised twice: built empty, then filled)."""
+def paligemma_3b_arch() -> dict:
+    """The ``paligemma`` backbone's ``3b`` size (pi0's VLM) as a checkpoint ``arch``."""
+    from transformers import PaliGemmaConfig
+
+    from vlaforge.backbones.paligemma import SIZES
+    from vlaforge.backbones.tokenizer import build_tokenizer
+
+    tok, size = build_tokenizer(), SIZES["3b"]
+    text = dict(size["text"], pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+    d = text["hidden_size"]
+    hf = PaliGemmaConfig(vision_config={"model_type": "siglip_vision_model", **size["vision"], "projection_dim": d},
+                         text_config=text, projection_dim=d, image_token_id=text["vocab_size"])
+    return {"hf_config": hf.to_dict(), "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
+def build_released(system: str, tmp: Path, dtype: str = "bfloat16") -> tuple[VLAPolicy, dict, int]:
+    """A released architecture with random weights (never initialised twice: built empty, then filled)."""
     from accelerate import init_empty_weights
 
     from vlaforge.backbones.tokenizer import build_tokenizer
+    from vlaforge.presets.pi0 import pi0_backbone, pi0_head
+    from vlaforge.presets.smolvla import smolvla_policy
     from vlaforge.weights.openvla import openvla_backbone
 
     arch = {"configs": {"dino": DINO_L, "siglip": SIGLIP_SO400M, "llm": LLAMA2_7B}, "image_mean": [0.0] * 3,
@@ -149,16 +170,26 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     elif system == "robovlms":
         cams, state, chunk, history = ("static",), 0, KOSMOS2_CHUNK, KOSMOS2_WINDOW
         backbone, head = _robovlms()
+    elif system == "smolvla":
+        cams, state, chunk = ("front",), 8, 50
+        published = smolvla_policy(tiny=False)
+        backbone, head = published.backbone.replace(dtype=dtype), published.head
+    elif system in ("pi0", "pi05"):  # PaliGemma-3B + the Gemma-300M expert, as `vlaforge import openpi` builds it
+        arch = paligemma_3b_arch()
+        cams, state, chunk = ("base_0_rgb", "left_wrist_0_rgb"), 8, 50
+        backbone = pi0_backbone(system == "pi05", arch=arch, dtype=dtype)
+        head = pi0_head(system == "pi05")
     else:
-        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms)")
+        raise ValueError(f"--released: unknown system {system!r} (openvla, openvla_oft, hybridvla, robovlms, "
+                         "smolvla, pi0, pi05)")
     robot = RobotSpec(cameras={c: (224, 224) for c in cams}, state_dim=state, action_dim=ACTION_DIM)
     cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=1 if history > 1 else chunk,
                        history=history).with_robot(robot)
     tok = build_tokenizer()
     tok.add_tokens(list(backbone.add_tokens), special_tokens=True)  # built from `assets`: the tokenizer has them
     tok.save_pretrained(str(tmp / system))
-    with init_empty_weights(include_buffers=False):
-        policy = VLAPolicy(cfg, assets=tmp / system)
+    with init_empty_weights(include_buffers=False):  # a random-init size (no arch) builds its own tokenizer
+        policy = VLAPolicy(cfg, assets=tmp / system if backbone.arch is not None else None)
     gen = torch.Generator().manual_seed(0)
     for mod_name, module in policy.named_modules():  # parameters only: buffers (position ids …) are real already
         for name, p in list(module._parameters.items()):
@@ -184,26 +215,34 @@ def build_released(system: str, tmp: Path) -> tuple[VLAPolicy, dict, int]:
     return policy.eval(), collate([policy.inputs(obs)]), chunk
 
 
-def time_released(system: str, tmp: Path, repeats: int) -> dict:
+def time_released(system: str, tmp: Path, repeats: int, dtype: str = "bfloat16") -> dict:
     t0 = time.perf_counter()
-    policy, batch, chunk = build_released(system, tmp)
+    policy, batch, chunk = build_released(system, tmp, dtype)
     build_s = time.perf_counter() - t0
     with torch.inference_mode():
         # minutes per call at 7.5 B on a CPU: a warm-up call would change nothing but the wall time
         ms = timed(lambda: policy.sample(batch, generator=torch.Generator().manual_seed(0)), repeats, warmup=False)
-    return {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
-            "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
-            "build_s": round(build_s, 1)}
+    row = {"system": system, "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 2),
+           "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
+           "build_s": round(build_s, 1)}
+    steps = getattr(policy.cfg.head, "num_steps", None) if policy.head.uses_kv_cache else None
+    if steps:  # an expert on the prefix cache: what re-encoding the prefix at every Euler step would cost
+        with torch.inference_mode():
+            enc = timed(lambda: policy.encode(batch), repeats, warmup=False)
+        naive = steps * enc + (ms - enc)  # S encodes + the same S expert steps (measured: chunk - one encode)
+        row.update(prefix_encode_ms=round(enc, 1), steps=steps, reencode_every_step_ms=round(naive, 1),
+                   cache_speedup=round(naive / ms, 2))
+    return row
 
 
-def measure_released(systems: list[str], repeats: int, out: Path) -> None:
+def measure_released(systems: list[str], repeats: int, out: Path, dtype: str = "bfloat16") -> None:
     import gc
     import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for system in systems:
-            rows.append(time_released(system, Path(tmp), repeats))
+            rows.append(time_released(system, Path(tmp), repeats, dtype))
             print(json.dumps(rows[-1]), flush=True)
             gc.collect()
     base = next((r for r in rows if r["system"] == "openvla"), None)
@@ -211,13 +250,15 @@ def measure_released(systems: list[str], repeats: int, out: Path) -> None:
         r["actions_per_s_vs_openvla"] = round(r["actions_per_s"] / base["actions_per_s"], 2) if base else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1,
-                                        "dtype": "bfloat16", "image": 224, "weights": "random"}, "results": rows},
+                                        "dtype": dtype, "image": 224, "weights": "random"}, "results": rows},
                               indent=2))
     print("\n| system | params (B) | chunk | ms / chunk | actions / s | vs OpenVLA |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']} | {r['actions_per_s']} | "
-              f"{r['actions_per_s_vs_openvla']}x |")
+        vs = f"{r['actions_per_s_vs_openvla']}x" if r["actions_per_s_vs_openvla"] is not None else "-"
+        cache = f" (prefix cache {r['cache_speedup']}x)" if "cache_speedup" in r else ""
+        print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']}{cache} | {r['actions_per_s']} | "
+              f"{vs} |")
 
 
 def main() -> None:
@@ -228,12 +269,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--released", default="", help="openvla,openvla_oft,hybridvla at published size (see above)")
+    ap.add_argument("--released", default="",
+                    help="openvla,openvla_oft,hybridvla,robovlms,smolvla,pi0,pi05 at published size (see above)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="--released weights' dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(__file__).parent / "results"
     if args.released:
-        measure_released(args.released.split(","), args.repeats, Path(args.out or results / "released.json"))
+        measure_released(args.released.split(","), args.repeats, Path(args.out or results / "released.json"),
+                         args.dtype)
         return
     args.out = args.out or str(results / "inference.json")
     rows = []

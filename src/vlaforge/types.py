@@ -130,6 +130,7 @@ class LMSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    rope_theta: float = 10000.0  # RoPE base of the decoder (an expert attending to its keys rotates its own alike)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from vlaforge.eval.runner import EvalConfig, run_eval
 from vlaforge.eval.workers import ProcessEnvPool
 from vlaforge.types import OBS_STATE, RobotSpec, image_key
 
-TASKS = "drawer-close,reach"
+TASKS = "drawer-close"
 
 
 class TinyRandomPolicy:
@@ -51,16 +51,16 @@ def test_two_workers_give_the_same_episodes_batches_and_table_as_one(tmp_path):
     a, b = _eval(tmp_path, 1, one), _eval(tmp_path, 2, two)
     assert a["episodes"] == b["episodes"] and a["tasks"] == b["tasks"] and a["expert"] == b["expert"]
     assert [(e["task"], e["seed"]) for e in b["episodes"]] == [
-        (t, s) for t in ("drawer-close-v3", "reach-v3") for s in (100_000, 100_001, 100_002)]
+        ("drawer-close-v3", s) for s in (100_000, 100_001, 100_002)]
     # the policy saw the same observations in the same batches (3 episodes on 2 slots: one slot restarts)
-    assert len(one.batches) == len(two.batches) > 10
+    assert len(one.batches) == len(two.batches) > 5
     for x, y in zip(one.batches, two.batches, strict=True):
         np.testing.assert_array_equal(x, y)
     assert {len(x) for x in two.batches} >= {1, 2}
     # the expert ran on the same seeds in the workers; videos are written from the workers' frames too
     assert [(e["task"], e["seed"]) for e in b["expert"]["episodes"]] == [(e["task"], e["seed"]) for e in b["episodes"]]
     videos = sorted(p.name for p in (tmp_path / "w2" / "videos").iterdir())
-    assert len(videos) == 2 and videos[0].startswith("drawer-close-v3_seed100000_")
+    assert len(videos) == 1 and videos[0].startswith("drawer-close-v3_seed100000_")
 
 
 def test_failing_hanging_and_dead_workers_are_one_line_errors_and_leave_no_process():

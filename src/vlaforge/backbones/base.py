@@ -9,6 +9,8 @@ Prefix layout (one row; the prompt is right-padded, pads are masked out)::
 
     [start] [view-1 wrapper, image tokens, wrapper] ... [view-V ...] [proprio] [prompt prefix] [prompt] [pad ...] [ACT]
 
+(``proprio_position="after_prompt"`` moves the proprio token after the pads, SmolVLA's layout.)
+
 Position ids follow the real tokens only (``cumsum(mask) - 1`` unless a family overrides :meth:`positions`),
 so a suffix appended after the pads continues the real positions.
 """
@@ -97,8 +99,11 @@ class BackboneConfig(Choice, ChoiceType):
     pretrained: str | None = None  # local directory written by `save_pretrained` (weights + processor files)
     image_size: int | None = None  # input resolution override (random-init sizes; Qwen-VL pretrained too)
     views: str = "separate"  # "separate": each camera's tokens in the sequence; "stitch": one stitched image
-    proprio: str = "mlp"  # "none" | "mlp": one projected token | "tokens": binned state as action tokens | "text":
-    # binned on `proprio_bins`, the action tokens decoded to text into the prompt's "{state}" (LLaVA-VLA)
+    proprio: str = "mlp"  # "none" | "mlp": one projected token | "linear": one Linear token (SmolVLA's state_proj)
+    #                      | "tokens": binned state as action tokens | "text": binned on `proprio_bins`, the action
+    #                      tokens decoded to text into the prompt's "{state}" (LLaVA-VLA)
+    proprio_position: str = "before_prompt"  # "before_prompt" | "after_prompt": the proprio token after the padded
+    #                      prompt (SmolVLA), where with attention="prefix_lm" the images and prompt do not see it
     history: str = "interleaved"  # T > 1 frames: "interleaved" in one sequence | "per_frame": encoded alone
     readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
@@ -110,6 +115,8 @@ class BackboneConfig(Choice, ChoiceType):
     prompt_template: str = "{task}"
     prompt_lowercase: bool = True  # lower-case and tidy the instruction first (OpenVLA's predict_action does not)
     prompt_suffix: str = ""  # a token string appended after the prompt ("▁" after OpenVLA's "Out:")
+    prompt_special_tokens: bool = False  # let the tokenizer add its special tokens (LeRobot's tokenizer step does)
+    prompt_state_bins: int = 0  # > 0: the normalized state as that many bins fills "{state}" in the template (pi0.5)
     max_prompt_tokens: int = 48
     image_resize: str = "pad"  # "pad": keep the aspect ratio (letterbox) | "squash" (Prismatic/OpenVLA)
     image_interpolation: str = "bilinear"  # "bilinear" (torch) | "bicubic" (PIL, as OpenVLA's processor)
@@ -119,7 +126,9 @@ class BackboneConfig(Choice, ChoiceType):
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     # "causal" | "bidirectional": every token attends to every real token of the sequence (OpenVLA-OFT's patched
-    # Llama attention, for parallel decoding of placeholder tokens)
+    # Llama attention, for parallel decoding of placeholder tokens) | "prefix_lm": the images and the prompt attend
+    # to each other bidirectionally, tokens after the prompt (a proprio token placed after it, [ACT], a joint
+    # suffix) causally (SmolVLA's and pi0's block mask)
     attention: str = "causal"
     proprio_bins: str = "uniform_edges"  # proprio="text": the bin grid ("uniform_edges" | "norm_bins")
     # text tokenized after the start token(s), before the first image (a chat turn around the image: LLaVA's
@@ -132,15 +141,16 @@ class BackboneConfig(Choice, ChoiceType):
 
     def validate(self) -> None:
         for name, value, allowed in (("views", self.views, ("separate", "stitch")),
-                                     ("proprio", self.proprio, ("none", "mlp", "tokens", "text")),
+                                     ("proprio", self.proprio, ("none", "mlp", "linear", "tokens", "text")),
                                      ("proprio_bins", self.proprio_bins, GRIDS),
+                                     ("proprio_position", self.proprio_position, ("before_prompt", "after_prompt")),
                                      ("history", self.history, ("interleaved", "per_frame")),
                                      ("readout", self.readout, READOUTS),
                                      ("action_tokens", self.action_tokens, ACTION_TOKENS),
                                      ("dtype", self.dtype, tuple(DTYPES)),
                                      ("image_resize", self.image_resize, RESIZE_MODES),
                                      ("image_interpolation", self.image_interpolation, INTERPOLATIONS),
-                                     ("attention", self.attention, ("causal", "bidirectional"))):
+                                     ("attention", self.attention, ("causal", "bidirectional", "prefix_lm"))):
             if value not in allowed:
                 raise ConfigError(f"backbone.{name}", f"one of {allowed}", value)
         unknown = [c for c in self.freeze if c not in COMPONENTS]
@@ -154,6 +164,11 @@ class BackboneConfig(Choice, ChoiceType):
         self.check(self.proprio != "text" or "{state}" in self.prompt_template, "prompt_template",
                    "a string containing '{state}' (proprio='text')")
         self.check(self.stitch_view_size >= 0, "stitch_view_size", ">= 0")
+        self.check(self.prompt_state_bins >= 0, "prompt_state_bins", ">= 0")
+        self.check(not (self.prompt_state_bins and self.proprio == "text"), "prompt_state_bins",
+                   "0 with proprio='text' (one state in the prompt)")
+        self.check(("{state}" in self.prompt_template) == (self.prompt_state_bins > 0 or self.proprio == "text"),
+                   "prompt_template", "a '{state}' field exactly when prompt_state_bins > 0 or proprio='text'")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError("backbone.image_size", "> 0 or null", self.image_size)
         if self.pretrained is None and self.arch is None:
@@ -174,6 +189,7 @@ class PrefixInfo:
 
     spans: list[tuple[int, int]]  # (start, length) of each view's image tokens in the sequence
     image_extra: dict[str, Any]  # anything ``embed_images`` returned besides the tokens
+    bidirectional: int = 0  # attention="prefix_lm": the first this many tokens (images + prompt) see each other
 
 
 @dataclass
@@ -215,8 +231,9 @@ class Backbone(nn.Module):
                               cfg.attention)
         self._setup_action_tokens(assets is not None)
         d = self.hidden_size
-        self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d))
-                        if cfg.proprio == "mlp" and state_dim > 0 else None)
+        self.proprio = (nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d)) if cfg.proprio == "mlp"
+                        else nn.Sequential(nn.Linear(state_dim, d)) if cfg.proprio == "linear" else None
+                        ) if state_dim > 0 else None
         self.act_token = nn.Parameter(torch.randn(d) * 0.02) if cfg.readout == "act" else None
         if cfg.proprio in ("tokens", "text") and state_dim > 0:
             self.check_action_tokens()
@@ -259,8 +276,12 @@ class Backbone(nn.Module):
                    prefix: PrefixInfo | None) -> Tensor:
         """Run the decoder (``prefix`` set when encoding one); families with special masks override this."""
         attn = mask
+        keys = None
         if self.cfg.attention == "bidirectional":  # additive (B, 1, Q, K): every query sees every real key
             keys = mask.bool()[:, None, None, :].expand(-1, 1, embeds.shape[1], -1)
+        elif self.cfg.attention == "prefix_lm" and prefix is not None:
+            keys = mask.bool()[:, None, None, :] & prefix_lm_mask(mask.shape[1], prefix.bidirectional, mask.device)
+        if keys is not None:
             attn = torch.zeros(keys.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(
                 ~keys, torch.finfo(embeds.dtype).min)
         out = self._lm[0](inputs_embeds=embeds, attention_mask=attn, position_ids=positions, cache=cache,
@@ -371,7 +392,8 @@ class Backbone(nn.Module):
         tokenize = Tokenize(template=cfg.prompt_template, max_tokens=cfg.max_prompt_tokens,
                             lowercase=cfg.prompt_lowercase, suffix=cfg.prompt_suffix,
                             state_text=cfg.proprio_bins if as_text else "",
-                            state_ids=self._action_ids.tolist() if as_text else [])
+                            state_ids=self._action_ids.tolist() if as_text else [],
+                            special_tokens=cfg.prompt_special_tokens, state_bins=cfg.prompt_state_bins)
         tokenize.bind(tokenizer=self.tokenizer)
         return [ImageStep(cameras=list(self.cameras), size=self.image_size, stitch=cfg.views == "stitch",
                           resize=cfg.image_resize, interpolation=cfg.image_interpolation, crop=cfg.image_crop,
@@ -411,7 +433,9 @@ class Backbone(nn.Module):
         heads = getattr(c, "num_attention_heads", None) or c.attention_heads
         kv = getattr(c, "num_key_value_heads", None) or heads
         head_dim = getattr(c, "head_dim", None) or self.hidden_size // heads
-        return LMSpec(self.hidden_size, layers, heads, kv, head_dim)
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        return LMSpec(self.hidden_size, layers, heads, kv, head_dim, float(theta or getattr(c, "rope_theta", 1e4)))
 
     @property
     def eos_token_id(self) -> int | None:
@@ -475,7 +499,7 @@ class Backbone(nn.Module):
     def _proprio_embeds(self, state: Tensor | None) -> Tensor | None:
         if self.cfg.proprio in ("none", "text") or state is None or self.state_dim == 0:
             return None
-        if self.cfg.proprio == "mlp":  # the projector keeps its own dtype (fp32 next to a bf16 VLM)
+        if self.cfg.proprio in ("mlp", "linear"):  # the projector keeps its own dtype (fp32 next to a bf16 VLM)
             return self.proprio(state.to(self.proprio[0].weight.dtype)).to(self.dtype)[:, None]
         n = self.cfg.num_action_tokens  # "tokens": LLaVA-VLA writes the binned state with the action vocabulary
         bins = torch.floor((state.float().clamp(-1, 1) + 1) / 2 * n).long().clamp(0, n - 1)
@@ -533,13 +557,18 @@ class Backbone(nn.Module):
             spans.append((n + len(self._view_prefix), feats.shape[2]))
             n += pre.shape[0] + feats.shape[2] + suf.shape[0]
         extra = self._proprio_embeds(state)
-        if extra is not None:
+        after = self.cfg.proprio_position == "after_prompt"
+        if extra is not None and not after:
             parts.append(extra.to(feats.dtype))
         parts.append(emb(self._prompt_prefix).expand(b, -1, -1))
         fixed = torch.cat(parts, 1)
         ids, text_mask = batch[INPUT_IDS], batch[ATTENTION_MASK]
         seq = [fixed, emb(ids)]
         masks = [text_mask.new_ones(b, fixed.shape[1]), text_mask]
+        bidirectional = fixed.shape[1] + ids.shape[1]
+        if extra is not None and after:  # SmolVLA: [images] [prompt, pads] [state]
+            seq.append(extra.to(feats.dtype))
+            masks.append(text_mask.new_ones(b, extra.shape[1]))
         if self.act_token is not None:
             seq.append(self.act_token.to(fixed.dtype).expand(b, 1, -1))
             masks.append(text_mask.new_ones(b, 1))
@@ -549,9 +578,10 @@ class Backbone(nn.Module):
         x, mask = torch.cat(seq, 1), torch.cat(masks, 1)
         pos = self.positions(mask, spans)
         cache = DynamicCache() if use_cache else None
-        hidden = self.lm_forward(x, mask, pos, cache, PrefixInfo(spans, image_extra))
+        hidden = self.lm_forward(x, mask, pos, cache, PrefixInfo(spans, image_extra, bidirectional))
         rows = torch.arange(b, device=hidden.device)
-        last = torch.full((b,), fixed.shape[1] + ids.shape[1], device=hidden.device) if self.act_token is not None \
+        n_after = extra.shape[1] if extra is not None and after else 0
+        last = torch.full((b,), bidirectional + n_after, device=hidden.device) if self.act_token is not None \
             else fixed.shape[1] + text_mask.sum(1) - 1  # the ACT token sits after the pads; else the last prompt token
         if self.cfg.readout in ("act", "last"):
             pooled = hidden[rows, last]
@@ -606,6 +636,13 @@ class Backbone(nn.Module):
                 ctx.kv_cache.crop(-extra)
         ctx.extras.pop("suffix_mask", None)
         ctx.extras["next_position"] = ctx.extras["prefix_next_position"]
+
+
+def prefix_lm_mask(n: int, bidirectional: int, device: torch.device) -> Tensor:
+    """(n, n) bool: query i sees key j when j <= i or both are among the first ``bidirectional`` tokens."""
+    idx = torch.arange(n, device=device)
+    block = torch.where(idx < bidirectional, torch.zeros_like(idx), idx)
+    return block[None, :] <= block[:, None]
 
 
 def with_token_ids(text_config: dict[str, Any], tokenizer: Any, **extra: Any) -> dict[str, Any]:

@@ -32,13 +32,19 @@ SIZES: dict[str, dict[str, Any]] = {
               "text": {"model_type": "gemma2", **_TEXT, "sliding_window": 64, "query_pre_attn_scalar": 32}},
     "256m": {"vision": dict(VIT_B, image_size=224, patch_size=16),
              "text": dict(LM_135M, model_type="gemma", head_dim=64, vocab_size=VOCAB)},
+    # PaliGemma-3B at 224 px as pi0 / pi0.5 use it (openpi ``gemma_2b`` + SigLIP So400m/14, no pooling head)
+    "3b": {"vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                          image_size=224, patch_size=14, vision_use_head=False),
+           "text": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                        num_attention_heads=8, num_key_value_heads=1, head_dim=256, vocab_size=257152,
+                        max_position_embeddings=8192)},
 }
 
 
 @BACKBONES.register("paligemma")
 @dataclass(frozen=True)
 class PaliGemmaBackboneConfig(BackboneConfig):
-    """PaliGemma 1/2 (SigLIP + Gemma); sizes tiny | tiny2 (Gemma 2 text) | 256m, or pretrained=DIR."""
+    """PaliGemma 1/2 (SigLIP + Gemma); sizes tiny | tiny2 (Gemma 2 text) | 256m | 3b, or pretrained=DIR."""
 
     sizes: ClassVar[dict[str, Any]] = SIZES
     model_types: ClassVar[tuple[str, ...]] = ("paligemma",)

@@ -10,4 +10,6 @@ from __future__ import annotations
 VIT_B = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
 LM_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                num_key_value_heads=3, max_position_embeddings=4096)
+LM_360M = dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+               num_key_value_heads=5, max_position_embeddings=8192)  # SmolLM2-360M (SmolVLM2-500M's decoder)
 VOCAB = 49280

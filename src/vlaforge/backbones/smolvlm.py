@@ -6,6 +6,12 @@ Differences from the HF processor path: each camera view is one un-split image
 format), pixels are normalized here in torch, and image features go straight into the prefix instead of
 through ``<image>`` placeholder scatter — which also avoids HF treating an all-black camera frame as padding.
 
+SmolVLA's VLM (Shukor et al., 2025; LeRobot ``policies/smolvla``) is this family with four options:
+``lm_layers`` keeps the first N text layers (SmolVLA: 16 of SmolVLM2-500M's 32), ``embed_scale`` multiplies image
+and prompt embeddings by √hidden, ``image_special_tokens=False`` puts each view's image tokens in the prefix bare
+(no BOS, no ``<fake_token_around_image>`` wrappers: SmolVLA's ``add_image_special_tokens=False``), and
+``rope_theta`` overrides the VLM config's RoPE base (SmolVLA's own RoPE uses 10000 whatever SmolVLM2's config says).
+
 The CPU quick start uses it: it spends the fewest tokens per image (pixel shuffle) and had the lowest CPU
 forward time of the families measured (``shared/reference/environment.md`` §2, ``bench/backbones.py``).
 """
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from transformers import (
     Idefics3Config,
@@ -25,7 +32,7 @@ from transformers import (
 )
 
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig, Built, load_hf, with_token_ids
-from vlaforge.backbones.sizes import LM_135M, VIT_B, VOCAB
+from vlaforge.backbones.sizes import LM_135M, LM_360M, VIT_B, VOCAB
 from vlaforge.backbones.tokenizer import build_tokenizer
 from vlaforge.config import ConfigError
 
@@ -39,6 +46,9 @@ SIZES: dict[str, dict[str, Any]] = {
                           num_key_value_heads=2, vocab_size=1024),
              "scale_factor": 2},
     "256m": {"vision": dict(VIT_B, image_size=512, patch_size=16), "text": dict(LM_135M, vocab_size=VOCAB),
+             "scale_factor": 4},
+    # SmolVLM2-500M's shapes (SigLIP-B/16 at 512 px, SmolLM2-360M's decoder: 32 layers of width 960)
+    "500m": {"vision": dict(VIT_B, image_size=512, patch_size=16), "text": dict(LM_360M, vocab_size=VOCAB),
              "scale_factor": 4},
 }
 
@@ -59,6 +69,10 @@ class SmolVLMBackboneConfig(BackboneConfig):
     # "patch": one strided convolution per patch (SigLIP) | "conv": a stack of 3x3 stride-2 convolutions down to
     # the patch grid (Xiao et al. 2021, "Early convolutions help transformers see better"); patch_size a power of 2
     vision_stem: str = "patch"
+    lm_layers: int = 0  # > 0: keep only the first N decoder layers (SmolVLA's num_vlm_layers)
+    embed_scale: bool = False  # image and prompt embeddings x sqrt(hidden) (SmolVLA)
+    image_special_tokens: bool = True  # False: bare image tokens, no BOS / wrappers (SmolVLA)
+    rope_theta: float = 0.0  # > 0: the decoder's RoPE base instead of the config's (SmolVLA: 10000)
 
     def validate(self) -> None:
         super().validate()
@@ -73,6 +87,8 @@ class SmolVLMBackboneConfig(BackboneConfig):
                 if getattr(self, name) != default:
                     raise ConfigError(f"backbone.{name}", f"{default} with pretrained weights (they fix the "
                                       "vision tower)", getattr(self, name))
+        self.check(self.lm_layers >= 0, "lm_layers", ">= 0 (0: all)")
+        self.check(self.rope_theta >= 0, "rope_theta", ">= 0 (0: the config's)")
 
     @classmethod
     def backbone_class(cls) -> type[Backbone]:
@@ -105,6 +121,8 @@ def _tiny(cfg: SmolVLMBackboneConfig, tokenizer: Any) -> Any:
                           f"{vision['image_size']}", getattr(cfg, field))
     text = with_token_ids({"model_type": "llama", **size["text"]}, tokenizer, max_position_embeddings=2048,
                           tie_word_embeddings=True)
+    if cfg.lm_layers:  # build only the layers that are kept
+        text["num_hidden_layers"] = min(cfg.lm_layers, text["num_hidden_layers"])
     return cfg.model_classes[1](vision_config=vision, text_config=text, scale_factor=shuffle,
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
 
@@ -118,22 +136,41 @@ class SmolVLMBackbone(Backbone):
                        lambda: build_tokenizer(extra_special=SPECIAL))
 
     def _init_family(self) -> None:
-        hf, ids = self.model.config, self.tokenizer.convert_tokens_to_ids
+        hf, ids, cfg = self.model.config, self.tokenizer.convert_tokens_to_ids, self.cfg
+        text = self.model.model.text_model
+        if cfg.lm_layers and cfg.lm_layers < len(text.layers):  # a pretrained VLM: drop the layers above N
+            text.layers = text.layers[:cfg.lm_layers]
+            hf.text_config.num_hidden_layers = text.config.num_hidden_layers = cfg.lm_layers
+        if cfg.rope_theta and text.config.rope_parameters.get("rope_theta") != cfg.rope_theta:
+            from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+            text.config.rope_parameters = {**text.config.rope_parameters, "rope_theta": cfg.rope_theta}
+            hf.text_config.rope_parameters = text.config.rope_parameters
+            text.rotary_emb = LlamaRotaryEmbedding(text.config).to(text.rotary_emb.inv_freq.device)
         self.hidden_size = hf.text_config.hidden_size
         self.image_size = hf.vision_config.image_size
         self._patch = hf.vision_config.patch_size
         if getattr(self.cfg, "vision_stem", "patch") == "conv":
             embeddings = self.model.model.vision_model.embeddings
             embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch)
-        self._set_layout(self.model.model.text_model, self.model.lm_head, start=[self.tokenizer.bos_token_id],
-                         view_prefix=[ids("<fake_token_around_image>"), ids("<global-img>")],
-                         view_suffix=[ids("<fake_token_around_image>")])
+        self._scale = float(self.hidden_size) ** 0.5 if cfg.embed_scale else 1.0
+        wrap = cfg.image_special_tokens
+        self._set_layout(text, self.model.lm_head, start=[self.tokenizer.bos_token_id] if wrap else [],
+                         view_prefix=[ids("<fake_token_around_image>"), ids("<global-img>")] if wrap else [],
+                         view_suffix=[ids("<fake_token_around_image>")] if wrap else [])
 
     def embed_images(self, pixel_values: Tensor) -> Tensor:
         n, _, h, w = pixel_values.shape
         patch_mask = pixel_values.new_ones(n, h // self._patch, w // self._patch, dtype=bool)
         vision = self.model.model.vision_model(pixel_values=pixel_values, patch_attention_mask=patch_mask)
-        return self.model.model.connector(vision.last_hidden_state)
+        feats = self.model.model.connector(vision.last_hidden_state)
+        if self._scale == 1.0:
+            return feats
+        return feats * torch.tensor(self._scale, dtype=feats.dtype)  # SmolVLA rounds the image scale to the dtype
+
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        emb = super().embed_tokens(ids)
+        return emb * self._scale if self._scale != 1.0 else emb
 
     def components(self) -> dict[str, nn.Module]:
         m = self.model.model

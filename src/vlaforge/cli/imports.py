@@ -28,9 +28,11 @@ def main(argv: list[str]) -> int:
                         help="comma-separated names for the model's camera inputs (they must match the env's)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                         help="dtype of the VLM's weights in the checkpoint (released weights are bf16)")
-    parser.add_argument("--chunk", type=int, default=None, help="openvla_oft: actions per chunk (default: by platform)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="openvla_oft, openpi: actions per chunk (default: by platform / config.json)")
     parser.add_argument("--tokenizer", default=None, help="hybridvla: the Llama-2 tokenizer directory; robovlms: "
-                        "microsoft/kosmos-2-patch14-224's directory (tokenizer files + config.json)")
+                        "microsoft/kosmos-2-patch14-224's directory (tokenizer files + config.json); lerobot: "
+                        "a local snapshot of the VLM (tokenizer files + config.json); openpi: PaliGemma's tokenizer")
     parser.add_argument("--llm_config", "--llm-config", dest="llm_config", default=None,
                         help="hybridvla: the base LLM's config.json (default: Llama-2-7b's, sizes from the weights)")
     parser.add_argument("--need_to_sub", "--need-to-sub", dest="need_to_sub", type=int, default=None,
@@ -44,6 +46,9 @@ def main(argv: list[str]) -> int:
                         help="llava_vla: CALVIN relative actions as decoded, or absolute (act_min/max_bound)")
     parser.add_argument("--base", default=None, help="dexvla: the official Qwen2-VL-2B(-Instruct) directory")
     parser.add_argument("--stats", default=None, help="dexvla: a run's dataset_stats.pkl (un-normalisation)")
+    parser.add_argument("--no_state_in_prompt", "--no-state-in-prompt", dest="state_in_prompt", action="store_false",
+                        default=None, help="openpi pi0.5: the checkpoint was trained without the state in the prompt "
+                        "(discrete_state_input=False, e.g. pi05_libero)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     args = parser.parse_args(argv)
     importer = IMPORTERS.get(args.system)
@@ -51,7 +56,7 @@ def main(argv: list[str]) -> int:
     if args.cameras:
         kw["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     for name in ("chunk", "tokenizer", "llm_config", "need_to_sub", "vision_tower", "statistics", "norm_bins",
-                 "actions", "base", "stats"):
+                 "actions", "base", "stats", "state_in_prompt"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     accepted = inspect.signature(importer).parameters

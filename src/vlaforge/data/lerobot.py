@@ -16,12 +16,12 @@ The reader returns one frame with its history window (``history`` frames ending 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,13 @@ from vlaforge.data.stats import (
 )
 from vlaforge.data.video import (
     DEFAULT_CODEC,
+    ByteLRU,
+    SeekReader,
     VideoEncoder,
     VideoError,
     decode_all,
     decode_range,
+    keyframe_index,
     stream_info,
     video_info,
 )
@@ -69,6 +72,8 @@ WRITER_KEY = "vlaforge_version"  # info.json key marking a dataset vlaforge wrot
 OWN_ENTRIES = ("meta", "data", "videos", "images")  # what a LeRobot v3 writer puts in its directory
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+VIDEO_INDEX_PATH = "meta/video_index.json"  # vlaforge's keyframe index of every mp4 (LeRobot ignores it)
+VIDEO_CACHES = ("auto", "preload", "episode", "seek")
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_FEATURES = {
     "timestamp": FeatureSpec("float32", (1,)),
@@ -147,7 +152,7 @@ class LeRobotWriter:
 
     def __init__(self, root: str | Path, fps: int, features: dict[str, FeatureSpec], *, robot_type: str | None = None,
                  codec: str = DEFAULT_CODEC, chunks_size: int = 1000, data_files_size_in_mb: int = 100,
-                 video_files_size_in_mb: int = 200, overwrite: bool = False) -> None:
+                 video_files_size_in_mb: int = 200, overwrite: bool = False, gop: int | None = None) -> None:
         if fps <= 0:
             raise ValueError(f"fps: expected > 0, got {fps}")
         for k in features:
@@ -166,7 +171,7 @@ class LeRobotWriter:
                 raise FileExistsError(f"{self.root}: holds the episodes of an interrupted run; move or delete it")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
-        self.fps, self.robot_type, self.codec = fps, robot_type, codec
+        self.fps, self.robot_type, self.codec, self.gop = fps, robot_type, codec, gop
         self.features = {**features, **DEFAULT_FEATURES}
         self.video_keys = [k for k, f in features.items() if f.dtype == "video"]
         self.column_keys = [k for k, f in self.features.items() if f.dtype != "video"]
@@ -283,7 +288,7 @@ class LeRobotWriter:
         if enc is None:
             h, w = self.features[key].shape[:2]
             path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=c.chunk, file_index=c.file)
-            enc = self._encoders[key] = VideoEncoder(path, self.fps, h, w, self.codec)
+            enc = self._encoders[key] = VideoEncoder(path, self.fps, h, w, self.codec, gop=self.gop)
         start = enc.seconds
         for f in frames:
             enc.add(f)
@@ -473,6 +478,59 @@ def _arrow_leaf(col: pa.ChunkedArray) -> tuple[pa.DataType, int | None, pa.Chunk
     return t, width, flat
 
 
+def _index_digest(entry: dict[str, Any]) -> str:
+    body = {k: entry[k] for k in ("size", "mtime_ns", "frames", "keyframes")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _index_entry_ok(entry: Any, path: Path) -> bool:
+    """An index entry is trusted only when it is well formed, its digest matches and it describes the file as it
+    is now (size and modification time)."""
+    try:
+        st = path.stat()
+        keys = entry["keyframes"]
+        return (entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns and entry["digest"] ==
+                _index_digest(entry) and isinstance(keys, list) and keys and keys[0] == 0
+                and all(isinstance(k, int) for k in keys) and all(np.diff(keys) > 0)
+                and isinstance(entry["frames"], int) and keys[-1] < entry["frames"])
+    except (KeyError, TypeError, OSError):
+        return False
+
+
+def video_keyframe_index(root: Path, paths: list[Path]) -> tuple[dict[Path, dict[str, Any]], list[Path]]:
+    """The keyframe index of each video (``{"frames", "keyframes"}``), read from ``meta/video_index.json`` where
+    its entry is valid for the file as it is now, rebuilt (by demuxing, no decoding) where it is missing, stale
+    or corrupt; the file is rewritten atomically when anything was rebuilt (skipped with a warning when ``meta/``
+    is read-only). Returns the index and the paths that were (re)built."""
+    index_path = root / VIDEO_INDEX_PATH
+    try:
+        stored = json.loads(index_path.read_text()).get("videos", {}) if index_path.is_file() else {}
+        if not isinstance(stored, dict):
+            stored = {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        log.warning("%s: unreadable, rebuilding it", index_path)
+        stored = {}
+    out, rebuilt = {}, []
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        entry = stored.get(rel)
+        if not _index_entry_ok(entry, path):
+            st = path.stat()
+            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **keyframe_index(path)}
+            entry["digest"] = _index_digest(entry)
+            stored[rel] = entry
+            rebuilt.append(path)
+        out[path] = {"frames": entry["frames"], "keyframes": entry["keyframes"]}
+    if rebuilt:
+        tmp = index_path.with_name(f"{index_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "videos": stored}) + "\n")
+            os.replace(tmp, index_path)
+        except OSError as e:
+            log.warning("%s: cannot write the keyframe index (%s); keeping it in memory", index_path, e)
+    return out, rebuilt
+
+
 class LeRobotDataset:
     """Random access reader (an :class:`~vlaforge.data.base.EpisodeReader`) for a LeRobot v3.0 directory.
 
@@ -481,8 +539,12 @@ class LeRobotDataset:
         history: number of observation frames returned (ending at the requested frame).
         chunk: number of actions returned (starting at the requested frame).
         video_cache: ``"preload"`` decodes every video once into memory (fast random access; the right choice
-            for datasets that fit in RAM), ``"episode"`` decodes one episode at a time with a small LRU cache,
-            ``"auto"`` preloads under ``preload_limit_gb``.
+            for datasets that fit in RAM), ``"episode"`` decodes one whole episode at a time into an LRU cache,
+            ``"seek"`` decodes only the group of pictures holding a frame (found through the keyframe index
+            cached in ``meta/video_index.json``) into an LRU cache of decoded groups, ``"auto"`` preloads under
+            ``preload_limit_gb`` and seeks above it.
+        max_cache_mb: byte budget of the episode / seek caches, PER PROCESS (each DataLoader worker holds its
+            own cache; the trainer divides ``--data.max_cache_mb`` by the number of workers).
         episodes: optional subset of episode indices to expose.
         load_stats: read ``meta/stats.json`` (False to recompute it).
     """
@@ -493,7 +555,8 @@ class LeRobotDataset:
         return (Path(root) / "meta" / "info.json").is_file()
 
     def __init__(self, root: str | Path, *, history: int = 1, chunk: int = 1, video_cache: str = "auto",
-                 preload_limit_gb: float = 4.0, episodes: list[int] | None = None, load_stats: bool = True) -> None:
+                 preload_limit_gb: float = 4.0, episodes: list[int] | None = None, load_stats: bool = True,
+                 max_cache_mb: float = 512.0) -> None:
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
         self.meta, self._episodes = load_meta(root, load_stats=load_stats)
@@ -509,16 +572,28 @@ class LeRobotDataset:
         self._frame_table = np.concatenate(
             [np.arange(self.meta.episode_starts[e], self.meta.episode_starts[e] + self.meta.episode_lengths[e])
              for e in self.episode_ids]) if len(self.episode_ids) else np.zeros(0, np.int64)
+        if video_cache not in VIDEO_CACHES:
+            raise ValueError(f"video_cache: expected one of {' | '.join(VIDEO_CACHES)}, got {video_cache!r}")
+        if max_cache_mb <= 0:
+            raise ValueError(f"max_cache_mb: expected > 0, got {max_cache_mb}")
         if video_cache == "auto":
-            video_cache = "preload" if self._video_bytes() < preload_limit_gb * 1e9 else "episode"
-        if video_cache not in ("preload", "episode"):
-            raise ValueError(f"video_cache: expected 'auto', 'preload' or 'episode', got {video_cache!r}")
+            video_cache = "preload" if self._video_bytes() < preload_limit_gb * 1e9 else "seek"
         self.video_cache = video_cache
+        self.max_cache_bytes = int(max_cache_mb * 2**20)
         self._file_frames: dict[Path, np.ndarray] = {}
-        self._episode_frames: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._episode_frames = ByteLRU(self.max_cache_bytes)
+        self._seek: SeekReader | None = None
+        self.index_rebuilt: list[Path] = []
         if video_cache == "preload":
             for path in sorted(set(self._video_files.values())):
                 self._file_frames[path] = self._decode_file(path)
+        elif video_cache == "seek" and self._video_files:
+            try:
+                index, self.index_rebuilt = video_keyframe_index(self.root, sorted(set(self._video_files.values())))
+            except VideoError as e:
+                raise DatasetError(f"{self.root}: {e}") from e
+            self._seek = SeekReader({p: v["keyframes"] for p, v in index.items()},
+                                    {p: v["frames"] for p, v in index.items()}, self.max_cache_bytes)
 
     # ------------------------------------------------------------- loading
     def _load_columns(self) -> None:
@@ -679,12 +754,29 @@ class LeRobotDataset:
                 cached = decode_range(path, start, start + length)
             except VideoError as e:
                 raise DatasetError(f"{self.root}: episode {ep}, camera '{key}': {e}") from e
-            self._episode_frames[(key, ep)] = cached
-            if len(self._episode_frames) > 8 * max(1, len(self.video_keys)):
-                self._episode_frames.popitem(last=False)
-        else:
-            self._episode_frames.move_to_end((key, ep))
+            self._episode_frames.put((key, ep), cached)
         return cached
+
+    def _video_frames(self, key: str, ep: int, idx: np.ndarray) -> np.ndarray:
+        """Frames ``idx`` (episode-level) of camera ``key`` in episode ``ep``."""
+        if self._seek is None:
+            return self._episode_video(key, ep)[idx]
+        start = round(float(self._episodes.iloc[ep][f"videos/{key}/from_timestamp"]) * self.meta.fps)
+        path = self._video_files[(key, ep)]
+        try:
+            return self._seek.get(path, start + np.asarray(idx))
+        except VideoError as e:
+            raise DatasetError(f"{self.root}: episode {ep}, camera '{key}': {e}") from e
+
+    def cache_stats(self) -> dict[str, int]:
+        """Bytes held, peak bytes and budget of this process's decoded-frame cache."""
+        c = self._seek.cache if self._seek is not None else self._episode_frames
+        return {"bytes": c.bytes, "peak": c.peak, "max_bytes": c.max_bytes, "hits": c.hits, "misses": c.misses}
+
+    def episode_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first reader position, length) of each exposed episode, in reader order."""
+        lengths = np.asarray(self.meta.episode_lengths, np.int64)[self.episode_ids]
+        return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), lengths
 
     # ------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -710,7 +802,7 @@ class LeRobotDataset:
             if k in INDEX_KEYS or k == ACTION:
                 continue
             if spec.dtype == "video":
-                v = self._episode_video(k, ep)[obs_idx]
+                v = self._video_frames(k, ep, obs_idx)
             elif k in self._columns and k.startswith(OBS_PREFIX):
                 col = self._columns[k]
                 if spec.dtype == "image":
@@ -736,7 +828,7 @@ class LeRobotDataset:
         out: dict[str, Any] = {}
         for k, spec in self.meta.features.items():
             if spec.dtype == "video":
-                out[k] = self._episode_video(k, ep)
+                out[k] = self._video_frames(k, ep, np.arange(length))
             elif spec.dtype == "image":
                 out[k] = np.stack([np.asarray(Image.open(io.BytesIO(b["bytes"])).convert("RGB"))
                                    for b in self._columns[k][start : start + length]])

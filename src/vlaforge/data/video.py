@@ -8,6 +8,8 @@ so no re-encoding or concat step is needed; frame ``k`` of the file has ``pts = 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ class VideoEncoder:
     """Append RGB uint8 frames (H, W, 3) to an mp4, possibly across several episodes."""
 
     def __init__(self, path: str | os.PathLike, fps: int, height: int, width: int,
-                 codec: str = DEFAULT_CODEC, options: dict[str, str] | None = None) -> None:
+                 codec: str = DEFAULT_CODEC, options: dict[str, str] | None = None, gop: int | None = None) -> None:
         if codec not in CODEC_OPTIONS:
             raise ValueError(f"video codec: expected one of {sorted(CODEC_OPTIONS)}, got {codec!r}")
         if height % 2 or width % 2:
@@ -43,7 +45,12 @@ class VideoEncoder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.height, self.width, self.codec = fps, height, width, codec
         self._container = av.open(str(self.path), "w", format="mp4")
-        self._stream = self._container.add_stream(codec, rate=fps, options=options or CODEC_OPTIONS[codec])
+        options = dict(options or CODEC_OPTIONS[codec])
+        if gop is not None:  # frames per group of pictures (1 = all-intra)
+            if gop < 1:
+                raise ValueError(f"video gop: expected >= 1, got {gop}")
+            options["g"] = str(gop)
+        self._stream = self._container.add_stream(codec, rate=fps, options=options)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = Fraction(1, fps)
@@ -164,3 +171,137 @@ def video_info(path: str | os.PathLike) -> dict[str, Any]:
             "video.channels": 3,
             "has_audio": any(True for _ in c.streams.audio),
         }
+
+
+def keyframe_index(path: str | os.PathLike) -> dict[str, Any]:
+    """File-level frame numbers of every keyframe and the frame count, from demuxed packets (nothing is decoded).
+
+    Returns ``{"frames": N, "keyframes": [0, k1, k2, ...]}`` (sorted, presentation order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video file not found: {path}")
+    keys: list[int] = []
+    frames = 0
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            tb, fps = stream.time_base, Fraction(stream.average_rate or stream.guessed_rate)
+            for packet in c.demux(stream):
+                if packet.pts is None:  # the flush packet
+                    continue
+                frames += 1
+                if packet.is_keyframe:
+                    keys.append(round(packet.pts * tb * fps))
+    except (av.error.FFmpegError, ValueError, IndexError) as e:
+        raise VideoError(f"cannot index video {path}: {e}") from e
+    keys = sorted(set(keys))
+    if not keys or keys[0] != 0:
+        raise VideoError(f"video {path}: the first frame is not a keyframe (keyframes {keys[:3]})")
+    return {"frames": frames, "keyframes": keys}
+
+
+def decode_gop(container: Any, start: int, stop: int) -> np.ndarray:
+    """Frames ``[start, stop)`` of an open container, where ``start`` is a keyframe: one seek, then decoding
+    forward through that group of pictures only. Same decoder as :func:`decode_all`, so the same pixels."""
+    stream = container.streams.video[0]
+    tb, fps = stream.time_base, Fraction(stream.average_rate or stream.guessed_rate)
+    out: list[np.ndarray] = []
+    container.seek(round(Fraction(start) / fps / tb), stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        k = round(frame.pts * tb * fps)
+        if k < start:
+            continue
+        if k >= stop:
+            break
+        out.append(frame.to_ndarray(format="rgb24"))
+    if len(out) != stop - start:
+        raise VideoError(f"video {container.name}: expected frames [{start}, {stop}), decoded {len(out)}")
+    return np.stack(out)
+
+
+class ByteLRU:
+    """An LRU cache of numpy arrays bounded by their total ``nbytes`` (``max_bytes``); an array larger than the
+    whole budget is returned by the caller but never stored. ``peak`` records the most bytes ever held.
+
+    The budget is per process: each DataLoader worker holds its own copy."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes, self.peak = int(max_bytes), 0, 0
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> np.ndarray | None:
+        v = self._items.get(key)
+        if v is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return v
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes or key in self._items:
+            return
+        while self._items and self.bytes + value.nbytes > self.max_bytes:
+            self.bytes -= self._items.popitem(last=False)[1].nbytes
+        self._items[key] = value
+        self.bytes += value.nbytes
+        self.peak = max(self.peak, self.bytes)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SeekReader:
+    """Frame access into mp4 files through their keyframe indices: a frame is served from its decoded group of
+    pictures, decoded on a miss (seek to the keyframe at or before it, decode forward to the next keyframe) and
+    kept in a :class:`ByteLRU` of ``max_bytes``. Containers stay open per process (re-opened after a fork)."""
+
+    def __init__(self, indices: dict[Path, list[int]], frames: dict[Path, int], max_bytes: int) -> None:
+        self.keyframes = {p: np.asarray(k, np.int64) for p, k in indices.items()}
+        self.frames = frames
+        self.cache = ByteLRU(max_bytes)
+        self._open: dict[Path, Any] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"], state["_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _container(self, path: Path) -> Any:
+        if self._pid != os.getpid():  # forked into a worker: the parent's demuxer state is not ours
+            self._open, self._pid = {}, os.getpid()
+        c = self._open.get(path)
+        if c is None:
+            c = self._open[path] = av.open(str(path))
+        return c
+
+    def gop_of(self, path: Path, frame: int) -> tuple[int, int]:
+        keys = self.keyframes[path]
+        i = int(np.searchsorted(keys, frame, side="right")) - 1
+        return int(keys[i]), int(keys[i + 1]) if i + 1 < len(keys) else self.frames[path]
+
+    def get(self, path: Path, frames: np.ndarray) -> np.ndarray:
+        """File-level frame numbers -> uint8 (len(frames), H, W, 3)."""
+        out = []
+        for f in np.asarray(frames).reshape(-1):
+            f = int(f)
+            if not 0 <= f < self.frames[path]:
+                raise VideoError(f"video {path}: frame {f} out of range [0, {self.frames[path]})")
+            start, stop = self.gop_of(path, f)
+            gop = self.cache.get((path, start))
+            if gop is None:
+                with self._lock:
+                    try:
+                        gop = decode_gop(self._container(path), start, stop)
+                    except (av.error.FFmpegError, ValueError) as e:
+                        raise VideoError(f"cannot decode video {path}: {e}") from e
+                self.cache.put((path, start), gop)
+            out.append(gop[f - start])
+        return np.stack(out)

@@ -22,7 +22,7 @@ class EvalConfig(ConfigBase):
     checkpoint: str = ""
     env: EnvConfig = field(default_factory=lambda: ENVS.get("metaworld")())
     tasks: str = ""  # comma-separated task names or suites (mt10, mt50, easy, medium, hard, very_hard ...)
-    episodes: int = 10  # per task
+    episodes: int = 0  # per task; 0: the benchmark's protocol (env.default_episodes: Meta-World 10, LIBERO 50)
     exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
     ensemble: int = 0  # K > 0: ACT temporal ensembling of each chunk's first K actions (queries every step)
     ensemble_temp: float = 0.01  # ensembling weights exp(-ensemble_temp * i), i = 0 the oldest prediction (ACT)
@@ -39,7 +39,7 @@ class EvalConfig(ConfigBase):
     remote: str = ""  # ws://HOST:PORT of `vlaforge serve`: evaluate through the server (checkpoint optional)
 
     def validate(self) -> None:
-        self.check(self.episodes >= 1, "episodes", ">= 1")
+        self.check(self.episodes >= 0, "episodes", ">= 1, or 0 for the benchmark's protocol")
         self.check(self.parallel_envs >= 1, "parallel_envs", ">= 1")
         self.check(self.workers >= 1, "workers", ">= 1")
         self.check(self.worker_timeout > 0, "worker_timeout", "> 0")
@@ -69,6 +69,7 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
                                                                       unnorm_key=cfg.unnorm_key)
     groups = cfg.env.task_groups()
     title = f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)"
+    cfg = cfg.replace(episodes=cfg.episodes or cfg.env.default_episodes)
     with make_pool(cfg.env, min(cfg.parallel_envs, cfg.episodes), cfg.workers, timeout=cfg.worker_timeout,
                    ray=cfg.ray) as pool:
         results = evaluate(policy, cfg.env, tasks, cfg.episodes, seed_start=cfg.seed_start, exec_steps=cfg.exec_steps,

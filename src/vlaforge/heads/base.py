@@ -27,7 +27,7 @@ HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
     "tokens": "vlaforge.heads.tokens", "dit": "vlaforge.heads.dit", "unet1d": "vlaforge.heads.unet1d",
     "mlp": "vlaforge.heads.regression", "lstm": "vlaforge.heads.regression", "gpt": "vlaforge.heads.regression",
     "flow": "vlaforge.heads.flow", "inllm_diffusion": "vlaforge.heads.inllm_diffusion",
-    "hybrid": "vlaforge.heads.hybrid",
+    "hybrid": "vlaforge.heads.hybrid", "smolvla_expert": "vlaforge.heads.smolvla", "pi0": "vlaforge.heads.pi0",
 })
 
 
@@ -82,6 +82,18 @@ class ActionHead(nn.Module):
         """Embeddings (B, K, D) to encode in the same pass as the prefix, after the prompt (OpenVLA-OFT's
         placeholder tokens); None for heads that read the prefix alone."""
         return None
+
+
+def prefix_kv(ctx: Context, num_layers: int, head: str) -> list[tuple[Tensor, Tensor]]:
+    """Each decoder layer's prefix keys/values (B, kv_heads, N, head_dim) from ``ctx.kv_cache`` (keys after the
+    backbone's RoPE), cut to the prefix: what an action expert sharing attention with the VLM layer by layer reads."""
+    if ctx.kv_cache is None:
+        raise ValueError(f"the {head} head needs the prefix KV cache (encode with use_cache=True)")
+    layers = ctx.kv_cache.layers
+    if len(layers) != num_layers:
+        raise ValueError(f"{head} head has {num_layers} expert layers, the prefix cache {len(layers)}")
+    p = ctx.prefix_len
+    return [(layer.keys[:, :, :p], layer.values[:, :, :p]) for layer in layers]
 
 
 def target_and_mask(batch: dict[str, Any], chunk: int, action_dim: int) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import Timesteps
 from torch import Tensor, nn
 
-from vlaforge.heads.base import HEADS, ActionHead, HeadConfig, drop_mask, guided, masked_mean, target_and_mask
+from vlaforge.heads.base import (
+    HEADS,
+    ActionHead,
+    HeadConfig,
+    drop_mask,
+    guided,
+    masked_mean,
+    prefix_kv,
+    target_and_mask,
+)
 from vlaforge.types import Context, LMSpec
 
 
@@ -100,13 +109,7 @@ class FlowHead(ActionHead):
         self._time = torch.distributions.Beta(cfg.time_alpha, cfg.time_beta)
 
     def _prefix(self, ctx: Context) -> list[tuple[Tensor, Tensor]]:
-        if ctx.kv_cache is None:
-            raise ValueError("the flow head needs the prefix KV cache (encode with use_cache=True)")
-        layers = ctx.kv_cache.layers
-        if len(layers) != len(self.layers):
-            raise ValueError(f"flow head has {len(self.layers)} expert layers, the prefix cache {len(layers)}")
-        p = ctx.prefix_len
-        return [(layer.keys[:, :, :p], layer.values[:, :, :p]) for layer in layers]
+        return prefix_kv(ctx, len(self.layers), "flow")
 
     def velocity(self, x: Tensor, t: Tensor, kv: list[tuple[Tensor, Tensor]], prefix_mask: Tensor,
                  state: Tensor | None, drop: Tensor | None) -> Tensor:

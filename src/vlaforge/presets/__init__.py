@@ -35,6 +35,12 @@ PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
     "openvla_tiny": "vlaforge.presets.seeds",
     "openvla_oft": "vlaforge.presets.seeds",
     "openvla_oft_tiny": "vlaforge.presets.seeds",
+    "smolvla": "vlaforge.presets.smolvla",
+    "smolvla_tiny": "vlaforge.presets.smolvla",
+    "pi0": "vlaforge.presets.pi0",
+    "pi0_tiny": "vlaforge.presets.pi0",
+    "pi05": "vlaforge.presets.pi0",
+    "pi05_tiny": "vlaforge.presets.pi0",
 })
 
 

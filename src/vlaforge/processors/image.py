@@ -30,7 +30,23 @@ def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
     return x.reshape(*lead, 3, size, size).numpy()
 
 
-RESIZE_MODES = ("pad", "squash")
+RESIZE_MODES = ("pad", "squash", "pad_topleft")
+
+
+def resize_with_pad_topleft(img: np.ndarray, size: int) -> np.ndarray:
+    """LeRobot's SmolVLA convention: uint8 (..., H, W, 3) -> float32 (..., 3, size, size) in [0, 1], the long side
+    resized to ``size`` (sides truncated to int, bilinear without antialiasing) and black padding on the LEFT and
+    TOP only."""
+    x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
+    lead = x.shape[:-3]
+    x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        ratio = max(w / size, h / size)
+        nh, nw = max(1, int(h / ratio)), max(1, int(w / ratio))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        x = F.pad(x, (size - nw, 0, size - nh, 0))
+    return x.reshape(*lead, 3, size, size).numpy()
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -65,7 +81,8 @@ def resize_image(img: np.ndarray, size: int, mode: str = "pad", interpolation: s
                  crop: float = 1.0) -> np.ndarray:
     """uint8 (..., H, W, 3) -> float32 (..., 3, size, size) in [0, 1].
 
-    ``mode``: "pad" keeps the aspect ratio and pads with black (letterbox); "squash" resizes to size x size.
+    ``mode``: "pad" keeps the aspect ratio and pads with black (letterbox); "squash" resizes to size x size;
+    "pad_topleft": LeRobot SmolVLA's resize-with-pad (:func:`resize_with_pad_topleft`, bilinear only).
     ``interpolation``: "bilinear" (torch, antialiased) or "bicubic" (PIL, as OpenVLA's and LLaVA's processors).
     ``crop`` < 1: then the centre crop covering that fraction of the area, resized back (OpenVLA-OFT).
     """
@@ -75,6 +92,11 @@ def resize_image(img: np.ndarray, size: int, mode: str = "pad", interpolation: s
         raise ValueError(f"image interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
     if interpolation == "bilinear" and mode == "pad" and crop >= 1:
         return resize_with_pad(img, size)
+    if mode == "pad_topleft":
+        if interpolation != "bilinear" or crop < 1:
+            raise ValueError(f"image resize mode pad_topleft: bilinear without crop only, got {interpolation!r}, "
+                             f"crop {crop}")
+        return resize_with_pad_topleft(img, size)
     lead = img.shape[:-3]
     frames = np.ascontiguousarray(img).reshape(-1, *img.shape[-3:])
     h, w = frames.shape[1:3]

@@ -25,6 +25,13 @@ def token_id(tokenizer: Any, token: str) -> int:
     return int(i)
 
 
+def state_bins_text(state: np.ndarray, bins: int) -> str:
+    """A normalized state in [-1, 1] as space-separated bin indices: ``digitize(s, linspace(-1, 1, bins + 1)[:-1])
+    - 1`` (pi0.5 / pi0-FAST write the state into the prompt this way)."""
+    idx = np.digitize(np.asarray(state, dtype=np.float64).reshape(-1), np.linspace(-1, 1, bins + 1)[:-1]) - 1
+    return " ".join(str(int(i)) for i in idx)
+
+
 def normalize_instruction(text: str) -> str:
     """Lower-case, collapse whitespace, drop a trailing period (instructions arrive in many spellings)."""
     return " ".join(str(text).strip().lower().split()).rstrip(".")
@@ -40,6 +47,8 @@ class Tokenize(Step):
     # State as text: "" (off) or the bin grid ("uniform_edges" | "norm_bins"); bin k is token id state_ids[k]
     state_text: str = ""
     state_ids: list[int] = field(default_factory=list)
+    special_tokens: bool = False  # the tokenizer's own special tokens (BOS ...) as its __call__ adds them (LeRobot)
+    state_bins: int = 0  # > 0: the normalized state, as that many bins, fills the template's "{state}" (pi0.5)
 
     resources: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
@@ -70,25 +79,29 @@ class Tokenize(Step):
         task = item.get(TASK)
         if not isinstance(task, str):
             raise TypeError(f"'{TASK}': expected an instruction string, got {type(task).__name__}")
-        state = None
-        if self._edges is not None:
+        fields = {"task": normalize_instruction(task) if self.lowercase else task}
+        if self._edges is not None or self.state_bins:
             if OBS_STATE not in item:
-                raise KeyError(f"tokenize: the prompt writes the state as text, but the item has no '{OBS_STATE}'")
-            state = self.state_to_text(np.asarray(item[OBS_STATE])[..., -1, :] if np.ndim(item[OBS_STATE]) > 1
-                                       else item[OBS_STATE])
-        ids = self._cache.get(task) if state is None else None
+                raise KeyError(f"tokenize: the prompt template {self.template!r} needs '{OBS_STATE}'")
+            state = np.asarray(item[OBS_STATE])
+            state = state.reshape(-1, state.shape[-1])[-1]  # the newest frame of a history window
+            fields["state"] = self.state_to_text(state) if self._edges is not None else \
+                state_bins_text(state, self.state_bins)
+        elif "{state}" in self.template:
+            fields["state"] = ""  # a stateless policy: the slot stays empty
+        key = f"{task}\0{fields.get('state', '')}"
+        ids = self._cache.get(key)
         if ids is None:
-            text = self.template.format(task=normalize_instruction(task) if self.lowercase else task,
-                                        state=state or "")  # a stateless policy: the slot stays empty
-            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = self.template.format(**fields)
+            ids = self._tokenizer(text, add_special_tokens=self.special_tokens)["input_ids"]
             if self.suffix:
                 ids = [*ids, token_id(self._tokenizer, self.suffix)]
             ids = np.asarray(ids, dtype=np.int64)
             if len(ids) > self.max_tokens:
                 raise ValueError(f"instruction is {len(ids)} tokens, more than max_prompt_tokens={self.max_tokens}: "
                                  f"{task!r}")
-            if len(self._cache) < 4096 and state is None:
-                self._cache[task] = ids
+            if len(self._cache) < 4096:
+                self._cache[key] = ids
         item[INPUT_IDS] = ids
         item[ATTENTION_MASK] = np.ones(len(ids), dtype=np.int64)
         reasoning = item.pop(REASONING, None)

@@ -4,6 +4,16 @@ Sample ``n`` of the stream (``n = step * batch_size + i``) is frame ``perm_e[n %
 where ``perm_e`` is a permutation drawn from ``(seed, e)``; its augmentation seed is ``(seed, n)``. Resuming at
 step ``s`` therefore reproduces exactly the batches an uninterrupted run would have seen, whatever the number of
 loader workers.
+
+With ``clip_frames = k > 1`` the epoch order amortises video decoding (:class:`ClipOrder`): each episode is cut
+into clips of ``k`` consecutive frames (the cut points shift by a random offset every epoch), the clips are put in
+a random order, and the frames are then shuffled within consecutive windows of ``shuffle_buffer`` positions (a
+bounded shuffle buffer). It is still a permutation of the frames per epoch, so every frame is drawn exactly once
+per epoch (no frequency bias); what changes is the correlation inside a step: a clip's frames all land within
+two consecutive windows, so a batch of ``b`` holds at most ``min(k, b)`` frames of any one clip, and a frame
+shares its batch with on average about ``(k - 1) · b / shuffle_buffer`` frames of its own clip (``shuffle_buffer
+>= b``; 0 for ``k = 1``, today's default). Neighbouring frames of a clip share groups of pictures, so with
+``video_cache=seek`` one decode serves up to ``k`` samples.
 """
 
 from __future__ import annotations
@@ -71,17 +81,54 @@ class _Processed(Dataset):
         return self.pipeline(item)
 
 
+class ClipOrder:
+    """The epoch order of the clip sampler (see the module docstring): a permutation of ``sum(lengths)`` reader
+    positions, drawn from ``(seed, epoch)`` only (so resuming reproduces it)."""
+
+    def __init__(self, starts: np.ndarray, lengths: np.ndarray, clip_frames: int, shuffle_buffer: int,
+                 seed: int) -> None:
+        if clip_frames < 1 or shuffle_buffer < 1:
+            raise ValueError(f"clip sampler: expected clip_frames >= 1 and shuffle_buffer >= 1, got {clip_frames} "
+                             f"and {shuffle_buffer}")
+        self.starts, self.lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        self.k, self.buffer, self.seed = clip_frames, shuffle_buffer, seed
+        self.n = int(self.lengths.sum())
+        self._episode = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        self._position = np.repeat(self.starts, self.lengths) + (np.arange(self.n) - np.repeat(
+            np.concatenate([[0], np.cumsum(self.lengths)[:-1]]), self.lengths))
+        self._local = self._position - np.repeat(self.starts, self.lengths)
+
+    def clips(self, epoch: int) -> np.ndarray:
+        """Clip id of each frame (in ``_position`` order) for this epoch's cut points."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        offset = rng.integers(0, self.k, len(self.lengths))
+        per_ep = (self.lengths + offset + self.k - 1) // self.k  # clips per episode
+        first = np.concatenate([[0], np.cumsum(per_ep)[:-1]])
+        return first[self._episode] + (self._local + offset[self._episode]) // self.k
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, 2])
+        clip = self.clips(epoch)
+        rank = rng.permutation(int(clip.max()) + 1)
+        order = np.lexsort((self._local, rank[clip]))  # clips in random order, frames in order within a clip
+        window = np.arange(self.n) // self.buffer
+        return self._position[order][np.lexsort((rng.random(self.n), window))]
+
+
 class _StreamSampler(Sampler):
     def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int,
-                 draw: Callable[[int, int], int] | None = None, rank: int = 0, world: int = 1) -> None:
+                 draw: Callable[[int, int], int] | None = None, rank: int = 0, world: int = 1,
+                 order: Callable[[int], np.ndarray] | None = None) -> None:
         self.n, self.batch_size, self.seed, self.draw = n, batch_size, seed, draw
         self.rank, self.world = rank, world
         self.start_step, self.steps = start_step, steps
+        self.order = order
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+            self._perms = {epoch: self.order(epoch) if self.order is not None
+                           else np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return self._perms[epoch]
 
     def __len__(self) -> int:
@@ -98,8 +145,12 @@ class _StreamSampler(Sampler):
 
 
 def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, seed: int, start_step: int,
-                steps: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
+                steps: int, num_workers: int = 0, rank: int = 0, world: int = 1, clip_frames: int = 1,
+                shuffle_buffer: int = 256) -> DataLoader:
     """Micro-batches ``start_step .. steps-1`` of process ``rank`` of ``world`` (see the module docstring).
+
+    ``clip_frames > 1`` draws the epoch order from :class:`ClipOrder` (readers that know their episodes through
+    ``episode_spans()``; others count as one episode); a mixture always draws per position.
 
     Process ``r`` takes positions ``[(s·world + r)·B, (s·world + r + 1)·B)`` of micro-step ``s``, so the union of
     all processes' micro-batches is exactly the global batch a single process with batch ``world·B`` would see.
@@ -110,8 +161,12 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
         if hasattr(part, "check_finite"):
             part.check_finite("; refusing to train on them (fix or drop those episodes)")
     # a mixture draws a weighted dataset per position; a single dataset walks seeded permutations
+    order = None
+    if clip_frames > 1 and getattr(reader, "draw", None) is None:
+        spans = reader.episode_spans() if hasattr(reader, "episode_spans") else ([0], [len(reader)])
+        order = ClipOrder(*spans, clip_frames, shuffle_buffer, seed)
     sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None),
-                             rank, world)
+                             rank, world, order)
     return DataLoader(_Processed(reader, pipeline, seed), batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=False,
                       generator=torch.Generator().manual_seed(seed))

@@ -149,10 +149,12 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     if cfg.init_from and saved.is_file():
         shape = PolicyConfig.from_dict(json.loads(saved.read_text())["policy"])
     opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache,
-            "format": cfg.data.format}
+            "format": cfg.data.format,
+            "max_cache_mb": cfg.data.max_cache_mb / max(1, cfg.data.num_workers)}  # the budget is per process
     parts = _mixture_paths(cfg)
     if parts:
-        reader = MixtureDataset({n: open_reader(p, **opts) for n, (p, _) in parts.items()},
+        part_opts = {**opts, "max_cache_mb": opts["max_cache_mb"] / len(parts)}  # one budget for the mixture
+        reader = MixtureDataset({n: open_reader(p, **part_opts) for n, (p, _) in parts.items()},
                                 {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
         dataset_stats = reader.stats
         unnorm_key = cfg.data.unnorm_key or reader.names[int(np.argmax(reader.probabilities))]
@@ -261,7 +263,11 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                                   f"--distributed={cfg.distributed} (it shards or casts the packed 4-bit weights); "
                                   f"use --distributed=none or ddp")
     seed_everything(cfg.seed)  # every process builds the same initial weights (FSDP shards them as they are)
+    if not runtime.is_main:  # the main process builds the dataset's keyframe index (video_cache=seek) once
+        runtime.barrier()
     reader, policy = build_reader_and_policy(cfg)
+    if runtime.is_main:
+        runtime.barrier()
     if runtime.rank > 0:
         seed_everything(cfg.seed + runtime.rank)  # then different noise per process; the data stream is shared
     cfg = cfg.replace(policy=policy.cfg)
@@ -304,7 +310,8 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     accum = cfg.grad_accum
     loader = make_loader(reader, pipeline, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start * accum,
                          steps=cfg.steps * accum, num_workers=cfg.data.num_workers, rank=runtime.rank,
-                         world=runtime.world)
+                         world=runtime.world, clip_frames=cfg.data.clip_frames,
+                         shuffle_buffer=cfg.data.shuffle_buffer)
     global_batch = cfg.batch_size * accum * runtime.world
     logger = _Logger(cfg, out, start, resume) if runtime.is_main else None
     t0, step, stopped_early, total = _clock(), start, False, cfg.steps

@@ -17,6 +17,8 @@ IMPORTERS: Registry = Registry("importers", lazy={
     "llava_vla": "vlaforge.weights.llava_vla",
     "dexvla": "vlaforge.weights.dexvla",
     "robovlms": "vlaforge.weights.robovlms",
+    "openpi": "vlaforge.weights.openpi",
+    "lerobot": "vlaforge.weights.lerobot",
 })
 
 __all__ = ["IMPORTERS"]

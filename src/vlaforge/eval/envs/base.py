@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -13,7 +14,8 @@ from vlaforge.types import RobotSpec
 
 ENVS: Registry[type[EnvConfig]] = Registry("envs", lazy={"metaworld": "vlaforge.eval.envs.metaworld",
                                                            "pusht": "vlaforge.eval.envs.pusht",
-                                                           "aloha": "vlaforge.eval.envs.aloha"})
+                                                           "aloha": "vlaforge.eval.envs.aloha",
+                                                           "libero": "vlaforge.eval.envs.libero"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,16 @@ class EnvConfig(Choice, ChoiceType):
     def task_groups(self) -> dict[str, tuple[str, ...]]:
         """Named groups of tasks whose means the benchmark reports (e.g. Meta-World's difficulties); default none."""
         return {}
+
+    default_episodes: ClassVar[int] = 10  # evaluation episodes per task when --episodes is not given
+
+    # the simulator's own demonstration formats `vlaforge collect --format` can also write (beside LeRobot v3)
+    native_formats: ClassVar[tuple[str, ...]] = ()
+
+    def write_native(self, fmt: str, out_dir: Path, task: str, instruction: str,
+                     episodes: list[dict[str, np.ndarray]], records: list[dict[str, np.ndarray]]) -> Path:
+        """Write one task's episodes (frames + ``action``) and their :meth:`EnvAdapter.record` arrays as ``fmt``."""
+        raise ValueError(f"env {self.type!r} writes no {fmt!r} demonstrations")
 
 
 class EnvAdapter(Protocol):
@@ -48,5 +60,8 @@ class EnvAdapter(Protocol):
     def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, Any], bool, dict[str, Any]]: ...
 
     def expert_action(self) -> np.ndarray: ...  # scripted expert's action for the current state
+
+    # optional, for EnvConfig.native_formats: the simulator's raw per-step data (joint states, sim state, ...)
+    # def record(self) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
