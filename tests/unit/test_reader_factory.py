@@ -42,7 +42,8 @@ def test_training_reads_a_registered_format_through_the_factory(dataset, tmp_pat
     cfg = TrainConfig(policy=tiny_policy_config("tokens", chunk=4), data=DataConfig(path=str(root), format="wrapped"),
                       out=str(tmp_path / "run"), steps=1)
     reader, policy = build_reader_and_policy(cfg)
-    assert type(reader) is Wrapped and opened == [{"history": 1, "chunk": 4, "video_cache": "auto"}]
+    assert type(reader) is Wrapped
+    assert opened == [{"history": 1, "chunk": 4, "video_cache": "auto", "max_cache_mb": 512.0}]
     assert policy.robot == reader.meta.robot_spec()
     # auto picks the detecting format, never the stand-in
     reader, _ = build_reader_and_policy(cfg.replace(data=cfg.data.replace(format="auto")))
