@@ -46,6 +46,19 @@ def test_collect_both_formats_train_eval(tmp_path):
         np.testing.assert_allclose(lib_state, states, atol=1e-5)
         assert demo["dones"][-1] == 1 and demo["states"].shape[0] == len(actions)
 
+    # `vlaforge convert libero` of those files gives the LeRobot v3 collection back, frame for frame
+    conv = tmp_path / "converted"
+    assert main(["convert", "libero", str(data / "libero"), "--out", str(conv), "--robot_type", "libero"]) == 0
+    from vlaforge.data.lerobot import LeRobotDataset
+
+    a, b = LeRobotDataset(data, video_cache="preload"), LeRobotDataset(conv, video_cache="preload")
+    assert len(a) == len(b) == len(actions)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert x["task"] == y["task"]
+        for key in ("observation.images.image", "observation.images.wrist_image", "observation.state", "action"):
+            np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]), err_msg=f"{key} at frame {i}")
+
     common = ["--data", str(data), "--out", str(run), "--backbone.image_size=32", "--batch_size=4", "--log_every=1"]
     assert main(["train", "quickstart_tokens", *common, "--steps=2"]) == 0
     assert main(["eval", str(run / "checkpoints" / "last"), "--env", "libero", "--tasks", "libero_object:0",
