@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -107,7 +108,7 @@ def test_budget_fit_lays_the_schedule_out_to_end_at_the_budget(dataset, tmp_path
         save_every=1000, optim=TrainConfig().optim.replace(lr=1e-3, warmup_steps=5, min_lr_ratio=0.0))
     train(cfg, show_progress=False)
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["complete"] and not summary["stopped_early"]
+    assert summary["complete"] and not summary["stopped_early"], summary
     assert summary["fitted_steps"] == summary["steps"] == 14 and summary["minutes"] <= 0.5
     assert json.loads((out / "config.json").read_text())["steps"] == summary["steps"]
     from vlaforge.eval.report import budget_line
@@ -133,3 +134,22 @@ def test_budget_planner_replans_as_the_machine_slows():
             break
     assert plans[0] == (6, 6 + int((100 - 3.0) / 0.5))  # first plan after 2 skipped + 4 timed steps
     assert plans[-1][1] < plans[0][1] and t <= 100.0 + 1.0  # re-planned down; ends within a step of the budget
+
+
+def test_budget_planner_replans_every_tenth_of_the_fitted_plan():
+    """A budget that fits far fewer steps than configured re-plans at a tenth of that plan (it used to wait a tenth of
+    the configured steps, so a run fitted to 85 of 2000 steps never re-planned and the budget cut it at 70)."""
+    from vlaforge.train.optim import BudgetPlanner
+
+    planner = BudgetPlanner(budget_s=30.0, start=0, steps=2000, margin=1.0, skip=2, window=4)
+    t, plans = 0.0, []
+    for step in range(1, 200):
+        t += 0.25 if step < 15 else 0.5  # twice as slow after step 15
+        if (plan := planner.update(step, t)) is not None:
+            plans.append((step, plan))
+        if plans and step >= plans[-1][1]:
+            break
+    first = plans[0][1]
+    assert first == 6 + int((30 - 1.5) / 0.25) and first < 200  # 120 of the 2000 configured steps fit
+    assert len(plans) > 3 and all(b - a <= max(1, first // 10) for (a, _), (b, _) in itertools.pairwise(plans))
+    assert plans[-1][1] < first and t <= 30.0 + 0.5  # re-planned down in time; the schedule ends within the budget

@@ -69,25 +69,26 @@ def relay_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfi
 
 class BudgetPlanner:
     """How many steps fit a wall-clock budget: the first ``skip`` steps (start-up) are not timed, then the step
-    time over the last ``window`` steps gives the steps left; re-planned every ``every`` steps because a shared
-    machine's speed drifts. Plans never exceed ``steps`` nor go below the current step + 1."""
+    time over the last ``window`` steps gives the steps left; re-planned every ``every`` steps (default: a tenth of
+    the latest plan) because a shared machine's speed drifts. Plans never exceed ``steps`` nor go below the current
+    step + 1."""
 
     def __init__(self, budget_s: float, start: int, steps: int, margin: float = 0.98, skip: int = 2,
                  window: int = 10, every: int | None = None) -> None:
         self.budget_s, self.start, self.steps, self.margin = budget_s, start, steps, margin
         self.skip, self.window = skip, window
-        self.every = every or max(window, (steps - start) // 10)
+        self.every = every  # None: a tenth of the latest plan (a budget that fits far fewer steps re-plans as often)
         self.times: list[tuple[int, float]] = []
         self.plans: list[tuple[int, int]] = []
 
     def update(self, step: int, elapsed_s: float) -> int | None:
         """Record that ``step`` ended ``elapsed_s`` after the start; a new total when it is time to (re)plan."""
-        if step - self.start < self.skip:
-            return None
+        if step - self.start < self.skip or (self.plans and step >= self.plans[-1][1]):
+            return None  # start-up, or the planned schedule is done: it ends here, not one step later
         self.times.append((step, elapsed_s))
         self.times = self.times[-(self.window + 1):]
         first = not self.plans and len(self.times) > self.window
-        if not first and not (self.plans and step - self.plans[-1][0] >= self.every):
+        if not first and not (self.plans and step - self.plans[-1][0] >= self._every()):
             return None
         (s0, t0), (s1, t1) = self.times[0], self.times[-1]
         per_step = (t1 - t0) / max(s1 - s0, 1)
@@ -95,3 +96,6 @@ class BudgetPlanner:
         total = int(min(self.steps, max(step + 1, step + left // max(per_step, 1e-9))))
         self.plans.append((step, total))
         return total
+
+    def _every(self) -> int:
+        return self.every or max(1, (self.plans[-1][1] - self.start) // 10)
