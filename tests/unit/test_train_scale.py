@@ -94,7 +94,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=600)  # ZeRO-Offload JIT-compiles DeepSpeed's CPU Adam on a fresh venv
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too, not just the launcher
         _, err = proc.communicate()
