@@ -119,8 +119,9 @@ def test_broker_ensembles_like_the_chunker():
 class StepEnv:
     """A fake env whose state is the step count; it records the actions it receives."""
 
-    def __init__(self, log: list) -> None:
-        self.robot, self.max_steps, self.fps, self.log = RobotSpec(cameras={}, state_dim=1, action_dim=1), 4, 10, log
+    def __init__(self, log: list, renders: list) -> None:
+        self.robot, self.max_steps, self.fps = RobotSpec(cameras={}, state_dim=1, action_dim=1), 4, 10
+        self.log, self.renders = log, renders
 
     def reset(self, seed: int, render: bool = True) -> dict[str, Any]:
         self.t = 0
@@ -128,8 +129,9 @@ class StepEnv:
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, Any], bool, dict]:
         self.log.append(float(action[0]))
+        self.renders.append(render)
         self.t += 1
-        return {OBS_STATE: np.array([float(self.t)])}, False, {}
+        return ({OBS_STATE: np.array([float(self.t)])} if render else {}), False, {}  # as the real envs
 
     def close(self) -> None:
         pass
@@ -140,18 +142,21 @@ class StepEnvConfig:
 
     def __init__(self) -> None:
         self.log: list[float] = []
+        self.renders: list[bool] = []
 
     def make(self, task: str) -> StepEnv:
-        return StepEnv(self.log)
+        return StepEnv(self.log, self.renders)
 
 
-@pytest.mark.parametrize(("ensemble", "expect", "calls"), [
-    (0, [0.0, 1.0, 200.0, 201.0], 2),  # receding horizon, exec_steps 2
-    (3, [0.0, 34.0, 410 / 7, 1110 / 7], 4),  # temporal ensemble, every step
+@pytest.mark.parametrize(("ensemble", "expect", "calls", "renders"), [
+    (0, [0.0, 1.0, 200.0, 201.0], 2, [False, True, False, True]),  # receding horizon, exec_steps 2
+    (3, [0.0, 34.0, 410 / 7, 1110 / 7], 4, [True] * 4),  # temporal ensemble, every step
 ])
-def test_evaluate_executes_through_the_chunker(ensemble, expect, calls):
+def test_evaluate_executes_through_the_chunker(ensemble, expect, calls, renders):
+    """... and renders only the observations the policy reads (mid-chunk frames are skipped)."""
     policy, env_cfg = Counting(), StepEnvConfig()
     results = evaluate(policy, env_cfg, ["t"], 1, parallel_envs=1, show_progress=False, ensemble=ensemble,
                        ensemble_temp=math.log(2))
     assert [r.steps for r in results] == [4] and policy.calls == calls
     np.testing.assert_allclose(env_cfg.log, expect, rtol=1e-12)
+    assert env_cfg.renders == renders

@@ -60,7 +60,9 @@ class EnvPool(Protocol):
 
     def reset(self, slots: list[int], seeds: list[int]) -> list[dict[str, Any]]: ...
 
-    def step(self, slots: list[int], actions: list[np.ndarray]) -> list[tuple[dict[str, Any], bool]]: ...
+    # render[k] False: slot k's observation is not needed (mid-chunk), its cameras are not rendered ({} comes back)
+    def step(self, slots: list[int], actions: list[np.ndarray],
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]: ...
 
     def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]: ...
 
@@ -106,8 +108,10 @@ class ThreadEnvPool:
     def reset(self, slots: list[int], seeds: list[int]) -> list[dict[str, Any]]:
         return self.threads.map(lambda i, s: self.envs[i].reset(s), slots, seeds)
 
-    def step(self, slots: list[int], actions: list[np.ndarray]) -> list[tuple[dict[str, Any], bool]]:
-        return self.threads.map(lambda i, a: self.envs[i].step(a)[:2], slots, actions)
+    def step(self, slots: list[int], actions: list[np.ndarray],
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]:
+        flags = render if render is not None else [True] * len(slots)
+        return self.threads.map(lambda i, a, r: self.envs[i].step(a, render=r)[:2], slots, actions, flags)
 
     def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]:
         return self.threads.map(lambda i, ss: [expert_episode(self.envs[i], s) for s in ss], slots, seeds)
@@ -158,7 +162,7 @@ class WorkerEnvs:
                 self.seeds.update(zip(slots, args, strict=True))
                 out = [self.envs[i].reset(s) for i, s in zip(slots, args, strict=True)]
             elif op == "step":
-                out = [self.envs[i].step(a)[:2] for i, a in zip(slots, args, strict=True)]
+                out = [self.envs[i].step(a, render=r)[:2] for i, (a, r) in zip(slots, args, strict=True)]
             elif op == "expert":
                 out = []
                 for i, ss in zip(slots, args, strict=True):
@@ -235,8 +239,10 @@ class SlotPool:
         self.seeds.update(zip(slots, seeds, strict=True))
         return self._call("reset", slots, seeds)
 
-    def step(self, slots: list[int], actions: list[np.ndarray]) -> list[tuple[dict[str, Any], bool]]:
-        return self._call("step", slots, actions)
+    def step(self, slots: list[int], actions: list[np.ndarray],
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]:
+        flags = render if render is not None else [True] * len(slots)
+        return self._call("step", slots, list(zip(actions, flags, strict=True)))
 
     def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]:
         self.seeds.update({i: ss[0] for i, ss in zip(slots, seeds, strict=True) if ss})
