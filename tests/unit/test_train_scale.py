@@ -168,10 +168,11 @@ _NEEDS_CXX = pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed's
 
 
 @pytest.mark.parametrize(("stage", "precision"), [
-    (2, "fp32"), (3, "fp32"), (2, "bf16"),
+    (2, "fp32"), (2, "bf16"),
     # ZeRO-Offload: accelerate swaps our AdamW for DeepSpeed's C++ CPU Adam (JIT-built once, ~40 s, needs a C++
-    # compiler); ZeRO-3 also offloads the parameters. (configs/deepspeed/zero2_offload.json, stage 2 with the same
-    # CPU Adam, is left to this case and (2, *) for CI time; it passed here when it was a case of its own.)
+    # compiler); ZeRO-3 also offloads the parameters. For CI time, plain ZeRO-3 (zero3.json) and ZeRO-2 offload
+    # (zero2_offload.json) are left to this case and (2, *): our runtime has no stage- or offload-specific code
+    # (the same gather / named optimizer state), and both passed here when they were cases of their own.
     pytest.param("3_offload", "fp32", marks=_NEEDS_CXX)])
 def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(dataset, tmp_path, stage,
                                                                                      precision):
@@ -256,7 +257,7 @@ def test_per_part_learning_rates(dataset):
 def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
     root, _ = dataset
     args = ["train", "quickstart_tokens", "--data", str(root), "--backbone.image_size=32", "--head.type=mlp",
-            "--chunk=4", "--exec_steps=2", "--steps=40", "--batch_size=4", "--save_every=4", "--log_every=1",
+            "--chunk=4", "--exec_steps=2", "--steps=20", "--batch_size=4", "--save_every=2", "--log_every=1",
             "--keep_last=100", "--optim.warmup_steps=0", "--threads=2"]  # same float reductions in every process
     ref = tmp_path / "ref"
     from vlaforge.cli.main import main
@@ -268,13 +269,13 @@ def test_kill_9_mid_run_then_resume_continues_the_loss_curve(dataset, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpts = run / "checkpoints"
     deadline = time.time() + 240
-    while time.time() < deadline and not (ckpts.exists() and any(p.name >= "0000012" for p in ckpts.iterdir()
+    while time.time() < deadline and not (ckpts.exists() and any(p.name >= "0000006" for p in ckpts.iterdir()
                                                                   if p.name.isdigit())):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
     proc.wait()
     steps_done = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-    assert steps_done and steps_done[-1] < 40, "the run finished before it could be killed"
+    assert steps_done and steps_done[-1] < 20, "the run finished before it could be killed"
     for p in ckpts.iterdir():  # every visible checkpoint is whole: it loads, and `last` points at one
         if p.name.isdigit():
             VLAPolicy.from_pretrained(p)
