@@ -16,6 +16,21 @@ chunk 10). ``smolvla`` is SmolVLA (≈ 450 M, one 512 px camera, chunk 50; ``--d
 CPUs without bf16 units); ``pi0`` / ``pi05`` are PaliGemma-3B + the Gemma-300M expert (3.3 B, chunk 50; ≈ 8 GB). For
 the experts on the prefix cache the row also gives what re-encoding the prefix at each of the 10 Euler steps would
 cost (steps × one timed encode + the rest of the chunk), as a ratio.
+
+``llava_vla`` is LLaVA-VLA on LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B, 7.06 B, bf16: 14.1 GB of weights,
+≈ 15 GB in all): CALVIN's static and gripper views stacked into one 336 px image (576 visual tokens), the 15-d state
+written as text, then greedy decoding of its reply for a chunk of 5 actions: 2 leading tokens, the 35 action tokens
+and </s>, 38 steps over the 32000-token vocabulary. ``dexvla`` is DexVLA: Qwen2-VL-2B (2.21 B, bf16) + the stage-1
+ScaleDP-H head (1280 wide x 32 deep, 0.96 B, float32 as vlaforge runs heads), 3.18 B, 8.3 GB of weights, ≈ 9 GB in
+all: three 320 x 240 views at 280 px (100 visual tokens each), 32 greedy reasoning tokens, the reasoning FiLM, then
+10 DDIM steps for a chunk of 50 14-d actions. Greedy decoding stops at EOS, which random weights never choose, so
+the bench fixes the count a trained model decodes (LLaVA-VLA: exactly 38; DexVLA: 32 is an assumed length of its
+one-sentence sub-step reasoning; its ``evaluate()`` allows 256); the rows record the steps run
+(``decoded_tokens`` / ``reasoning_tokens``). Both are built by the importers' ``llava_vla_policy`` /
+``dexvla_policy`` from the published config.json values below, with code-built stand-ins for the Llama / Qwen
+tokenizers (timing only):
+
+    python bench/inference.py --released llava_vla,dexvla --repeats 3 --out bench/results/released_llava_dexvla.json
 """
 
 from __future__ import annotations
@@ -103,6 +118,7 @@ DINO_L = dict(model_type="dinov2_with_registers", hidden_size=1024, mlp_ratio=4,
 SIGLIP_SO400M = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                      num_attention_heads=16, image_size=224, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu")
 LLAMA2_7B = dict(model_type="llama", vocab_size=32064, pad_token_id=32000, rms_norm_eps=1e-6)
+INSTRUCTION = "put the red block in the bowl"  # --released rows' task
 KOSMOS2_WINDOW, KOSMOS2_CHUNK = 8, 10  # RoboVLMs' CALVIN KosMos P.H. (ws-8, act-10)
 
 
@@ -164,7 +180,8 @@ DEXVLA_CAMERAS = {c: (240, 320) for c in ("cam_high", "cam_left_wrist", "cam_rig
 # count a trained model decodes: LLaVA-VLA's reply is 2 leading tokens, 35 action tokens and </s> (parsed [2:-1]);
 # DexVLA's sub-step reasoning (one short sentence; its evaluate() allows 256) is taken as 32 tokens.
 DEXVLA_REASONING_TOKENS = 32
-# --tiny (the smoke test): the same architectures shrunk to a few layers of width 64-256 (image sizes kept).
+# tiny=True (tests/e2e/test_bench.py's smoke test): the same architectures shrunk to a few layers of width 64-256
+# (image sizes kept).
 TINY = {"llava": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, vocab_size=1024),
         "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
@@ -186,12 +203,11 @@ def llama_like_tokenizer(vocab_size: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     from vlaforge.backbones.llava import LLAVA_VLA_SYSTEM
-    from vlaforge.backbones.tokenizer import _CORPUS
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.train_from_iterator([*_CORPUS, LLAVA_VLA_SYSTEM, "USER: ASSISTANT:"],
+    tok.train_from_iterator([LLAVA_VLA_SYSTEM, "USER: ASSISTANT:", INSTRUCTION],  # common words: one piece each
                             trainers.BpeTrainer(vocab_size=min(480, vocab_size // 2), show_progress=False,
                                                 special_tokens=["<unk>", "<s>", "</s>"]))
     state = _json.loads(tok.to_str())
@@ -304,7 +320,7 @@ def empty_released(system: str, tmp: Path, dtype: str = "bfloat16", tiny: bool =
     sizes = cams if isinstance(cams, dict) else {c: (224, 224) for c in cams}
     robot = RobotSpec(cameras=sizes, state_dim=state, action_dim=action_dim)
     cfg = built.with_robot(robot)
-    tok = tok or build_tokenizer()
+    tok = build_tokenizer() if tok is None else tok
     tok.add_tokens(list(cfg.backbone.add_tokens), special_tokens=True)  # built from `assets`: the tokenizer has them
     tok.save_pretrained(str(tmp / system))
     with init_empty_weights(include_buffers=False):  # a random-init size (no arch) builds its own tokenizer
@@ -343,7 +359,7 @@ def build_released(system: str, tmp: Path, dtype: str = "bfloat16", tiny: bool =
     obs = {image_key(c): rng.integers(0, 255, (*lead, *hw, 3), dtype=np.uint8) for c, hw in robot.cameras.items()}
     if history > 1:  # a full window: every frame is real
         obs[OBS_IS_PAD] = np.zeros(history, bool)
-    obs[TASK] = "put the red block in the bowl"
+    obs[TASK] = INSTRUCTION
     if state:
         obs[OBS_STATE] = rng.normal(size=state).astype(np.float32)
     return policy.eval(), collate([policy.inputs(obs)]), policy.cfg.chunk
@@ -362,7 +378,7 @@ def time_released(system: str, tmp: Path, repeats: int, dtype: str = "bfloat16")
            "chunk": chunk, "chunk_ms": round(ms, 1), "actions_per_s": round(chunk / ms * 1000, 3),
            "build_s": round(build_s, 1)}
     for key, name in (("token_ids", "decoded_tokens"), ("reasoning_ids", "reasoning_tokens")):
-        if key in info:  # the greedy steps inside chunk_ms (LLaVA-VLA's reply, DexVLA's reasoning)
+        if key in info:  # the greedy steps inside chunk_ms (a token head's reply, DexVLA's reasoning)
             row[name] = len(info[key][0])
     steps = getattr(policy.cfg.head, "num_steps", None) if policy.head.uses_kv_cache else None
     if steps:  # an expert on the prefix cache: what re-encoding the prefix at every Euler step would cost
@@ -396,6 +412,8 @@ def measure_released(systems: list[str], repeats: int, out: Path, dtype: str = "
     for r in rows:
         vs = f"{r['actions_per_s_vs_openvla']}x" if r["actions_per_s_vs_openvla"] is not None else "-"
         cache = f" (prefix cache {r['cache_speedup']}x)" if "cache_speedup" in r else ""
+        for key, what in (("decoded_tokens", "tokens decoded"), ("reasoning_tokens", "reasoning tokens")):
+            cache += f" ({r[key]} {what})" if key in r else ""
         print(f"| {r['system']} | {r['params_b']} | {r['chunk']} | {r['chunk_ms']}{cache} | {r['actions_per_s']} | "
               f"{vs} |")
 
@@ -409,7 +427,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--released", default="",
-                    help="openvla,openvla_oft,hybridvla,robovlms,smolvla,pi0,pi05 at published size (see above)")
+                    help="openvla,openvla_oft,hybridvla,robovlms,smolvla,pi0,pi05,llava_vla,dexvla at published "
+                         "size (see above)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="--released weights' dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
