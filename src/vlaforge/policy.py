@@ -354,14 +354,15 @@ class VLAPolicy(nn.Module):
                **options: Any) -> Tensor:
         """Normalized action chunks (B, H, Da); the prefix is encoded once.
 
-        ``info``, if given, receives what the policy produced besides actions (generated reasoning text,
-        HybridVLA's per-row gate decision).
+        ``info``, if given, receives what the policy produced besides actions (generated reasoning text and ids,
+        generated action-token ids, HybridVLA's per-row gate decision).
         """
         ctx = self.encode(batch)
         if self.reasoner is not None:
             ids = self.reasoner.generate(ctx, self.backbone.tokenizer.eos_token_id)
             if info is not None:
                 info["reasoning"] = self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                info["reasoning_ids"] = ids.tolist()  # EOS-padded after a row's EOS
         if not torch.isfinite(ctx.hidden[ctx.mask.bool()]).all():  # a token head would decode NaN as bin 0
             raise ValueError("the backbone produced non-finite (NaN/inf) features for this batch")
         actions = self.head.sample(ctx, batch, generator=generator, **options)

@@ -1,5 +1,6 @@
 """bench/train.py's model-FLOPs count and MFU: counted FLOPs behave as training FLOPs must, and the script's JSON
-is self-consistent. Speed itself is measured by the benchmark, never asserted here."""
+is self-consistent; bench/inference.py's released architectures build at their published sizes (on the meta device)
+and sample (shrunk). Speed itself is measured by the benchmark, never asserted here."""
 
 from __future__ import annotations
 
@@ -17,14 +18,24 @@ from vlaforge.train.config import DataConfig, TrainConfig
 from vlaforge.train.flops import flop_counter
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train.py"
+INFERENCE = BENCH.parent / "inference.py"
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench_train():
-    spec = importlib.util.spec_from_file_location("_bench_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load(BENCH, "_bench_train")
+
+
+@pytest.fixture(scope="module")
+def bench_inference():
+    return _load(INFERENCE, "_bench_inference")
 
 
 def _cfg(data: Path, family: str = "smolvlm", **backbone) -> TrainConfig:
@@ -85,3 +96,21 @@ def test_train_bench_reports_consistent_throughput_and_mfu(tmp_path):
     assert result["peaks"]["fp32"] == {"tflops": row["peak_tflops"], "source": row["peak_source"]}
     assert ("data sheet" if torch.cuda.is_available() else "measured") in row["peak_source"]
     assert "| divla_tiny |" in proc.stdout and "MFU (fp32) against: " in proc.stdout
+
+
+# LLaVA-1.5-7B: 7.06 B; Qwen2-VL-2B (2.21 B, lm_head tied) + ScaleDP-H (0.96 B) + the reasoning FiLM
+@pytest.mark.parametrize(("system", "params_b", "steps"), [("llava_vla", 7.063, ("token_ids", 38)),
+                                                         ("dexvla", 3.179, ("reasoning_ids", 32))])
+def test_released_llava_vla_and_dexvla_build_at_size_and_sample(bench_inference, tmp_path, system, params_b, steps):
+    """The published architecture builds on the meta device (no memory) with the published parameter count; the
+    same builder with its shapes shrunk fills its weights and samples a chunk, decoding the steps the row counts."""
+    policy, robot = bench_inference.empty_released(system, tmp_path / "published")
+    assert sum(p.numel() for p in policy.parameters()) / 1e9 == pytest.approx(params_b, abs=1e-3)
+    policy, batch, chunk = bench_inference.build_released(system, tmp_path / "tiny", "float32", tiny=True)
+    assert not any(p.is_meta for p in policy.parameters())
+    info: dict = {}
+    with torch.inference_mode():
+        actions = policy.sample(batch, generator=torch.Generator().manual_seed(0), info=info)
+    assert actions.shape == (1, chunk, robot.action_dim) and torch.isfinite(actions).all()
+    key, n = steps
+    assert len(info[key][0]) == n

@@ -60,6 +60,7 @@ CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")  # smart_eval_agilex
 VIEW_SIZE = 280  # square view closest to DexVLA's 320 x 240 input (Qwen's smart_resize -> 308 x 252, 99 tokens)
 PROMPT = "{task}<|im_end|>\n<|im_start|>assistant\n"  # the end of Qwen's chat turn; the answer (reasoning) follows
 EXEC_STEPS = 16  # smart_eval_agilex.py query_frequency
+REASONING_TOKENS = 256  # evaluate(): generate(max_new_tokens=256)
 NOT_QWEN_KEYS = ("architectures", "model_type", "policy_head_type", "policy_head_config", "policy_head_size",
                  "using_film", "llm_loss_weight", "concat", "_name_or_path", "auto_map")
 
@@ -69,16 +70,22 @@ def qwen2vl_config(base: Path) -> dict[str, Any]:
     """The HF config of the official Qwen2-VL weights (``qwen2_vl``) or of DexVLA's replaced one
     (``qwen2_vla``), checked against DexVLA's conventions: ScaleDP as policy head, M-RoPE sections that cover
     the head's rotary dimensions ([16, 24, 24] for the 2B)."""
+    f = base / "config.json"
+    return dexvla_qwen_config(read_json(f, "Qwen2-VL config.json"), str(f))
+
+
+def dexvla_qwen_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A Qwen2-VL ``config.json`` dict (``where`` names it in errors) -> transformers' ``Qwen2VLConfig`` dict, with
+    DexVLA's checks and its M-RoPE sections filled in where the file has none."""
     from transformers import Qwen2VLConfig
 
-    f = base / "config.json"
-    raw = read_json(f, "Qwen2-VL config.json")
     if raw.get("model_type") not in ("qwen2_vl", "qwen2_vla"):
-        raise LayoutError(f"{f}: model_type {raw.get('model_type')!r}, expected 'qwen2_vl' (Qwen/Qwen2-VL-2B-Instruct)"
-                          f" or DexVLA's 'qwen2_vla'")
+        raise LayoutError(f"{where}: model_type {raw.get('model_type')!r}, expected 'qwen2_vl' "
+                          f"(Qwen/Qwen2-VL-2B-Instruct) or DexVLA's 'qwen2_vla'")
     head = raw.get("policy_head_type", POLICY_HEAD_TYPE)
     if head != POLICY_HEAD_TYPE:
-        raise LayoutError(f"{f}: policy_head_type {head!r}; the DexVLA import is for {POLICY_HEAD_TYPE!r} (ScaleDP)")
+        raise LayoutError(f"{where}: policy_head_type {head!r}; the DexVLA import is for {POLICY_HEAD_TYPE!r} "
+                          f"(ScaleDP)")
     hf = Qwen2VLConfig(**{k: v for k, v in raw.items() if k not in NOT_QWEN_KEYS})
     text = hf.text_config
     rope = dict(text.rope_parameters or {})
@@ -88,7 +95,7 @@ def qwen2vl_config(base: Path) -> dict[str, Any]:
         text.rope_parameters = rope
     head_dim = text.hidden_size // text.num_attention_heads
     if sum(section) * 2 != head_dim:
-        raise LayoutError(f"{f}: mrope_section {section} covers {2 * sum(section)} of the head's {head_dim} dims "
+        raise LayoutError(f"{where}: mrope_section {section} covers {2 * sum(section)} of the head's {head_dim} dims "
                           f"(DexVLA's Qwen2-VL-2B: {MROPE_SECTION})")
     return hf.to_dict()
 
@@ -297,6 +304,31 @@ def _statistics(stats: Path | None, unnorm_key: str | None, action_dim: int,
 
 
 # ---------------------------------------------------------------- the importer
+def dexvla_policy(hf: dict[str, Any], shape: dict[str, int], image_mean: tuple | list, image_std: tuple | list, *,
+                  cameras: tuple[str, ...] = CAMERAS, dtype: str = "bfloat16", image_size: int = VIEW_SIZE,
+                  where: str = "ScaleDP") -> PolicyConfig:
+    """The policy DexVLA runs: Qwen2-VL ``hf`` (:func:`dexvla_qwen_config`), mean-pooled prompt, the reasoning FiLM
+    with its projectors, and the ScaleDP head of ``shape`` (as :func:`scaledp_to_dit` reads it: width, depth,
+    mlp_ratio, combine_hidden, chunk, action_dim, state_dim). ``import_dexvla`` and ``bench/inference.py`` both build
+    it here; ``where`` names the head in the error for a width x depth that is no DiT size."""
+    size = next((name for name, (w, d, _) in SIZES.items() if (w, d) == (shape["width"], shape["depth"])), None)
+    if size is None:
+        raise LayoutError(f"{where}: ScaleDP {shape['width']} wide x {shape['depth']} deep is none of the DiT sizes "
+                          f"{ {k: v[:2] for k, v in SIZES.items()} }")
+    arch = {"hf_config": hf, "image_size": image_size, "image_mean": list(image_mean), "image_std": list(image_std)}
+    backbone = BACKBONES.get("qwen2_vl")(arch=arch, dtype=dtype, proprio="none", readout="mean",
+                                         prompt_template=PROMPT, prompt_lowercase=False, max_prompt_tokens=64)
+    head = HEADS.get("dit")(size=size, cross_attention=False, mlp_ratio=shape["mlp_ratio"], condition="combine",
+                            combine_hidden=shape["combine_hidden"], time_precision="bfloat16",
+                            num_train_timesteps=100, num_steps=10, beta_schedule="squaredcos_cap_v2", clip_sample=1.0,
+                            repeated_diffusion_steps=1)
+    chunk = shape["chunk"]
+    return PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=min(EXEC_STEPS, chunk),
+                        normalization={OBS_STATE: "mean_std", ACTION: "min_max"},
+                        reasoning=ReasoningConfig(max_tokens=REASONING_TOKENS, loss_weight=1.0, film="projected"),
+                        cameras=tuple(cameras), state_dim=shape["state_dim"], action_dim=shape["action_dim"])
+
+
 @IMPORTERS.register("dexvla")
 def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = None,
                   cameras: tuple[str, ...] = CAMERAS, dtype: str = "bfloat16", stats: Path | None = None,
@@ -311,27 +343,15 @@ def import_dexvla(src: Path, base: Path | None = None, unnorm_key: str | None = 
     hf = qwen2vl_config(base)
     hidden = hf["text_config"]["hidden_size"]
     head_w, shape = scaledp_to_dit(scaledp_weights(pt), hidden)
-    size = next((name for name, (w, d, _) in SIZES.items() if (w, d) == (shape["width"], shape["depth"])), None)
-    if size is None:
-        raise LayoutError(f"{pt}: ScaleDP {shape['width']} wide x {shape['depth']} deep is none of the DiT sizes "
-                          f"{ {k: v[:2] for k, v in SIZES.items()} }")
+    mean, std = read_image_stats(base, CLIP_MEAN_STD)
+    cfg = dexvla_policy(hf, shape, mean, std, cameras=tuple(cameras), dtype=dtype, image_size=image_size,
+                        where=str(pt))
+    size = cfg.head.size
     weights = qwen2vl_weights(base, hf, dtype)
     weights.update(head_w)
     weights.update(reasoner_init(hidden))
     action_dim, state_dim, chunk = shape["action_dim"], shape["state_dim"], shape["chunk"]
     all_stats, key, stats_note = _statistics(stats, unnorm_key, action_dim, state_dim)
-    mean, std = read_image_stats(base, CLIP_MEAN_STD)
-    arch = {"hf_config": hf, "image_size": image_size, "image_mean": list(mean), "image_std": list(std)}
-    backbone = BACKBONES.get("qwen2_vl")(arch=arch, dtype=dtype, proprio="none", readout="mean",
-                                         prompt_template=PROMPT, prompt_lowercase=False, max_prompt_tokens=64)
-    head = HEADS.get("dit")(size=size, cross_attention=False, mlp_ratio=shape["mlp_ratio"], condition="combine",
-                            combine_hidden=shape["combine_hidden"], time_precision="bfloat16",
-                            num_train_timesteps=100, num_steps=10, beta_schedule="squaredcos_cap_v2", clip_sample=1.0,
-                            repeated_diffusion_steps=1)
-    cfg = PolicyConfig(backbone=backbone, head=head, chunk=chunk, exec_steps=min(EXEC_STEPS, chunk),
-                       normalization={OBS_STATE: "mean_std", ACTION: "min_max"},
-                       reasoning=ReasoningConfig(max_tokens=256, loss_weight=1.0, film="projected"),
-                       cameras=tuple(cameras), state_dim=state_dim, action_dim=action_dim)
     robot = RobotSpec(cameras={c: (0, 0) for c in cameras}, state_dim=state_dim, action_dim=action_dim)
     notes = ["# Imported DexVLA (Qwen2-VL-2B + stage-1 ScaleDP)", "",
              "Licence: DexVLA is CC BY-NC 4.0 (non-commercial use only); its policy_heads/ (ScaleDP) Apache-2.0; "

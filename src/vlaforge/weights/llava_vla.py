@@ -89,16 +89,22 @@ def read_statistics(path: Path) -> dict[str, Any]:
 def _llava_config(src: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(LLaVA's config.json, its Llama part as a transformers text_config)."""
     cfg = read_json(src / "config.json", "LLaVA config.json")
+    return cfg, llava_text_config(cfg, str(src / "config.json"))
+
+
+def llava_text_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """The Llama part of LLaVA's ``config.json`` dict as a transformers ``text_config``, after checking it is
+    LLaVA-1.5 as LLaVA-VLA trains it (``where`` names the file in errors)."""
     if cfg.get("mm_projector_type", "linear") != "mlp2x_gelu":
-        raise LayoutError(f"{src / 'config.json'}: mm_projector_type {cfg.get('mm_projector_type')!r}, expected "
+        raise LayoutError(f"{where}: mm_projector_type {cfg.get('mm_projector_type')!r}, expected "
                           f"'mlp2x_gelu' (LLaVA-1.5)")
     if cfg.get("mm_use_im_start_end") or cfg.get("mm_use_im_patch_token"):
-        raise LayoutError(f"{src / 'config.json'}: image start/end or patch tokens are on; LLaVA-VLA uses neither")
+        raise LayoutError(f"{where}: image start/end or patch tokens are on; LLaVA-VLA uses neither")
     skip = ("architectures", "_name_or_path", "model_type", "transformers_version", "torch_dtype", "dtype",
             "use_cache")
     text = {k: v for k, v in cfg.items() if not k.startswith(("mm_", "image_", "tokenizer_", "tune_", "freeze_"))
             and k not in skip}
-    return cfg, {**text, "model_type": "llama"}
+    return {**text, "model_type": "llama"}
 
 
 def _vision(src: Path, sd: dict[str, Tensor], tower: Path | None, select_feature: str
@@ -160,6 +166,36 @@ def llava_weights(sd: dict[str, Tensor], vision: dict[str, Tensor]) -> dict[str,
     return out
 
 
+def llava_hf_config(cfg: dict[str, Any], vision: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """transformers' ``LlavaConfig`` (as a dict) from LLaVA's ``config.json`` (its ``mm_*`` / ``image_token_index``
+    fields; LLaVA-1.5's defaults where absent), the CLIP tower's config and the Llama ``text_config``."""
+    return {"vision_config": vision, "text_config": text, "projector_hidden_act": "gelu",
+            "vision_feature_layer": cfg.get("mm_vision_select_layer", -2),
+            "vision_feature_select_strategy": "default" if cfg.get("mm_vision_select_feature", "patch") == "patch"
+            else "full", "image_token_id": cfg.get("image_token_index", 32000), "model_type": "llava"}
+
+
+def llava_vla_policy(hf: dict[str, Any], image_mean: tuple | list, image_std: tuple | list, *, state_dim: int,
+                     action_dim: int = 7, cameras: tuple[str, ...] = ("static", "gripper"), dtype: str = "bfloat16",
+                     norm_bins: bool = False, actions: str = "relative") -> PolicyConfig:
+    """The policy LLaVA-VLA runs, on the LLaVA architecture ``hf`` (:func:`llava_hf_config`): the two views stacked,
+    the Vicuna-v1 prompt with the state as text, greedy decoding of the reply over the vocabulary (``import_llava_vla``
+    and ``bench/inference.py`` both build it here)."""
+    grid = "norm_bins" if norm_bins else "uniform_edges"
+    backbone = BACKBONES.get("llava")(
+        arch={"hf_config": hf, "image_mean": list(image_mean), "image_std": list(image_std)}, dtype=dtype,
+        views="stitch", stitch_view_size=LLAVA_VLA_IMAGE_SIZE, image_resize="squash", image_interpolation="bicubic",
+        proprio="text", proprio_bins=grid, prompt_before_image=LLAVA_VLA_BEFORE_IMAGE,
+        prompt_template=LLAVA_VLA_AFTER_IMAGE, prompt_lowercase=False,
+        max_prompt_tokens=256, action_tokens="count_down", num_action_tokens=256, readout="last")
+    head = HEADS.get("tokens")(binning=grid, n_bins=256, decode_over="vocab", max_new_tokens=MAX_NEW_TOKENS,
+                               keep=KEEP)
+    return PolicyConfig(backbone=backbone, head=head, chunk=CHUNK, exec_steps=CHUNK, cameras=tuple(cameras),
+                        normalization={OBS_STATE: "mean_3std",
+                                       ACTION: "min_max" if actions == "absolute" else "identity"},
+                        state_dim=state_dim, action_dim=action_dim)
+
+
 @IMPORTERS.register("llava_vla")
 def import_llava_vla(src: Path, unnorm_key: str | None = None, cameras: tuple[str, ...] = ("static", "gripper"),
                      dtype: str = "bfloat16", vision_tower: Path | None = None, statistics: Path | None = None,
@@ -189,23 +225,10 @@ def import_llava_vla(src: Path, unnorm_key: str | None = None, cameras: tuple[st
     stats = {OBS_STATE: {"mean": st["mean"].astype(np.float32), "std": st["std"].astype(np.float32)}}
     if "act_min_bound" in st and "act_max_bound" in st:
         stats[ACTION] = {"min": st["act_min_bound"].astype(np.float32), "max": st["act_max_bound"].astype(np.float32)}
-    hf = {"vision_config": vision, "text_config": text, "projector_hidden_act": "gelu",
-          "vision_feature_layer": cfg.get("mm_vision_select_layer", -2),
-          "vision_feature_select_strategy": "default" if cfg.get("mm_vision_select_feature", "patch") == "patch"
-          else "full", "image_token_id": cfg.get("image_token_index", 32000), "model_type": "llava"}
-    grid = "norm_bins" if norm_bins else "uniform_edges"
-    backbone = BACKBONES.get("llava")(
-        arch={"hf_config": hf, "image_mean": list(mean), "image_std": list(std)}, dtype=dtype, views="stitch",
-        stitch_view_size=LLAVA_VLA_IMAGE_SIZE, image_resize="squash", image_interpolation="bicubic", proprio="text",
-        proprio_bins=grid, prompt_before_image=LLAVA_VLA_BEFORE_IMAGE,
-        prompt_template=LLAVA_VLA_AFTER_IMAGE, prompt_lowercase=False,
-        max_prompt_tokens=256, action_tokens="count_down", num_action_tokens=256, readout="last")
-    head = HEADS.get("tokens")(binning=grid, n_bins=256, decode_over="vocab", max_new_tokens=MAX_NEW_TOKENS,
-                               keep=KEEP)
-    policy = PolicyConfig(backbone=backbone, head=head, chunk=CHUNK, exec_steps=CHUNK, cameras=tuple(cameras),
-                          normalization={OBS_STATE: "mean_3std",
-                                         ACTION: "min_max" if actions == "absolute" else "identity"},
-                          state_dim=state_dim, action_dim=action_dim)
+    policy = llava_vla_policy(llava_hf_config(cfg, vision, text), mean, std, state_dim=state_dim,
+                              action_dim=action_dim, cameras=tuple(cameras), dtype=dtype, norm_bins=norm_bins,
+                              actions=actions)
+    grid = policy.head.binning
     robot = RobotSpec(cameras={c: (0, 0) for c in cameras}, state_dim=state_dim, action_dim=action_dim)
     notes = ["# Imported LLaVA-VLA checkpoint", "", f"source: {src}", f"statistics: {stats_file}",
              f"bins: {grid}, actions: {actions}, cameras (top, bottom): {list(cameras)}",
