@@ -95,6 +95,12 @@ VARIANTS: dict[str, Variant] = {
     "cosine_to_zero": Variant("optim", ("--optim.min_lr_ratio=0",), "cosine decays to 0 (preset: to 0.1 x lr)"),
     "constant_lr": Variant("optim", ("--optim.min_lr_ratio=1",), "constant learning rate after the warm-up"),
     "warmup_500": Variant("optim", ("--optim.warmup_steps=500",), "warm-up of 500 steps (preset: 100)"),
+    "conv_stem_head_mlp_act": Variant("recipe", ("--backbone.vision_stem=conv", "--head.type=mlp",
+                                                 "--backbone.readout=act"),
+                                      "conv stem + L1 MLP on a learned readout token (candidate recipe)"),
+    "conv_stem_kp32_head_mlp_act": Variant("recipe", ("--backbone.vision_stem=conv", "--backbone.keypoints=32",
+                                                      "--head.type=mlp", "--backbone.readout=act"),
+                                           "the candidate + 32 spatial-softmax keypoints per view as a prefix token"),
     "budget_stop": Variant("optim", ("--budget=stop",),
                            "the preset's 2000-step schedule, cut by the budget wherever it is (not fitted)"),
 }

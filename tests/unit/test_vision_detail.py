@@ -11,6 +11,7 @@ from vlaforge.backbones.base import BACKBONES
 from vlaforge.config import ConfigError
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.policy import VLAPolicy
+from vlaforge.processors import collate
 
 
 def _backbone(**options):
@@ -63,3 +64,50 @@ def test_impossible_vision_options_name_the_field(options, field):
 def test_pretrained_weights_fix_the_vision_tower(tmp_path):
     with pytest.raises(ConfigError, match="backbone.patch_size"):
         BACKBONES.get("smolvlm")(pretrained=str(tmp_path), patch_size=8)
+
+
+def test_spatial_keypoints_are_the_expected_coordinates_of_each_map():
+    """A hand-made 3 x 3 grid: map 0 peaks at column 2, row 0 (x = 1, y = -1), map 1 is flat (the grid's centre)."""
+    from vlaforge.backbones.base import SpatialKeypoints
+
+    kp = SpatialKeypoints(channels=2, k=2, dim=4)
+    with torch.no_grad():
+        kp.logits.weight.copy_(torch.eye(2))
+        kp.logits.bias.zero_()
+        kp.log_temp.fill_(-5.0)  # temperature e^-5: the softmax is nearly an argmax
+        kp.proj.weight.copy_(torch.eye(4))
+        kp.proj.bias.zero_()
+    grid = torch.zeros(1, 9, 2)
+    grid[0, 2, 0] = 1.0  # cell (row 0, column 2)
+    torch.testing.assert_close(kp(grid), torch.tensor([[1.0, -1.0, 0.0, 0.0]]), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="square grid"):
+        kp(torch.zeros(1, 8, 2))
+
+
+def test_keypoints_add_one_token_per_view_that_follows_the_image(dataset, tmp_path):
+    """backbone.keypoints=K: one more prefix token per camera, read from the patch grid before the pixel shuffle;
+    moving an object in one camera changes that camera's keypoint token; the option survives a checkpoint."""
+    reader = LeRobotDataset(dataset[0], chunk=4)
+    cfg = tiny_policy_config("mlp")
+    policies = []
+    for k in (0, 8):
+        backbone = BACKBONES.get("smolvlm")(size="tiny", image_size=IMG, patch_size=8, keypoints=k)
+        torch.manual_seed(0)
+        policy = VLAPolicy(cfg.replace(backbone=backbone).with_robot(reader.meta.robot_spec()))
+        policy.make_pipelines(reader.meta.stats, reader.meta.robot_spec())
+        policies.append(policy.eval())
+    batch = collate([policies[1].inputs(dict(reader[3]))])
+    with torch.no_grad():
+        plain, with_kp = (p.encode(batch) for p in policies)
+    assert with_kp.prefix_len - plain.prefix_len == len(reader.meta.robot_spec().cameras)
+    layer = policies[1].backbone.keypoints
+    grid = torch.zeros(1, 16, layer.logits.in_features)
+    moved = grid.clone()
+    grid[0, 0], moved[0, 15] = 1.0, 1.0  # a feature in the top-left vs the bottom-right cell
+    with torch.no_grad():
+        assert not torch.allclose(layer(grid), layer(moved))
+    path = policies[1].save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(path).eval()
+    assert loaded.cfg.backbone.keypoints == 8
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(batch).pooled, with_kp.pooled, rtol=0, atol=0)

@@ -106,6 +106,9 @@ class BackboneConfig(Choice, ChoiceType):
     #                      prompt (SmolVLA), where with attention="prefix_lm" the images and prompt do not see it
     history: str = "interleaved"  # T > 1 frames: "interleaved" in one sequence | "per_frame": encoded alone
     readout: str = "mean"  # pooled vector for readout heads: "last" token, masked "mean", or a learned "act" token
+    # > 0: K spatial-softmax keypoints per view (the expected image (x, y) of K learned feature maps over the family's
+    # patch grid, as CNN visuomotor policies read out images) projected into one token after each view's image tokens
+    keypoints: int = 0
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     action_token_offset: int = 0  # count_down: start this many ids below the base vocabulary (HybridVLA's need_to_sub)
@@ -159,6 +162,7 @@ class BackboneConfig(Choice, ChoiceType):
         self.check(self.num_action_tokens >= 2, "num_action_tokens", ">= 2")
         self.check(self.action_token_offset >= 0, "action_token_offset", ">= 0")
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
+        self.check(self.keypoints >= 0, "keypoints", ">= 0 (0: none)")
         self.check(0 < self.image_crop <= 1, "image_crop", "in (0, 1]")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
         self.check(self.proprio != "text" or "{state}" in self.prompt_template, "prompt_template",
@@ -202,6 +206,30 @@ class Built:
     image_std: tuple[float, ...]
 
 
+class SpatialKeypoints(nn.Module):
+    """Image features on a square grid (N, g*g, C) -> one token (N, D): the expected (x, y) in [-1, 1] of each of
+    ``k`` learned feature maps (a 1x1 projection, a spatial softmax with a learned temperature), through a Linear.
+
+    The keypoint readout of CNN visuomotor policies (Levine et al. 2016; the spatial softmax of robomimic and
+    Diffusion Policy), here as an extra prefix token so that every head can use explicit image coordinates."""
+
+    def __init__(self, channels: int, k: int, dim: int) -> None:
+        super().__init__()
+        self.logits = nn.Linear(channels, k)
+        self.log_temp = nn.Parameter(torch.zeros(()))
+        self.proj = nn.Linear(2 * k, dim)
+
+    def forward(self, grid: Tensor) -> Tensor:
+        n, p, _ = grid.shape
+        g = round(p**0.5)
+        if g * g != p:
+            raise ValueError(f"backbone.keypoints: expected a square grid of image features, got {p} per view")
+        attn = torch.softmax(self.logits(grid).float().transpose(1, 2) / self.log_temp.exp(), -1)  # (N, k, P)
+        axis = torch.linspace(-1.0, 1.0, g, device=grid.device)
+        xy = torch.stack([axis.repeat(g), axis.repeat_interleave(g)], -1)  # (P, 2): x along a row, y down
+        return self.proj((attn @ xy).flatten(1).to(self.proj.weight.dtype))
+
+
 class Backbone(nn.Module):
     """Base class. A family implements the ``# family hooks`` section; see ``smolvlm.py`` for a short one."""
 
@@ -235,6 +263,10 @@ class Backbone(nn.Module):
                         else nn.Sequential(nn.Linear(state_dim, d)) if cfg.proprio == "linear" else None
                         ) if state_dim > 0 else None
         self.act_token = nn.Parameter(torch.randn(d) * 0.02) if cfg.readout == "act" else None
+        # a family with a finer grid than its LM tokens (SmolVLM before the pixel shuffle) sets _grid_dim and returns
+        # the grid as embed_images' extra "patch_grid"; otherwise the keypoints read the projected image tokens
+        self.keypoints = (SpatialKeypoints(getattr(self, "_grid_dim", d), cfg.keypoints, d) if cfg.keypoints
+                          else None)
         if cfg.proprio in ("tokens", "text") and state_dim > 0:
             self.check_action_tokens()
         self._apply_training_options()
@@ -548,6 +580,10 @@ class Backbone(nn.Module):
         pixels = self.normalize_images(images).flatten(0, 1).to(self.dtype)
         feats = self.embed_images(pixels)
         feats, image_extra = feats if isinstance(feats, tuple) else (feats, {})
+        grid = image_extra.pop("patch_grid", None)
+        keypoints = None
+        if self.keypoints is not None:  # one token per view: (B, V, 1, D)
+            keypoints = self.keypoints(feats if grid is None else grid).to(feats.dtype).view(b, v, 1, -1)
         feats = feats.view(b, v, feats.shape[1], feats.shape[2])
         emb = self.embed_tokens
         pre, suf = emb(self._view_prefix), emb(self._view_suffix)
@@ -556,6 +592,9 @@ class Backbone(nn.Module):
             parts += [pre.expand(b, -1, -1), feats[:, i], suf.expand(b, -1, -1)]
             spans.append((n + len(self._view_prefix), feats.shape[2]))
             n += pre.shape[0] + feats.shape[2] + suf.shape[0]
+            if keypoints is not None:
+                parts.append(keypoints[:, i])
+                n += 1
         extra = self._proprio_embeds(state)
         after = self.cfg.proprio_position == "after_prompt"
         if extra is not None and not after:

@@ -150,6 +150,7 @@ class SmolVLMBackbone(Backbone):
         self.hidden_size = hf.text_config.hidden_size
         self.image_size = hf.vision_config.image_size
         self._patch = hf.vision_config.patch_size
+        self._grid_dim = hf.vision_config.hidden_size  # keypoints read the patch grid before the pixel shuffle
         if getattr(self.cfg, "vision_stem", "patch") == "conv":
             embeddings = self.model.model.vision_model.embeddings
             embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch)
@@ -164,9 +165,9 @@ class SmolVLMBackbone(Backbone):
         patch_mask = pixel_values.new_ones(n, h // self._patch, w // self._patch, dtype=bool)
         vision = self.model.model.vision_model(pixel_values=pixel_values, patch_attention_mask=patch_mask)
         feats = self.model.model.connector(vision.last_hidden_state)
-        if self._scale == 1.0:
-            return feats
-        return feats * torch.tensor(self._scale, dtype=feats.dtype)  # SmolVLA rounds the image scale to the dtype
+        if self._scale != 1.0:
+            feats = feats * torch.tensor(self._scale, dtype=feats.dtype)  # SmolVLA rounds the image scale to the dtype
+        return (feats, {"patch_grid": vision.last_hidden_state}) if self.cfg.keypoints else feats
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         emb = super().embed_tokens(ids)
