@@ -21,9 +21,9 @@ HEAD_VARIANTS.update({"tokens_quantile": {"binning": "quantile"}, "tokens_fast":
                       "mlp_huber_bce": {"loss": "huber_bce", "gripper_dims": (-1,)}})
 PAIRS = [(b, h) for b in FAMILIES for h in HEAD_VARIANTS]
 # DiT overfits on two families with distinct LM/vision wiring (prefix-LM Gemma, Kosmos-2's grounding encoder;
-# M-RoPE Qwen2 overfits with tokens) and tokens on three (unit/test_pretrained.py trains tokens on every family's real-shaped
-# directory), every other head on PaliGemma; every family is checked to feed each camera and the instruction into
-# what the head reads (test_the_readout_sees_each_camera_and_the_instruction)
+# M-RoPE Qwen2 overfits with tokens) and tokens on three (unit/test_pretrained.py trains tokens on every family's
+# real-shaped directory), every other head on PaliGemma; every family is checked to feed each camera and the
+# instruction into what the head reads (test_the_readout_sees_each_camera_and_the_instruction)
 OVERFIT = [(b, "dit") for b in ("paligemma", "kosmos2")] + [
     (b, "tokens") for b in ("smolvlm", "qwen2_vl", "prismatic")] + [
     ("paligemma", h) for h in HEAD_VARIANTS if h not in ("tokens", "dit", "smolvla_expert")]

@@ -220,7 +220,7 @@ class SpatialKeypoints(nn.Module):
         self.proj = nn.Linear(2 * k, dim)
 
     def forward(self, grid: Tensor) -> Tensor:
-        n, p, _ = grid.shape
+        p = grid.shape[1]
         g = round(p**0.5)
         if g * g != p:
             raise ValueError(f"backbone.keypoints: expected a square grid of image features, got {p} per view")
