@@ -9,12 +9,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import LENGTHS, write_dataset
 from vlaforge.data.lerobot import VIDEO_INDEX_PATH, LeRobotDataset
 from vlaforge.data.video import ByteLRU
 from vlaforge.processors.base import Pipeline
-from vlaforge.train.data import ClipOrder, make_loader
+from vlaforge.train.data import ClipOrder, make_loader, to_device
 from vlaforge.types import image_key
 
 CAMS = ("front", "wrist", "side")
@@ -146,3 +147,18 @@ def test_loader_with_clip_sampler_and_a_seek_worker_reads_every_frame(gop_datase
             np.testing.assert_array_equal(b[image_key("side")][j].numpy(), pre[g][image_key("side")])
         seen += b["index"].tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_loader_pins_host_memory_only_for_a_cuda_device(gop_dataset):
+    """Training on CUDA: the loader pins its batches and the copies to the device do not block; on the CPU nothing
+    is pinned or moved (checked through the loader's configuration and a device that needs no GPU)."""
+    ds = LeRobotDataset(gop_dataset, video_cache="seek", max_cache_mb=0.05)
+    kw = {"batch_size": 4, "seed": 0, "start_step": 0, "steps": 1}
+    assert make_loader(ds, Pipeline([]), device=torch.device("cuda", 0), **kw).pin_memory
+    assert not make_loader(ds, Pipeline([]), device="cpu", **kw).pin_memory
+    assert not make_loader(ds, Pipeline([]), **kw).pin_memory
+    batch = next(iter(make_loader(ds, Pipeline([]), device="cpu", **kw)))
+    assert to_device(batch, "cpu") is batch
+    moved = to_device({**batch, "task": ["a"] * 4}, "meta")
+    assert moved["task"] == ["a"] * 4
+    assert all(v.device.type == "meta" for k, v in moved.items() if k != "task")
