@@ -16,6 +16,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 DEFAULT_CODEC = "h264"
 # g=2 (a keyframe every 2 frames) keeps random access cheap, as LeRobot does.
@@ -101,6 +102,12 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | list[np.ndarray], 
     return enc.path
 
 
+def rgb(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
+    """A decoded frame as uint8 (H, W, 3). One reformatter per stream keeps its colour-conversion context: PyAV's
+    ``to_ndarray(format=...)`` builds a new one per frame, 20x slower at 96 px (2.2 vs 0.1 ms), same pixels."""
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def decode_all(path: str | os.PathLike) -> np.ndarray:
     """Every frame of the file as uint8 (N, H, W, 3), in presentation order."""
     path = Path(path)
@@ -108,7 +115,8 @@ def decode_all(path: str | os.PathLike) -> np.ndarray:
         raise VideoError(f"video file not found: {path}")
     try:
         with av.open(str(path)) as c:
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            reformatter = VideoReformatter()
+            frames = [rgb(f, reformatter) for f in c.decode(video=0)]
     except (av.error.FFmpegError, ValueError) as e:
         raise VideoError(f"cannot decode video {path}: {e}") from e
     if not frames:
@@ -129,13 +137,14 @@ def decode_range(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
             fps = stream.average_rate or stream.guessed_rate
             to_pts = lambda k: round(Fraction(k) / Fraction(fps) / tb)  # noqa: E731
             c.seek(to_pts(start), stream=stream, backward=True, any_frame=False)
+            reformatter = VideoReformatter()
             for frame in c.decode(stream):
                 k = round(float(frame.pts * tb * fps))
                 if k < start:
                     continue
                 if k >= stop:
                     break
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(rgb(frame, reformatter))
     except (av.error.FFmpegError, ValueError) as e:
         raise VideoError(f"cannot decode video {path}: {e}") from e
     if len(out) != stop - start:
@@ -200,9 +209,10 @@ def keyframe_index(path: str | os.PathLike) -> dict[str, Any]:
     return {"frames": frames, "keyframes": keys}
 
 
-def decode_gop(container: Any, start: int, stop: int) -> np.ndarray:
+def decode_gop(container: Any, start: int, stop: int, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """Frames ``[start, stop)`` of an open container, where ``start`` is a keyframe: one seek, then decoding
     forward through that group of pictures only. Same decoder as :func:`decode_all`, so the same pixels."""
+    reformatter = reformatter or VideoReformatter()
     stream = container.streams.video[0]
     tb, fps = stream.time_base, Fraction(stream.average_rate or stream.guessed_rate)
     out: list[np.ndarray] = []
@@ -213,7 +223,7 @@ def decode_gop(container: Any, start: int, stop: int) -> np.ndarray:
             continue
         if k >= stop:
             break
-        out.append(frame.to_ndarray(format="rgb24"))
+        out.append(rgb(frame, reformatter))
     if len(out) != stop - start:
         raise VideoError(f"video {container.name}: expected frames [{start}, {stop}), decoded {len(out)}")
     return np.stack(out)
@@ -261,7 +271,7 @@ class SeekReader:
         self.keyframes = {p: np.asarray(k, np.int64) for p, k in indices.items()}
         self.frames = frames
         self.cache = ByteLRU(max_bytes)
-        self._open: dict[Path, Any] = {}
+        self._open: dict[Path, Any] = {}  # path -> (container, its colour-conversion context)
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -279,7 +289,10 @@ class SeekReader:
             self._open, self._pid = {}, os.getpid()
         c = self._open.get(path)
         if c is None:
-            c = self._open[path] = av.open(str(path))
+            container = av.open(str(path))
+            # a group of pictures is a few frames: decoder threads only add latency (and oversubscribe workers)
+            container.streams.video[0].thread_type = "NONE"
+            c = self._open[path] = (container, VideoReformatter())
         return c
 
     def gop_of(self, path: Path, frame: int) -> tuple[int, int]:
@@ -299,7 +312,8 @@ class SeekReader:
             if gop is None:
                 with self._lock:
                     try:
-                        gop = decode_gop(self._container(path), start, stop)
+                        container, reformatter = self._container(path)
+                        gop = decode_gop(container, start, stop, reformatter)
                     except (av.error.FFmpegError, ValueError) as e:
                         raise VideoError(f"cannot decode video {path}: {e}") from e
                 self.cache.put((path, start), gop)
