@@ -7,7 +7,9 @@ with 0 and 2 worker processes, for each video cache mode (``preload``: decode ev
 through the keyframe index), ``seek`` also with the clip sampler (``--clip-frames`` neighbouring frames per clip,
 shuffled over ``--shuffle-buffer`` positions). The episode / seek caches get ``--cache-frac`` (10 %) of the
 decoded size, split over the workers as the trainer does. ``seek+raw`` is ``seek`` without the policy's
-pipeline (decode + collate only: the work LeRobot's loader does). ``lerobot`` is the peer: LeRobot's own
+pipeline (decode + collate only: the work LeRobot's loader does). ``disk`` is ``seek`` with decoded groups also
+written to a disk cache capped at ``--disk-frac`` (100 %) of the decoded size, starting empty; ``disk+warm`` first
+fills it with one pass over the dataset (``disk_fill_s``). ``lerobot`` is the peer: LeRobot's own
 ``LeRobotDataset`` + torch ``DataLoader`` on the same dataset (random sampling, same cameras and action chunk),
 run by ``bench/lerobot_peer.py`` in the separate venv of ``make lerobot-venv`` (``--lerobot-python``); where it
 cannot run, its row says why instead of a number. With several ``--gops`` the synthetic dataset is written once per
@@ -20,6 +22,7 @@ average: the numbers are only comparable within one run) and prints a Markdown t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -76,10 +79,20 @@ def decoded_bytes(root: Path) -> int:
 
 
 def measure(root: Path, workers: int, cache: str, steps: int, image_size: int, cache_mb: float, clip: int,
-            buffer: int, raw: bool = False) -> dict:
+            buffer: int, raw: bool = False, disk: dict | None = None) -> dict:
+    disk = dict(disk or {})
+    warm = disk.pop("warm", False)
+    kw = {"chunk": CHUNK, "video_cache": cache, "max_cache_mb": cache_mb / max(1, workers), **disk}
+    fill_s = None
+    if warm:  # one pass over the dataset writes every group to disk
+        t = time.perf_counter()
+        filler = LeRobotDataset(root, **kw)
+        for i in range(len(filler)):
+            filler[i]
+        fill_s = time.perf_counter() - t
     t_open = time.perf_counter()
     # preload decodes every video here; seek reads (or builds) the keyframe index; the budget is per process
-    reader = LeRobotDataset(root, chunk=CHUNK, video_cache=cache, max_cache_mb=cache_mb / max(1, workers))
+    reader = LeRobotDataset(root, **kw)
     open_s = time.perf_counter() - t_open
     robot = reader.meta.robot_spec()
     cfg = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", image_size=image_size),
@@ -101,7 +114,9 @@ def measure(root: Path, workers: int, cache: str, steps: int, image_size: int, c
         n += len(batch[ACTION])
     dt = time.perf_counter() - t1
     assert first[image_key("scene")].shape[-1] == (3 if raw else image_size)
-    return {"workers": workers, "video_cache": cache + ("+raw" if raw else ""), "clip_frames": clip,
+    name = cache + ("+raw" if raw else "") + ("+warm" if fill_s is not None else "")
+    return {"workers": workers, "video_cache": name, "clip_frames": clip, "disk_fill_s": fill_s,
+            "disk_cache_mb": disk.get("disk_cache_mb"),
             "shuffle_buffer": buffer if clip > 1 else 0,
             "frames_per_s": n / dt, "open_s": open_s, "first_batch_s": warm, "batches": steps,
             "max_cache_mb": cache_mb if cache != "preload" else None}
@@ -125,6 +140,11 @@ def measure_lerobot(root: Path, workers: int, steps: int, python: Path) -> dict:
     except (IndexError, json.JSONDecodeError):
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
         return {**row, "error": f"lerobot_peer.py exited {p.returncode}: {tail}"}
+    if "frame_digests" in out:  # the same pixels as vlaforge's reader at the frames LeRobot hashed?
+        ours = LeRobotDataset(root, video_cache="seek")
+        out["same_frames_as_vlaforge"] = all(
+            hashlib.sha256(np.ascontiguousarray(ours[int(i)][k]).tobytes()).hexdigest() == h
+            for i, per_cam in out["frame_digests"].items() for k, h in per_cam.items())
     return {**row, **out}
 
 
@@ -137,7 +157,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=100)
     ap.add_argument("--steps", type=int, default=20, help="timed batches per configuration")
     ap.add_argument("--workers", default="0,2")
-    ap.add_argument("--caches", default="preload,episode,seek,seek+clip,seek+raw,lerobot")
+    ap.add_argument("--caches", default="preload,episode,seek,seek+clip,seek+raw,disk,disk+warm,lerobot")
+    ap.add_argument("--disk-frac", type=float, default=1.0, help="disk cache cap / decoded size")
     ap.add_argument("--cache-frac", type=float, default=0.1, help="episode/seek cache budget / decoded size")
     ap.add_argument("--clip-frames", type=int, default=4)
     ap.add_argument("--shuffle-buffer", type=int, default=64)
@@ -163,8 +184,12 @@ def main() -> None:
                                                                    Path(args.lerobot_python))})
                         continue
                     clip = args.clip_frames if c.endswith("+clip") else 1
+                    disk = None
+                    if c.startswith("disk"):  # a fresh cache directory per row
+                        disk = {"cache_dir": Path(tmp) / f"frames-g{gop}-{c}-w{w}", "warm": c.endswith("+warm"),
+                                "disk_cache_mb": args.disk_frac * decoded / 2**20}
                     row = measure(root, int(w), c.split("+")[0], args.steps, args.image_size, cache_mb,
-                                  clip, args.shuffle_buffer, raw=c.endswith("+raw"))
+                                  clip, args.shuffle_buffer, raw=c.endswith("+raw"), disk=disk)
                     rows.append({"gop": gop, **row})
             info = json.loads((root / "meta/info.json").read_text())
     base = {(r["gop"], r["workers"]): r["frames_per_s"] for r in rows if r["video_cache"] == "preload"}
@@ -191,7 +216,9 @@ def main() -> None:
         print(f"| {r['gop'] or '-'} | {name} | {r['clip_frames']} | {r['workers']} | "
               f"{r['frames_per_s']:.0f} | {ratio} | {r['open_s']:.2f} | {r['first_batch_s']:.2f} |")
     if peer := next((r["versions"] for r in rows if r.get("versions")), None):
-        print(f"LeRobot row: {peer} in its own venv; vlaforge rows: torch {torch.__version__} ({sys.executable})")
+        same = {r.get("same_frames_as_vlaforge") for r in rows if r.get("versions")}
+        print(f"LeRobot row: {peer} in its own venv; vlaforge rows: torch {torch.__version__} ({sys.executable}); "
+              f"LeRobot's pixels equal vlaforge's at the checked frames: {same}")
     for g, v in sizes.items():
         print(f"gop {g}: video {v['video_bytes'] / 2**20:.2f} MiB, decoded {v['decoded_bytes'] / 2**20:.1f} MiB")
 

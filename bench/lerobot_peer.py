@@ -12,6 +12,7 @@ LeRobot's default backend (torchcodec) cannot load, it says why and measures LeR
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -46,7 +47,20 @@ def measure(root: str, workers: int, batch: int, steps: int, chunk: int, backend
     cams = list(meta.video_keys)
     shapes = {k: list(first[k].shape) for k in [*cams, "action"]}
     return {"frames_per_s": n / dt, "open_s": open_s, "first_batch_s": warm, "batches": steps,
-            "video_backend": ds.video_backend, "cameras": cams, "shapes": shapes}
+            "video_backend": ds.video_backend, "cameras": cams, "shapes": shapes, "frame_digests": digests(ds, cams)}
+
+
+def digests(ds, cams: list[str]) -> dict[str, dict[str, str]]:
+    """sha256 of the uint8 HWC pixels LeRobot returns at the first, middle and last frame, per camera (the caller
+    compares them with vlaforge's frames)."""
+    import torch
+
+    out = {}
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        item = ds[i]
+        out[str(i)] = {k: hashlib.sha256((item[k] * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+                                         .numpy().tobytes()).hexdigest() for k in cams}
+    return out
 
 
 def _reason(e: BaseException) -> str:
@@ -69,14 +83,15 @@ def main() -> None:
         import torch
 
         out["versions"] = {"lerobot": getattr(lerobot, "__version__", None), "torch": torch.__version__}
-        try:
-            out.update(measure(args.root, args.workers, args.batch, args.steps, args.chunk, args.backend))
-        except Exception as e:
-            if args.backend:
-                raise
-            # LeRobot's default backend, torchcodec, needs the system's FFmpeg libraries; its fallback is pyav
-            out["default_backend_error"] = _reason(e)
-            out.update(measure(args.root, args.workers, args.batch, args.steps, args.chunk, "pyav"))
+        backend = args.backend
+        if backend is None:  # LeRobot's default, torchcodec, needs the system's FFmpeg libraries; else pyav
+            try:
+                import torchcodec.decoders  # noqa: F401  (loads libtorchcodec and FFmpeg)
+            except Exception as e:
+                lines = [x for x in str(e).splitlines() if x.startswith("OSError: lib")]
+                out["default_backend_error"] = f"torchcodec cannot load: {lines[0] if lines else _reason(e)}"
+                backend = "pyav"
+        out.update(measure(args.root, args.workers, args.batch, args.steps, args.chunk, backend))
     except Exception as e:  # the caller reports why the peer could not run instead of a number
         out["error"] = _reason(e)
     json.dump(out, sys.stdout)

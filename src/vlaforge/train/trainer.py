@@ -151,9 +151,13 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache,
             "format": cfg.data.format,
             "max_cache_mb": cfg.data.max_cache_mb / max(1, cfg.data.num_workers)}  # the budget is per process
+    if cfg.data.video_cache == "disk":  # the directory is shared by the workers: not divided
+        opts |= {"cache_dir": cfg.data.cache_dir or None, "disk_cache_mb": cfg.data.disk_cache_mb}
     parts = _mixture_paths(cfg)
     if parts:
         part_opts = {**opts, "max_cache_mb": opts["max_cache_mb"] / len(parts)}  # one budget for the mixture
+        if "disk_cache_mb" in opts:
+            part_opts["disk_cache_mb"] = opts["disk_cache_mb"] / len(parts)
         reader = MixtureDataset({n: open_reader(p, **part_opts) for n, (p, _) in parts.items()},
                                 {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
         dataset_stats = reader.stats
