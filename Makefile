@@ -43,7 +43,9 @@ bench: $(STAMP)
 
 ## make lerobot-venv: a SEPARATE venv with LeRobot's own loader, for the peer row of bench/data.py only (never the
 ## tests). lerobot 0.4.4 is the last release for Python 3.11 and needs torch<2.11; PyPI has no CPU build of that torch,
-## so pip brings the CUDA one (several GB). bench/data.py finds it at .venv-lerobot/bin/python (or --lerobot-python).
+## so pip brings torch 2.10.0+cu128 and 15 nvidia-* wheels (8.3 GB, about 7 minutes here). Without FFmpeg 4-8 system
+## libraries LeRobot's default video backend (torchcodec) cannot load and the benchmark uses LeRobot's pyav backend.
+## bench/data.py finds the venv at .venv-lerobot/bin/python (or --lerobot-python).
 LEROBOT_VENV := .venv-lerobot
 $(LEROBOT_VENV)/.installed:
 	$(PYTHON) -m venv $(LEROBOT_VENV)
