@@ -70,12 +70,13 @@ log = logging.getLogger(__name__)
 
 CODEBASE_VERSION = "v3.0"
 WRITER_KEY = "vlaforge_version"  # info.json key marking a dataset vlaforge wrote (LeRobot ignores unknown keys)
-OWN_ENTRIES = ("meta", "data", "videos", "images")  # what a LeRobot v3 writer puts in its directory
+FRAME_CACHE_DIR = ".frame_cache"  # video_cache=disk: default cache directory, inside the dataset
+# what a LeRobot v3 writer puts in its directory, and the frame cache a reader adds (overwriting a dataset drops it)
+OWN_ENTRIES = ("meta", "data", "videos", "images", FRAME_CACHE_DIR)
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 VIDEO_INDEX_PATH = "meta/video_index.json"  # vlaforge's keyframe index of every mp4 (LeRobot ignores it)
 VIDEO_CACHES = ("auto", "preload", "episode", "seek", "disk")
-FRAME_CACHE_DIR = ".frame_cache"  # video_cache=disk: default cache directory, inside the dataset
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_FEATURES = {
     "timestamp": FeatureSpec("float32", (1,)),
