@@ -6,9 +6,15 @@ with 0 and 2 worker processes, for each video cache mode (``preload``: decode ev
 ``episode``: decode a whole episode per miss; ``seek``: decode only the group of pictures holding the frame,
 through the keyframe index), ``seek`` also with the clip sampler (``--clip-frames`` neighbouring frames per clip,
 shuffled over ``--shuffle-buffer`` positions). The episode / seek caches get ``--cache-frac`` (10 %) of the
-decoded size, split over the workers as the trainer does. With several ``--gops`` the synthetic dataset is
-written once per keyframe interval and its video size is reported. Writes ``bench/results/data.json`` (with the
-machine's load average: the numbers are only comparable within one run) and prints a Markdown table.
+decoded size, split over the workers as the trainer does. ``seek+raw`` is ``seek`` without the policy's
+pipeline (decode + collate only: the work LeRobot's loader does). ``disk`` is ``seek`` with decoded groups also
+written to a disk cache capped at ``--disk-frac`` (100 %) of the decoded size, starting empty; ``disk+warm`` first
+fills it with one pass over the dataset (``disk_fill_s``). ``lerobot`` is the peer: LeRobot's own
+``LeRobotDataset`` + torch ``DataLoader`` on the same dataset (random sampling, same cameras and action chunk),
+run by ``bench/lerobot_peer.py`` in the separate venv of ``make lerobot-venv`` (``--lerobot-python``); where it
+cannot run, its row says why instead of a number. With several ``--gops`` the synthetic dataset is written once per
+keyframe interval and its video size is reported. Writes ``bench/results/data.json`` (with the machine's load
+average: the numbers are only comparable within one run) and prints a Markdown table.
 
     python bench/data.py [--data DIR] [--size 96] [--episodes 10] [--steps 20] [--workers 0,2] [--gops 2]
 """
@@ -16,9 +22,12 @@ machine's load average: the numbers are only comparable within one run) and prin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +39,14 @@ from vlaforge.backbones.base import BACKBONES
 from vlaforge.data.lerobot import LeRobotDataset, LeRobotWriter
 from vlaforge.heads.base import HEADS
 from vlaforge.policy import PolicyConfig, VLAPolicy
+from vlaforge.processors.base import Pipeline
 from vlaforge.train.config import DataConfig
 from vlaforge.train.data import augmentation, make_loader
 from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
 
 BATCH = 32
+CHUNK = 8  # action chunk every row reads (LeRobot: delta_timestamps over the same frames)
+LEROBOT_PYTHON = Path(__file__).resolve().parents[1] / ".venv-lerobot" / "bin" / "python"
 
 
 def synthetic_dataset(root: Path, episodes: int, length: int, size: int, gop: int | None = None) -> Path:
@@ -67,17 +79,28 @@ def decoded_bytes(root: Path) -> int:
 
 
 def measure(root: Path, workers: int, cache: str, steps: int, image_size: int, cache_mb: float, clip: int,
-            buffer: int) -> dict:
+            buffer: int, raw: bool = False, disk: dict | None = None) -> dict:
+    disk = dict(disk or {})
+    warm = disk.pop("warm", False)
+    kw = {"chunk": CHUNK, "video_cache": cache, "max_cache_mb": cache_mb / max(1, workers), **disk}
+    fill_s = None
+    if warm:  # one pass over the dataset writes every group to disk
+        t = time.perf_counter()
+        filler = LeRobotDataset(root, **kw)
+        for i in range(len(filler)):
+            filler[i]
+        fill_s = time.perf_counter() - t
     t_open = time.perf_counter()
     # preload decodes every video here; seek reads (or builds) the keyframe index; the budget is per process
-    reader = LeRobotDataset(root, chunk=8, video_cache=cache, max_cache_mb=cache_mb / max(1, workers))
+    reader = LeRobotDataset(root, **kw)
     open_s = time.perf_counter() - t_open
     robot = reader.meta.robot_spec()
     cfg = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", image_size=image_size),
-                       head=HEADS.get("mlp")(), chunk=8).with_robot(robot)
+                       head=HEADS.get("mlp")(), chunk=CHUNK).with_robot(robot)
     policy = VLAPolicy(cfg)
     policy.make_pipelines(reader.meta.stats, robot)
-    pipeline = policy.train_pipeline(augmentation(DataConfig(shift_pad=4), list(cfg.cameras)))
+    pipeline = Pipeline([]) if raw else policy.train_pipeline(augmentation(DataConfig(shift_pad=4),
+                                                                           list(cfg.cameras)))
     loader = make_loader(reader, pipeline, batch_size=BATCH, seed=0, start_step=0, steps=steps + 2,
                          num_workers=workers, clip_frames=clip, shuffle_buffer=buffer)
     it = iter(loader)
@@ -90,10 +113,39 @@ def measure(root: Path, workers: int, cache: str, steps: int, image_size: int, c
     for batch in it:
         n += len(batch[ACTION])
     dt = time.perf_counter() - t1
-    assert first[image_key("scene")].shape[-1] == image_size
-    return {"workers": workers, "video_cache": cache, "clip_frames": clip, "shuffle_buffer": buffer if clip > 1 else 0,
+    assert first[image_key("scene")].shape[-1] == (3 if raw else image_size)
+    name = cache + ("+raw" if raw else "") + ("+warm" if fill_s is not None else "")
+    return {"workers": workers, "video_cache": name, "clip_frames": clip, "disk_fill_s": fill_s,
+            "disk_cache_mb": disk.get("disk_cache_mb"),
+            "shuffle_buffer": buffer if clip > 1 else 0,
             "frames_per_s": n / dt, "open_s": open_s, "first_batch_s": warm, "batches": steps,
             "max_cache_mb": cache_mb if cache != "preload" else None}
+
+
+def measure_lerobot(root: Path, workers: int, steps: int, python: Path) -> dict:
+    """LeRobot's loader in a subprocess running the LeRobot venv's python; ``error`` says why it could not run."""
+    row = {"workers": workers, "video_cache": "lerobot", "clip_frames": 1, "shuffle_buffer": 0, "frames_per_s": None,
+           "batches": steps, "max_cache_mb": None}
+    if not python.exists():
+        return {**row, "error": f"no LeRobot venv: {python} does not exist (run `make lerobot-venv`)"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    cmd = [str(python), str(Path(__file__).with_name("lerobot_peer.py")), str(root), "--workers", str(workers),
+           "--batch", str(BATCH), "--steps", str(steps), "--chunk", str(CHUNK)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {**row, "error": "lerobot_peer.py ran past 1800 s"}
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**row, "error": f"lerobot_peer.py exited {p.returncode}: {tail}"}
+    if "frame_digests" in out:  # the same pixels as vlaforge's reader at the frames LeRobot hashed?
+        ours = LeRobotDataset(root, video_cache="seek")
+        out["same_frames_as_vlaforge"] = all(
+            hashlib.sha256(np.ascontiguousarray(ours[int(i)][k]).tobytes()).hexdigest() == h
+            for i, per_cam in out["frame_digests"].items() for k, h in per_cam.items())
+    return {**row, **out}
 
 
 def main() -> None:
@@ -105,11 +157,13 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=100)
     ap.add_argument("--steps", type=int, default=20, help="timed batches per configuration")
     ap.add_argument("--workers", default="0,2")
-    ap.add_argument("--caches", default="preload,episode,seek,seek+clip")
+    ap.add_argument("--caches", default="preload,episode,seek,seek+clip,seek+raw,disk,disk+warm,lerobot")
+    ap.add_argument("--disk-frac", type=float, default=1.0, help="disk cache cap / decoded size")
     ap.add_argument("--cache-frac", type=float, default=0.1, help="episode/seek cache budget / decoded size")
     ap.add_argument("--clip-frames", type=int, default=4)
     ap.add_argument("--shuffle-buffer", type=int, default=64)
     ap.add_argument("--gops", default="2", help="keyframe intervals of the synthetic dataset (comma-separated)")
+    ap.add_argument("--lerobot-python", default=str(LEROBOT_PYTHON), help="python of the LeRobot venv")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -125,15 +179,23 @@ def main() -> None:
             cache_mb = args.cache_frac * decoded / 2**20
             for c in args.caches.split(","):
                 for w in args.workers.split(","):
+                    if c == "lerobot":
+                        rows.append({"gop": gop, **measure_lerobot(root, int(w), args.steps,
+                                                                   Path(args.lerobot_python))})
+                        continue
                     clip = args.clip_frames if c.endswith("+clip") else 1
-                    row = measure(root, int(w), c.removesuffix("+clip"), args.steps, args.image_size, cache_mb,
-                                  clip, args.shuffle_buffer)
+                    disk = None
+                    if c.startswith("disk"):  # a fresh cache directory per row
+                        disk = {"cache_dir": Path(tmp) / f"frames-g{gop}-{c}-w{w}", "warm": c.endswith("+warm"),
+                                "disk_cache_mb": args.disk_frac * decoded / 2**20}
+                    row = measure(root, int(w), c.split("+")[0], args.steps, args.image_size, cache_mb,
+                                  clip, args.shuffle_buffer, raw=c.endswith("+raw"), disk=disk)
                     rows.append({"gop": gop, **row})
             info = json.loads((root / "meta/info.json").read_text())
     base = {(r["gop"], r["workers"]): r["frames_per_s"] for r in rows if r["video_cache"] == "preload"}
     for r in rows:  # ratio to preload on the same dataset with the same workers
         key = (r["gop"], r["workers"])
-        r["vs_preload"] = r["frames_per_s"] / base[key] if key in base else None
+        r["vs_preload"] = r["frames_per_s"] / base[key] if key in base and r["frames_per_s"] else None
     result = {"batch_size": BATCH, "frames": info["total_frames"], "episodes": info["total_episodes"],
               "camera_size": args.size, "image_size": args.image_size, "cameras": 2, "machine": platform.processor()
               or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -147,8 +209,16 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['vs_preload']:.2f}" if r["vs_preload"] else "-"
-        print(f"| {r['gop'] or '-'} | {r['video_cache']} | {r['clip_frames']} | {r['workers']} | "
+        name = r["video_cache"] + (f" ({r['video_backend']})" if r.get("video_backend") else "")
+        if r["frames_per_s"] is None:
+            print(f"| {r['gop'] or '-'} | {name} | - | {r['workers']} | did not run: {r['error']} | - | - | - |")
+            continue
+        print(f"| {r['gop'] or '-'} | {name} | {r['clip_frames']} | {r['workers']} | "
               f"{r['frames_per_s']:.0f} | {ratio} | {r['open_s']:.2f} | {r['first_batch_s']:.2f} |")
+    if peer := next((r["versions"] for r in rows if r.get("versions")), None):
+        same = {r.get("same_frames_as_vlaforge") for r in rows if r.get("versions")}
+        print(f"LeRobot row: {peer} in its own venv; vlaforge rows: torch {torch.__version__} ({sys.executable}); "
+              f"LeRobot's pixels equal vlaforge's at the checked frames: {same}")
     for g, v in sizes.items():
         print(f"gop {g}: video {v['video_bytes'] / 2**20:.2f} MiB, decoded {v['decoded_bytes'] / 2**20:.1f} MiB")
 

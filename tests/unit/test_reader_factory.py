@@ -48,3 +48,9 @@ def test_training_reads_a_registered_format_through_the_factory(dataset, tmp_pat
     # auto picks the detecting format, never the stand-in
     reader, _ = build_reader_and_policy(cfg.replace(data=cfg.data.replace(format="auto")))
     assert type(reader) is LeRobotDataset and len(opened) == 1
+    # video_cache=disk: the RAM budget is per worker, the disk cap is not (the workers share the directory)
+    frames = str(tmp_path / "frames")
+    build_reader_and_policy(cfg.replace(data=cfg.data.replace(video_cache="disk", num_workers=2, cache_dir=frames,
+                                                              disk_cache_mb=64.0)))
+    assert opened[-1] == {"history": 1, "chunk": 4, "video_cache": "disk", "max_cache_mb": 256.0,
+                          "cache_dir": frames, "disk_cache_mb": 64.0}

@@ -9,12 +9,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import LENGTHS, write_dataset
 from vlaforge.data.lerobot import VIDEO_INDEX_PATH, LeRobotDataset
 from vlaforge.data.video import ByteLRU
 from vlaforge.processors.base import Pipeline
-from vlaforge.train.data import ClipOrder, make_loader
+from vlaforge.train.data import ClipOrder, make_loader, to_device
 from vlaforge.types import image_key
 
 CAMS = ("front", "wrist", "side")
@@ -108,7 +109,8 @@ def test_episode_cache_respects_the_budget_too(gop_dataset):
 def test_auto_seeks_where_preload_does_not_fit(gop_dataset):
     assert LeRobotDataset(gop_dataset, video_cache="auto", preload_limit_gb=0).video_cache == "seek"
     assert LeRobotDataset(gop_dataset, video_cache="auto").video_cache == "preload"
-    with pytest.raises(ValueError, match="video_cache: expected one of auto \\| preload \\| episode \\| seek, got"):
+    with pytest.raises(ValueError, match=r"video_cache: expected one of auto \| preload \| episode \| seek \| disk, "
+                                         r"got 'gop'"):
         LeRobotDataset(gop_dataset, video_cache="gop")
 
 
@@ -146,3 +148,52 @@ def test_loader_with_clip_sampler_and_a_seek_worker_reads_every_frame(gop_datase
             np.testing.assert_array_equal(b[image_key("side")][j].numpy(), pre[g][image_key("side")])
         seen += b["index"].tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_loader_pins_host_memory_only_for_a_cuda_device(gop_dataset):
+    """Training on CUDA: the loader pins its batches and the copies to the device do not block; on the CPU nothing
+    is pinned or moved (checked through the loader's configuration and a device that needs no GPU)."""
+    ds = LeRobotDataset(gop_dataset, video_cache="seek", max_cache_mb=0.05)
+    kw = {"batch_size": 4, "seed": 0, "start_step": 0, "steps": 1}
+    assert make_loader(ds, Pipeline([]), device=torch.device("cuda", 0), **kw).pin_memory
+    assert not make_loader(ds, Pipeline([]), device="cpu", **kw).pin_memory
+    assert not make_loader(ds, Pipeline([]), **kw).pin_memory
+    batch = next(iter(make_loader(ds, Pipeline([]), device="cpu", **kw)))
+    assert to_device(batch, "cpu") is batch
+    moved = to_device({**batch, "task": ["a"] * 4}, "meta")
+    assert moved["task"] == ["a"] * 4
+    assert all(v.device.type == "meta" for k, v in moved.items() if k != "task")
+
+
+def test_disk_cache_serves_the_preloaded_frames_within_its_cap(gop_dataset, tmp_path):
+    """video_cache=disk: decoded groups go to disk once and are read back from there (also by a fresh reader), the
+    frames equal the preloaded ones, the directory never exceeds its cap (least recently used out first), and a
+    damaged file is a miss that is decoded again."""
+    pre = LeRobotDataset(gop_dataset, video_cache="preload")
+    gop_bytes = 4 * pre[0][image_key("front")].nbytes
+    cache, cap = tmp_path / "frames", 6 * (gop_bytes + 128)
+
+    def reader():  # a RAM cache smaller than one group: every read goes to the disk level
+        return LeRobotDataset(gop_dataset, video_cache="disk", max_cache_mb=gop_bytes / 2 / 2**20, cache_dir=cache,
+                              disk_cache_mb=cap / 2**20)
+
+    disk = reader()
+    order = [*_boundaries(), *np.random.default_rng(1).integers(0, len(pre), 20).tolist()]
+    for i in order:
+        a, b = pre[i], disk[i]
+        for cam in CAMS:
+            np.testing.assert_array_equal(a[image_key(cam)], b[image_key(cam)], err_msg=f"{i} {cam}")
+        assert 0 < disk._seek.disk.bytes_on_disk() <= cap
+    video = disk._video_files[(image_key("side"), 0)]  # one file per camera: file frame = dataset index
+    last = disk._seek.disk.file(video, disk._seek.gop_of(video, order[-1])[0])
+    assert last.is_file()  # the group read last is kept
+    assert 0 < len(list(cache.glob("*/*.npy"))) < disk.cache_stats()["disk_misses"]  # evictions happened
+
+    warm = reader()
+    np.testing.assert_array_equal(warm[order[-1]][image_key("side")], pre[order[-1]][image_key("side")])
+    assert warm.cache_stats()["disk_hits"] >= 1
+    last.write_bytes(b"not an array")
+    again = reader()
+    np.testing.assert_array_equal(again[order[-1]][image_key("side")], pre[order[-1]][image_key("side")])
+    assert again.cache_stats()["disk_misses"] >= 1
+    assert np.load(last).dtype == np.uint8  # written again, whole

@@ -46,6 +46,7 @@ from vlaforge.data.stats import (
 from vlaforge.data.video import (
     DEFAULT_CODEC,
     ByteLRU,
+    DiskGOPCache,
     SeekReader,
     VideoEncoder,
     VideoError,
@@ -69,11 +70,13 @@ log = logging.getLogger(__name__)
 
 CODEBASE_VERSION = "v3.0"
 WRITER_KEY = "vlaforge_version"  # info.json key marking a dataset vlaforge wrote (LeRobot ignores unknown keys)
-OWN_ENTRIES = ("meta", "data", "videos", "images")  # what a LeRobot v3 writer puts in its directory
+FRAME_CACHE_DIR = ".frame_cache"  # video_cache=disk: default cache directory, inside the dataset
+# what a LeRobot v3 writer puts in its directory, and the frame cache a reader adds (overwriting a dataset drops it)
+OWN_ENTRIES = ("meta", "data", "videos", "images", FRAME_CACHE_DIR)
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 VIDEO_INDEX_PATH = "meta/video_index.json"  # vlaforge's keyframe index of every mp4 (LeRobot ignores it)
-VIDEO_CACHES = ("auto", "preload", "episode", "seek")
+VIDEO_CACHES = ("auto", "preload", "episode", "seek", "disk")
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_FEATURES = {
     "timestamp": FeatureSpec("float32", (1,)),
@@ -542,9 +545,14 @@ class LeRobotDataset:
             for datasets that fit in RAM), ``"episode"`` decodes one whole episode at a time into an LRU cache,
             ``"seek"`` decodes only the group of pictures holding a frame (found through the keyframe index
             cached in ``meta/video_index.json``) into an LRU cache of decoded groups, ``"auto"`` preloads under
-            ``preload_limit_gb`` and seeks above it.
-        max_cache_mb: byte budget of the episode / seek caches, PER PROCESS (each DataLoader worker holds its
-            own cache; the trainer divides ``--data.max_cache_mb`` by the number of workers).
+            ``preload_limit_gb`` and seeks above it. ``"disk"`` is ``"seek"`` with a second level on disk: each
+            decoded group is written once as an uncompressed array under ``cache_dir`` (capped at
+            ``disk_cache_mb``, least recently used out first) and read from there instead of decoded again.
+        max_cache_mb: byte budget of the episode / seek / disk caches in RAM, PER PROCESS (each DataLoader worker
+            holds its own cache; the trainer divides ``--data.max_cache_mb`` by the number of workers).
+        cache_dir: ``video_cache="disk"``: the directory of decoded groups (default ``<root>/.frame_cache``),
+            shared by every process that reads the dataset; the cap covers the whole directory.
+        disk_cache_mb: ``video_cache="disk"``: byte cap of ``cache_dir``.
         episodes: optional subset of episode indices to expose.
         load_stats: read ``meta/stats.json`` (False to recompute it).
     """
@@ -556,7 +564,8 @@ class LeRobotDataset:
 
     def __init__(self, root: str | Path, *, history: int = 1, chunk: int = 1, video_cache: str = "auto",
                  preload_limit_gb: float = 4.0, episodes: list[int] | None = None, load_stats: bool = True,
-                 max_cache_mb: float = 512.0) -> None:
+                 max_cache_mb: float = 512.0, cache_dir: str | Path | None = None,
+                 disk_cache_mb: float = 10240.0) -> None:
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
         self.meta, self._episodes = load_meta(root, load_stats=load_stats)
@@ -576,6 +585,8 @@ class LeRobotDataset:
             raise ValueError(f"video_cache: expected one of {' | '.join(VIDEO_CACHES)}, got {video_cache!r}")
         if max_cache_mb <= 0:
             raise ValueError(f"max_cache_mb: expected > 0, got {max_cache_mb}")
+        if disk_cache_mb <= 0:
+            raise ValueError(f"disk_cache_mb: expected > 0, got {disk_cache_mb}")
         if video_cache == "auto":
             video_cache = "preload" if self._video_bytes() < preload_limit_gb * 1e9 else "seek"
         self.video_cache = video_cache
@@ -587,13 +598,17 @@ class LeRobotDataset:
         if video_cache == "preload":
             for path in sorted(set(self._video_files.values())):
                 self._file_frames[path] = self._decode_file(path)
-        elif video_cache == "seek" and self._video_files:
+        elif video_cache in ("seek", "disk") and self._video_files:
             try:
                 index, self.index_rebuilt = video_keyframe_index(self.root, sorted(set(self._video_files.values())))
             except VideoError as e:
                 raise DatasetError(f"{self.root}: {e}") from e
+            disk = None
+            if video_cache == "disk":
+                disk = DiskGOPCache(Path(cache_dir) if cache_dir else self.root / FRAME_CACHE_DIR,
+                                    int(disk_cache_mb * 2**20))
             self._seek = SeekReader({p: v["keyframes"] for p, v in index.items()},
-                                    {p: v["frames"] for p, v in index.items()}, self.max_cache_bytes)
+                                    {p: v["frames"] for p, v in index.items()}, self.max_cache_bytes, disk)
 
     # ------------------------------------------------------------- loading
     def _load_columns(self) -> None:
@@ -771,7 +786,11 @@ class LeRobotDataset:
     def cache_stats(self) -> dict[str, int]:
         """Bytes held, peak bytes and budget of this process's decoded-frame cache."""
         c = self._seek.cache if self._seek is not None else self._episode_frames
-        return {"bytes": c.bytes, "peak": c.peak, "max_bytes": c.max_bytes, "hits": c.hits, "misses": c.misses}
+        out = {"bytes": c.bytes, "peak": c.peak, "max_bytes": c.max_bytes, "hits": c.hits, "misses": c.misses}
+        if self._seek is not None and self._seek.disk is not None:
+            d = self._seek.disk
+            out |= {"disk_hits": d.hits, "disk_misses": d.misses, "disk_max_bytes": d.max_bytes}
+        return out
 
     def episode_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """(first reader position, length) of each exposed episode, in reader order."""

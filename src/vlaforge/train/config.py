@@ -52,8 +52,10 @@ class DataConfig(ConfigBase):
     rotate_deg: float = 0.0  # random rotation in [-deg, deg] (0 = off)
     color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1-x, 1+x], hue +-x/4 (0 = off)
     num_workers: int = 0
-    video_cache: str = "auto"  # auto (preload if it fits, else seek) | preload | episode | seek
-    max_cache_mb: float = 512.0  # decoded-video cache budget (episode | seek), split evenly over the workers
+    video_cache: str = "auto"  # auto (preload if it fits, else seek) | preload | episode | seek | disk
+    max_cache_mb: float = 512.0  # decoded-video cache budget in RAM (episode|seek|disk), split evenly over the workers
+    cache_dir: str = ""  # video_cache=disk: directory of decoded frames (default: <dataset>/.frame_cache)
+    disk_cache_mb: float = 10240.0  # video_cache=disk: cap of that directory (shared by the workers)
     clip_frames: int = 1  # >1: draw k neighbouring frames per clip (amortises seek decodes; see train/data.py)
     shuffle_buffer: int = 256  # positions over which the clip sampler shuffles (>= batch size)
 
@@ -64,9 +66,10 @@ class DataConfig(ConfigBase):
         self.check(0 <= self.color_jitter < 1, "color_jitter", "in [0, 1)")
         self.check(self.num_workers >= 0, "num_workers", ">= 0")
         self.check(not (self.mixture and self.mixture_name), "mixture", "either mixture or mixture_name, not both")
-        self.check(self.video_cache in ("auto", "preload", "episode", "seek"), "video_cache",
-                   "auto | preload | episode | seek")
+        self.check(self.video_cache in ("auto", "preload", "episode", "seek", "disk"), "video_cache",
+                   "auto | preload | episode | seek | disk")
         self.check(self.max_cache_mb > 0, "max_cache_mb", "> 0")
+        self.check(self.disk_cache_mb > 0, "disk_cache_mb", "> 0")
         self.check(self.clip_frames >= 1, "clip_frames", ">= 1")
         self.check(self.shuffle_buffer >= 1, "shuffle_buffer", ">= 1")
 
@@ -125,7 +128,7 @@ class TrainConfig(ConfigBase):
 RESUME_CHANGEABLE = ("steps", "stop_at", "max_minutes", "budget", "save_every", "log_every", "keep_last", "threads",
                      "precision", "distributed", "deepspeed_config", "wandb", "wandb_project", "out", "resume",
                      "optim.", "data.num_workers", "data.video_cache",
-                     "data.max_cache_mb")
+                     "data.max_cache_mb", "data.cache_dir", "data.disk_cache_mb")
 _ROBOT_FIELDS = ("cameras", "state_dim", "action_dim")  # filled from the dataset when the run starts
 
 

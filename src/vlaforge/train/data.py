@@ -146,7 +146,7 @@ class _StreamSampler(Sampler):
 
 def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, seed: int, start_step: int,
                 steps: int, num_workers: int = 0, rank: int = 0, world: int = 1, clip_frames: int = 1,
-                shuffle_buffer: int = 256) -> DataLoader:
+                shuffle_buffer: int = 256, device: torch.device | str | None = None) -> DataLoader:
     """Micro-batches ``start_step .. steps-1`` of process ``rank`` of ``world`` (see the module docstring).
 
     ``clip_frames > 1`` draws the epoch order from :class:`ClipOrder` (readers that know their episodes through
@@ -154,6 +154,9 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
 
     Process ``r`` takes positions ``[(s·world + r)·B, (s·world + r + 1)·B)`` of micro-step ``s``, so the union of
     all processes' micro-batches is exactly the global batch a single process with batch ``world·B`` would see.
+
+    For a CUDA ``device`` the batches come in pinned (page-locked) host memory, so :func:`to_device` copies them
+    asynchronously; on the CPU nothing changes.
     """
     if len(reader) == 0:
         raise ValueError("training data has no frames")
@@ -168,5 +171,18 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
     sampler = _StreamSampler(len(reader), batch_size, seed, start_step, steps, getattr(reader, "draw", None),
                              rank, world, order)
     return DataLoader(_Processed(reader, pipeline, seed), batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, persistent_workers=False,
+                      num_workers=num_workers, persistent_workers=False, pin_memory=_on_cuda(device),
                       generator=torch.Generator().manual_seed(seed))
+
+
+def _on_cuda(device: torch.device | str | None) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A collated batch's tensors on ``device`` (other values as they are). The copies do not block: from the pinned
+    batches of :func:`make_loader` they overlap the host's work. On the CPU the batch is returned as is."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

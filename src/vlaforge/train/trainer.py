@@ -34,7 +34,7 @@ from vlaforge.train.checkpoint import (
     save_checkpoint,
 )
 from vlaforge.train.config import TrainConfig, resume_changes
-from vlaforge.train.data import augmentation, make_loader
+from vlaforge.train.data import augmentation, make_loader, to_device
 from vlaforge.train.plots import plot_losses
 from vlaforge.train.runtime import SingleProcess, make_runtime, peak_memory_gb
 from vlaforge.utils import progress_bar, seed_everything
@@ -116,10 +116,10 @@ def _apply_optim_config(fresh: list[dict[str, Any]], scheduler: Any, stepping: t
     scheduler._last_lr = lrs
 
 
-def _micro_batches(loader: Any, n: int) -> Iterator[list[dict[str, Any]]]:
+def _micro_batches(loader: Any, n: int, device: torch.device) -> Iterator[list[dict[str, Any]]]:
     group: list[dict[str, Any]] = []
     for batch in loader:
-        group.append(batch)
+        group.append(to_device(batch, device))  # asynchronous from pinned memory on CUDA
         if len(group) == n:
             yield group
             group = []
@@ -151,9 +151,13 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     opts = {"history": shape.history, "chunk": shape.chunk, "video_cache": cfg.data.video_cache,
             "format": cfg.data.format,
             "max_cache_mb": cfg.data.max_cache_mb / max(1, cfg.data.num_workers)}  # the budget is per process
+    if cfg.data.video_cache == "disk":  # the directory is shared by the workers: not divided
+        opts |= {"cache_dir": cfg.data.cache_dir or None, "disk_cache_mb": cfg.data.disk_cache_mb}
     parts = _mixture_paths(cfg)
     if parts:
         part_opts = {**opts, "max_cache_mb": opts["max_cache_mb"] / len(parts)}  # one budget for the mixture
+        if "disk_cache_mb" in opts:
+            part_opts["disk_cache_mb"] = opts["disk_cache_mb"] / len(parts)
         reader = MixtureDataset({n: open_reader(p, **part_opts) for n, (p, _) in parts.items()},
                                 {n: w for n, (_, w) in parts.items()}, balance=cfg.data.balance)
         dataset_stats = reader.stats
@@ -311,7 +315,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     loader = make_loader(reader, pipeline, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start * accum,
                          steps=cfg.steps * accum, num_workers=cfg.data.num_workers, rank=runtime.rank,
                          world=runtime.world, clip_frames=cfg.data.clip_frames,
-                         shuffle_buffer=cfg.data.shuffle_buffer)
+                         shuffle_buffer=cfg.data.shuffle_buffer, device=runtime.device)
     global_batch = cfg.batch_size * accum * runtime.world
     logger = _Logger(cfg, out, start, resume) if runtime.is_main else None
     t0, step, stopped_early, total = _clock(), start, False, cfg.steps
@@ -319,7 +323,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
     window_t, window_n = _clock(), 0
     with progress_bar(show_progress and runtime.is_main) as bar:
         job = bar.add_task(f"train ({n_params / 1e6:.1f}M params)", total=cfg.steps, completed=start)
-        for batches in _micro_batches(loader, accum):
+        for batches in _micro_batches(loader, accum, runtime.device):
             m = train_step(model, optimizer, scheduler, batches, cfg.optim.grad_clip, runtime, ema)
             step += 1
             window_n += global_batch
