@@ -106,3 +106,17 @@ def test_dexvla_reasoning_is_trained_generated_and_filmed_into_the_condition(tmp
     loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(policy.sample(batch, generator=g()), loaded.sample(batch, generator=g()))
+
+
+def test_reasoning_film_takes_a_bf16_vlms_states():
+    """DexVLA imports at bf16 (the VLM) with float32 projectors and FiLM: the condition is computed in the FiLM's
+    dtype, equal to feeding the same states as float32."""
+    from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
+
+    torch.manual_seed(0)
+    reasoner = Reasoner(ReasoningConfig(max_tokens=8, film="projected"), hidden=16)
+    torch.nn.init.normal_(reasoner.film.weight, std=0.1)  # a trained FiLM, not the zero init
+    pooled, reasoning = torch.randn(2, 16).bfloat16(), torch.randn(2, 16).bfloat16()
+    out = reasoner.modulate(pooled, reasoning)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reasoner.modulate(pooled.float(), reasoning.float()), rtol=0, atol=0)

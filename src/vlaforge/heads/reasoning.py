@@ -61,7 +61,10 @@ class Reasoner(nn.Module):
         nn.init.zeros_(self.film.bias)
 
     def modulate(self, pooled: Tensor, reasoning: Tensor) -> Tensor:
-        """The condition from the pooled prompt (B, D) and the mean reasoning state (B, D)."""
+        """The condition from the pooled prompt (B, D) and the mean reasoning state (B, D), in the FiLM's dtype
+        (a bf16 VLM's states meet float32 projectors: DexVLA imported at its bf16 default)."""
+        dtype = self.film.weight.dtype
+        pooled, reasoning = pooled.to(dtype), reasoning.to(dtype)
         if self.input_proj is None:
             scale, shift = self.film(reasoning).chunk(2, dim=-1)
             return pooled * (1 + scale) + shift
