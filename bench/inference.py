@@ -30,7 +30,7 @@ one-sentence sub-step reasoning; its ``evaluate()`` allows 256); the rows record
 ``dexvla_policy`` from the published config.json values below, with code-built stand-ins for the Llama / Qwen
 tokenizers (timing only):
 
-    python bench/inference.py --released llava_vla,dexvla --repeats 3 --out bench/results/released_llava_dexvla.json
+    python bench/inference.py --released dexvla --repeats 1 --out bench/results/released_dexvla.json   # one per file
 """
 
 from __future__ import annotations

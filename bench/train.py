@@ -64,11 +64,11 @@ def _tokens_per_sample(policy, root: Path) -> float:
     import torch
 
     from vlaforge.data.lerobot import LeRobotDataset
-    from vlaforge.processors.base import collate
+    from vlaforge.processors.base import collate, to_device
 
     reader = LeRobotDataset(root, chunk=policy.cfg.chunk, history=policy.cfg.history)
     batch = collate([policy.inputs(reader[i]) for i in range(2)])
-    batch = {k: v.to(policy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = to_device(batch, policy.device)
     with torch.no_grad():
         ctx = policy.encode(batch)
     frames = policy.cfg.history if policy.cfg.backbone.history == "per_frame" else 1
@@ -114,7 +114,7 @@ def _fresh_policy_step(cfg, batch: int, steps: int = 3) -> dict:
 
     import torch
 
-    from vlaforge.processors.base import collate
+    from vlaforge.processors.base import collate, to_device
     from vlaforge.train.flops import flop_counter
     from vlaforge.train.trainer import build_reader_and_policy
 
@@ -123,7 +123,7 @@ def _fresh_policy_step(cfg, batch: int, steps: int = 3) -> dict:
     policy.to(device).train()
     pipeline = policy.train_pipeline()
     batch_ = collate([pipeline(reader[i]) for i in range(batch)])
-    batch_ = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch_.items()}
+    batch_ = to_device(batch_, device)
 
     def loss() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

@@ -32,7 +32,7 @@ from vlaforge.data.stats import Stats, StatsError, stats_from_json, stats_to_jso
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
 from vlaforge.manifest import MANIFEST, verify_enabled, verify_manifest, write_manifest
-from vlaforge.processors.base import Pipeline, Step, collate
+from vlaforge.processors.base import Pipeline, Step, collate, to_device
 from vlaforge.processors.normalize import MODES as NORM_MODES
 from vlaforge.processors.pipelines import build_pipelines, dataset_steps, rebind, train_steps
 from vlaforge.types import (
@@ -381,7 +381,7 @@ class VLAPolicy(nn.Module):
             raise RuntimeError("policy has no input pipeline (load it with from_pretrained)")
         items = [self.inputs(dict(o)) for o in observations]
         batch = collate(items)
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return to_device(batch, self.device)
 
     def postprocess(self, actions: Tensor) -> np.ndarray:
         """Normalized (B, H, Da) -> robot units (B, H, Da)."""

@@ -121,17 +121,24 @@ def test_budget_fit_lays_the_schedule_out_to_end_at_the_budget(dataset, tmp_path
         _cfg(root, out, "mlp", 10, budget="fit")  # fit needs a budget
 
 
-def test_budget_planner_replans_as_the_machine_slows():
-    from vlaforge.train.optim import BudgetPlanner
-
-    planner = BudgetPlanner(budget_s=100.0, start=0, steps=1000, margin=1.0, skip=2, window=4, every=10)
+def _run_planner(planner, step_s, max_steps: int = 200) -> tuple[list[tuple[int, int]], float]:
+    """Steps of ``step_s(step)`` seconds on a simulated clock until the latest plan's last step: (the (step, plan)
+    pairs, the clock at the end)."""
     t, plans = 0.0, []
-    for step in range(1, 200):
-        t += 0.5 if step < 20 else 1.0  # twice as slow after step 20
+    for step in range(1, max_steps):
+        t += step_s(step)
         if (plan := planner.update(step, t)) is not None:
             plans.append((step, plan))
         if plans and step >= plans[-1][1]:
             break
+    return plans, t
+
+
+def test_budget_planner_replans_as_the_machine_slows():
+    from vlaforge.train.optim import BudgetPlanner
+
+    planner = BudgetPlanner(budget_s=100.0, start=0, steps=1000, margin=1.0, skip=2, window=4, every=10)
+    plans, t = _run_planner(planner, lambda step: 0.5 if step < 20 else 1.0)  # twice as slow after step 20
     assert plans[0] == (6, 6 + int((100 - 3.0) / 0.5))  # first plan after 2 skipped + 4 timed steps
     assert plans[-1][1] < plans[0][1] and t <= 100.0 + 1.0  # re-planned down; ends within a step of the budget
 
@@ -142,13 +149,7 @@ def test_budget_planner_replans_every_tenth_of_the_fitted_plan():
     from vlaforge.train.optim import BudgetPlanner
 
     planner = BudgetPlanner(budget_s=30.0, start=0, steps=2000, margin=1.0, skip=2, window=4)
-    t, plans = 0.0, []
-    for step in range(1, 200):
-        t += 0.25 if step < 15 else 0.5  # twice as slow after step 15
-        if (plan := planner.update(step, t)) is not None:
-            plans.append((step, plan))
-        if plans and step >= plans[-1][1]:
-            break
+    plans, t = _run_planner(planner, lambda step: 0.25 if step < 15 else 0.5)  # twice as slow after step 15
     first = plans[0][1]
     assert first == 6 + int((30 - 1.5) / 0.25) and first < 200  # 120 of the 2000 configured steps fit
     assert len(plans) > 3 and all(b - a <= max(1, first // 10) for (a, _), (b, _) in itertools.pairwise(plans))

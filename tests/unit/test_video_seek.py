@@ -14,8 +14,8 @@ import torch
 from helpers import LENGTHS, write_dataset
 from vlaforge.data.lerobot import VIDEO_INDEX_PATH, LeRobotDataset
 from vlaforge.data.video import ByteLRU
-from vlaforge.processors.base import Pipeline
-from vlaforge.train.data import ClipOrder, make_loader, to_device
+from vlaforge.processors.base import Pipeline, to_device
+from vlaforge.train.data import ClipOrder, make_loader
 from vlaforge.types import image_key
 
 CAMS = ("front", "wrist", "side")

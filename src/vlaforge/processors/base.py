@@ -132,6 +132,15 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A collated batch's tensors on ``device`` (other values as they are). The copies do not block: from pinned
+    batches (the training loader's on CUDA) they overlap the host's work. On the CPU the batch is returned as is."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
     """Stack processed items into a batch: arrays -> tensors, 1-D token ids right-padded, strings -> lists."""
     out: dict[str, Any] = {}

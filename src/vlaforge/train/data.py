@@ -155,8 +155,8 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
     Process ``r`` takes positions ``[(s·world + r)·B, (s·world + r + 1)·B)`` of micro-step ``s``, so the union of
     all processes' micro-batches is exactly the global batch a single process with batch ``world·B`` would see.
 
-    For a CUDA ``device`` the batches come in pinned (page-locked) host memory, so :func:`to_device` copies them
-    asynchronously; on the CPU nothing changes.
+    For a CUDA ``device`` the batches come in pinned (page-locked) host memory, so
+    :func:`~vlaforge.processors.base.to_device` copies them asynchronously; on the CPU nothing changes.
     """
     if len(reader) == 0:
         raise ValueError("training data has no frames")
@@ -178,11 +178,3 @@ def make_loader(reader: EpisodeReader, pipeline: Pipeline, *, batch_size: int, s
 def _on_cuda(device: torch.device | str | None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
-
-def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """A collated batch's tensors on ``device`` (other values as they are). The copies do not block: from the pinned
-    batches of :func:`make_loader` they overlap the host's work. On the CPU the batch is returned as is."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -25,6 +25,7 @@ from vlaforge.data import open_reader
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
 from vlaforge.policy import PolicyConfig, VLAPolicy
+from vlaforge.processors.base import to_device
 from vlaforge.quantize import parameter_count
 from vlaforge.train.checkpoint import (
     gather_rng_states,
@@ -34,7 +35,7 @@ from vlaforge.train.checkpoint import (
     save_checkpoint,
 )
 from vlaforge.train.config import TrainConfig, resume_changes
-from vlaforge.train.data import augmentation, make_loader, to_device
+from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
 from vlaforge.train.runtime import SingleProcess, make_runtime, peak_memory_gb
 from vlaforge.utils import progress_bar, seed_everything
