@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vlaforge.presets import get_preset
 from vlaforge.train.config import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ablate_quickstart.py"
@@ -57,6 +58,12 @@ def test_every_variant_parses_and_changes_the_fields_it_names(ablate):
         tree = cfg.to_dict()
         own = ablate.train_args(variant, [])
         assert len(own) == len(variant.overrides), name
+        if variant.preset != ablate.PRESET:  # another architecture, on the quick start's optimisation and chunking
+            assert get_preset(variant.preset).policy.head.type != base.policy.head.type, name
+            for key in ("batch_size", "steps", "optim.lr", "optim.warmup_steps", "optim.min_lr_ratio",
+                        "policy.chunk", "policy.exec_steps"):
+                assert _at(tree, key) == _at(base_tree, key), (name, key)
+            continue
         for arg in own:
             key, _, value = arg.removeprefix("--").partition("=")
             assert _same(_at(tree, key), value), (name, key, _at(tree, key), value)
@@ -66,6 +73,9 @@ def test_every_variant_parses_and_changes_the_fields_it_names(ablate):
             assert _at(tree, key) == _at(base_tree, key), (name, key)
     assert configs["budget_stop"].budget == "stop"  # a variant's option wins over the common one
     assert configs["img192"].policy.backbone.image_size == 192 and configs["head_mlp"].policy.head.type == "mlp"
+    assert configs["pi0_tiny"].policy.head.type == "pi0" and configs["pi0_tiny"].policy.backbone.image_size == 96
+    assert ablate.recorded_args("pi0_tiny", ["--x=1"]) == ["preset=pi0_tiny", "--x=1"]
+    assert ablate.recorded_args("head_mlp", ["--x=1"]) == ["--x=1"]  # the default preset's runs keep their record
 
 
 def test_variant_selection_and_bad_overrides_are_one_line(ablate, monkeypatch):
@@ -94,6 +104,8 @@ def test_markdown_table(ablate):
             "baseline": {**row, "overrides": [], "success": {"reach": 0.2, "push": 0.2}, "mean_success": 0.2},
             "no_shift": {"status": "failed", "stage": "train", "error": "exit 1: boom",
                          "overrides": ["--data.shift_pad=0"]},
+            "pi0_tiny": {**row, "preset": "pi0_tiny", "overrides": ["--lr=3e-4"],
+                         "success": {"reach": 0.2, "push": 0.4}, "mean_success": 0.3, "params": 1_400_000},
         },
         "expert": {"success": {"reach": 1.0, "push": 0.9}, "mean_success": 0.95},
     }
@@ -105,6 +117,7 @@ def test_markdown_table(ablate):
         "| baseline | 20 | 20 | 20 | 100 | 6.4 | 19.5 | (preset) |\n"
         "| head_mlp | 50 (+30) | 10 (-10) | 30 (+10) | 120 | 6.4 | 19.5 | `--head.type=mlp` |\n"
         "| no_shift | - | - | failed (train) | - | - | - | `--data.shift_pad=0` |\n"
+        "| pi0_tiny | 20 (+0) | 40 (+20) | 30 (+10) | 100 | 1.4 | 19.5 | preset `pi0_tiny` `--lr=3e-4` |\n"
         "| scripted expert | 100 | 90 | 95 |  |  |  | same seeds |\n")
 
 

@@ -107,6 +107,21 @@ def test_list_describes_registries_in_words(capsys):
     assert "openvla_oft" in out and "hybridvla" in out
 
 
+def test_quickstart_train_options_reach_the_training_config(tmp_path):
+    from vlaforge.cli.quickstart import QuickstartConfig, train_overrides
+    from vlaforge.config import ConfigError, parse_overrides
+    from vlaforge.presets import get_preset
+
+    cfg = QuickstartConfig(preset="pi0_tiny", steps=300, max_train_minutes=7,
+                           train="lr=3e-4 --batch_size=32 chunk=8 exec_steps=2 head.num_steps=5 data.shift_pad=2")
+    tcfg = parse_overrides(get_preset(cfg.preset), train_overrides(cfg, tmp_path / "data", tmp_path / "train"))
+    assert (tcfg.optim.lr, tcfg.batch_size, tcfg.steps, tcfg.max_minutes, tcfg.budget) == (3e-4, 32, 300, 7, "fit")
+    assert (tcfg.policy.chunk, tcfg.policy.exec_steps, tcfg.policy.head.num_steps, tcfg.data.shift_pad) == (8, 2, 5, 2)
+    assert tcfg.data.path == str(tmp_path / "data") and tcfg.policy.head.type == "pi0"
+    with pytest.raises(ConfigError, match="config field 'train': expected space-separated KEY=VALUE"):
+        QuickstartConfig(train="lr 3e-4")
+
+
 def test_quickstart_overwrite_removes_only_its_own_outputs(dataset, tmp_path):
     import shutil
 

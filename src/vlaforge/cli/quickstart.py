@@ -39,12 +39,29 @@ class QuickstartConfig(ConfigBase):
     max_train_minutes: float = 20.0  # the training budget: its schedule is laid out to end within it
     exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
     workers: int = 1  # evaluation: processes the envs run in (1: this process); the results do not depend on it
+    # more `vlaforge train` options, space-separated KEY=VALUE (short forms as there: "lr=3e-4 chunk=8 head.type=mlp")
+    train: str = ""
     overwrite: bool = False
 
     def validate(self) -> None:
         self.check(self.demos >= 1, "demos", ">= 1")
         self.check(self.eval_episodes >= 1, "eval_episodes", ">= 1")
         self.check(self.workers >= 1, "workers", ">= 1")
+        bad = [w for w in self.train.split() if "=" not in w or w.startswith("=")]
+        self.check(not bad, "train", "space-separated KEY=VALUE `vlaforge train` options")
+
+
+def train_overrides(cfg: QuickstartConfig, data: Path, run_dir: Path) -> list[str]:
+    """The draccus arguments the quick start trains its preset with: its data, folder and budget, ``--steps``, then
+    ``--train``'s options (short forms as ``vlaforge train`` takes them)."""
+    from vlaforge.cli.train import ALIASES, PREFIXES
+
+    overrides = [f"--data.path={data}", f"--out={run_dir}", f"--max_minutes={cfg.max_train_minutes}",
+                 "--budget=fit"]
+    if cfg.steps is not None:
+        overrides.append(f"--steps={cfg.steps}")
+    return overrides + to_draccus([f"--{w.removeprefix('--')}" for w in cfg.train.split()], aliases=ALIASES,
+                                  prefixes=PREFIXES)
 
 
 # what a quick start writes into its folder; --overwrite removes these and nothing else
@@ -80,11 +97,13 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     from vlaforge.train.trainer import train
 
     out = Path(cfg.out) if cfg.out else Paths().run("quickstart")
-    if cfg.overwrite:
-        clear_outputs(out)
     env = MetaWorldConfig()
     tasks = env.task_names(cfg.tasks)
     data, run_dir = out / "data", out / "train"
+    # the training options are parsed before anything runs: a typo in --train fails now, not after the collection
+    tcfg = parse_overrides(get_preset(cfg.preset), train_overrides(cfg, data, run_dir))
+    if cfg.overwrite:
+        clear_outputs(out)
     timings: dict[str, float] = {}
 
     t = time.time()
@@ -94,12 +113,6 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     timings["collect"] = (time.time() - t) / 60
 
     t = time.time()
-    base = get_preset(cfg.preset)
-    overrides = [f"--data.path={data}", f"--out={run_dir}", f"--max_minutes={cfg.max_train_minutes}",
-                 "--budget=fit"]
-    if cfg.steps is not None:
-        overrides.append(f"--steps={cfg.steps}")
-    tcfg = parse_overrides(base, overrides)
     summary_path = run_dir / "train_summary.json"
     done = summary_path.is_file() and json.loads(summary_path.read_text()).get("complete", False)
     if not done:
