@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
     ap.add_argument("--ensemble", type=int, default=0, help="K > 0: also evaluate with ACT temporal ensembling")
     ap.add_argument("--ensemble-temp", type=float, default=0.01)
+    ap.add_argument("--no-expert", action="store_true",
+                    help="skip the scripted expert on the evaluation's seeds (LIBERO's takes as long as the policy)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every stage (default: torch's)")
     ap.add_argument("--workers", type=int, default=1, help="evaluation env processes")
     ap.add_argument("--work", default=None, help="default: runs/e2e_<env>")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         stage("train", [*vf, "train", args.preset, *train_args], work / "train.log", env, timings)
         save()
     ckpt = run_dir / "checkpoints" / "last"
-    runs = {"receding horizon": (work / "eval", ["--expert=true", "--videos=1"])}
+    runs = {"receding horizon": (work / "eval", [f"--expert={str(not args.no_expert).lower()}", "--videos=1"])}
     if args.ensemble:
         runs[f"ensemble K={args.ensemble}"] = (work / "eval_ensemble", [
             f"--ensemble={args.ensemble}", f"--ensemble_temp={args.ensemble_temp}", "--expert=false", "--videos=1"])
