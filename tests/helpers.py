@@ -5,11 +5,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/NAME.py`` imported by path (bench/ is not a package) as ``_bench_NAME``, registered in
+    ``sys.modules`` because dataclasses look their module up while the file runs."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 IMG = 32  # fixture camera resolution; tiny backbones use image_size=32 in the tests
 LENGTHS = (7, 12, 5)

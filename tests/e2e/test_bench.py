@@ -4,7 +4,6 @@ and sample (shrunk). Speed itself is measured by the benchmark, never asserted h
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,29 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_policy_config
+from helpers import load_bench, tiny_policy_config
 from vlaforge.train.config import DataConfig, TrainConfig
 from vlaforge.train.flops import flop_counter
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train.py"
-INFERENCE = BENCH.parent / "inference.py"
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench_train():
-    return _load(BENCH, "_bench_train")
+    return load_bench("train")
 
 
 @pytest.fixture(scope="module")
 def bench_inference():
-    return _load(INFERENCE, "_bench_inference")
+    return load_bench("inference")
 
 
 def _cfg(data: Path, family: str = "smolvlm", **backbone) -> TrainConfig:

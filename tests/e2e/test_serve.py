@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from helpers import load_bench
 from vlaforge.inference import LocalPolicy
 from vlaforge.serve import protocol as P
 from vlaforge.serve.client import ActionChunkBroker, AsyncActionBroker, RemotePolicy, ServerError
@@ -511,9 +511,7 @@ def test_async_broker_aligns_stale_chunks(aggregate):
 
 # ----------------------------------------------------------------------------------------------- bench
 def test_bench_serve_short_run(ckpt, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "bench" / "serve.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("serve")
     out = tmp_path / "serve.json"
     result = bench.main(["--checkpoint", str(ckpt), "--duration", "2", "--clients", "8", "--out", str(out)])
     saved = json.loads(out.read_text())

@@ -1,32 +1,23 @@
 """bench/ablate_quickstart.py (issue 15): every variant's overrides parse as ``vlaforge train`` parses them and change
 what they say; bad variant names or overrides are one line; the results table. No training here.
 
-The bench is a standalone script (bench/ is not a package), so it is imported by path, as test_peer_cnn does.
+The bench is a standalone script (bench/ is not a package), imported by path (helpers.load_bench).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers import load_bench
 from vlaforge.presets import get_preset
 from vlaforge.train.config import TrainConfig
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ablate_quickstart.py"
 COMMON = ["--data.path=/nonexistent/data", "--max_minutes=20", "--budget=fit", "--seed=0"]
 
 
 @pytest.fixture(scope="module")
 def ablate():
-    spec = importlib.util.spec_from_file_location("_bench_ablate_quickstart", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_bench("ablate_quickstart")
 
 
 def _at(tree: dict, dotted: str):

@@ -3,24 +3,17 @@ by side and the scripted expert beside them. No training here (the bench's resul
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
+from helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("_bench_e2e", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_bench("e2e")
 
 
 def _eval(path: Path, rates: dict[str, float], expert: dict[str, float] | None = None) -> Path:

@@ -6,33 +6,23 @@ bench/data.py.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import TASKS, write_dataset
+from helpers import TASKS, load_bench, write_dataset
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.processors.base import collate
 from vlaforge.types import ACTION, OBS_STATE, TASK, image_key
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "peer_cnn.py"
 
 
 @pytest.fixture(scope="module")
 def peer():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small is fastest on one thread (and immune to a busy machine)
-    spec = importlib.util.spec_from_file_location("_bench_peer_cnn", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield load_bench("peer_cnn")
     torch.set_num_threads(threads)
 
 
