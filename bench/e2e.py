@@ -52,8 +52,8 @@ def stage(name: str, cmd: list[str], log: Path, env: dict[str, str], timings: di
 
 def eval_rows(path: Path) -> dict[str, Any]:
     ev = json.loads(path.read_text())
-    tasks = {t: {"success_rate": r["success_rate"], "successes": r["successes"], "episodes": r["episodes"],
-                 "ci95": r["ci95"], "mean_steps": r["mean_steps"]} for t, r in ev["tasks"].items()}
+    keys = ("success_rate", "successes", "episodes", "ci95", "mean_steps", "mean_score")  # score: PushT's coverage
+    tasks = {t: {k: r[k] for k in keys if k in r} for t, r in ev["tasks"].items()}
     out = {"mean_success": ev["mean_success"], "tasks": tasks}
     if ev.get("expert"):
         out["expert"] = {"mean_success": ev["expert"]["mean_success"],
@@ -76,7 +76,8 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"**{100 * e['mean_success']:.0f}**")
             else:
                 r = e["tasks"][t]
-                cells.append(f"{100 * r['success_rate']:.0f} ({100 * r['ci95'][0]:.0f}–{100 * r['ci95'][1]:.0f})")
+                cells.append(f"{100 * r['success_rate']:.0f} ({100 * r['ci95'][0]:.0f}–{100 * r['ci95'][1]:.0f})"
+                             + (f", score {r['mean_score']:.2f}" if "mean_score" in r else ""))
         if expert:
             cells.append(f"{100 * (expert['mean_success'] if t == 'mean' else expert['tasks'][t]):.0f}")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")

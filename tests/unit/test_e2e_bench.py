@@ -32,6 +32,11 @@ def test_eval_rows_and_table(e2e, tmp_path):
     ens = e2e.eval_rows(_eval(tmp_path / "b.json", {"cube": 0.7, "insert": 0.1}))
     assert plain["tasks"]["cube"] == {"success_rate": 0.5, "successes": 5, "episodes": 10, "ci95": [0.25, 0.7],
                                       "mean_steps": 100.0}
+    ev = json.loads((tmp_path / "b.json").read_text())
+    ev["tasks"]["cube"]["mean_score"] = 0.625  # a graded benchmark's score (PushT's coverage) travels along
+    assert "mean_score" not in ens["tasks"]["cube"]
+    (tmp_path / "c.json").write_text(json.dumps(ev))
+    assert e2e.eval_rows(tmp_path / "c.json")["tasks"]["cube"]["mean_score"] == 0.625
     assert plain["expert"] == {"mean_success": 0.75, "tasks": {"cube": 1.0, "insert": 0.5}} and "expert" not in ens
     result = {"env": "aloha", "demos": 25, "steps": 1000, "batch_size": 32, "episodes": 10,
               "preset": "quickstart_tokens", "set": ["head.type=mlp"], "params": 7_150_000, "final_loss": 0.01234,

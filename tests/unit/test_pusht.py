@@ -73,3 +73,33 @@ def test_scripted_oracle_pushes_the_t_into_place(env, seed):
         _, success, info = env.step(action, render=False)
         steps += 1
     assert success and info["max_coverage"] >= 0.95, (seed, steps, info["max_coverage"])
+
+
+class _PushTowards:
+    """Every chunk: 4 steps to a fixed target (the rollout's batching, with nothing learned)."""
+
+    robot = RobotSpec(cameras={"top": (32, 32)}, state_dim=2, action_dim=2, fps=10)
+    chunk, exec_steps = 4, 4
+
+    def infer_batch(self, observations):
+        return np.tile(np.array([300.0, 330.0], np.float32), (len(observations), self.chunk, 1))
+
+
+def test_evaluation_reports_the_mean_max_coverage_as_the_score(env):
+    from vlaforge.eval.rollout import evaluate, summarize
+
+    cfg = ENVS.get("pusht")(image_size=32, max_steps=25)
+    results = evaluate(_PushTowards(), cfg, ["pusht"], 2, parallel_envs=2, show_progress=False)
+    expected = []
+    for seed in (100_000, 100_001):  # the same episodes by hand: the score is the max coverage the env reported
+        env.reset(seed, render=False)
+        best = 0.0
+        for _ in range(25):
+            _, _, info = env.step(np.array([300.0, 330.0]), render=False)
+            best = max(best, info["coverage"])
+            assert info["score"] == info["max_coverage"]
+        expected.append(best)
+    assert [r.score for r in results] == pytest.approx(expected, abs=1e-12) and max(expected) > 0
+    assert summarize(results)["tasks"]["pusht"]["mean_score"] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert "mean_score" not in summarize([r.__class__(r.task, r.seed, r.success, r.steps) for r in results])["tasks"][
+        "pusht"]

@@ -35,6 +35,7 @@ class EpisodeResult:
     seed: int
     success: bool
     steps: int
+    score: float | None = None  # the env's episode score where its benchmark has one (PushT: max coverage)
 
 
 def _frame(obs: dict[str, Any], scale: int = 2) -> np.ndarray:
@@ -108,7 +109,8 @@ class _TaskRunner:
         for i, seed, obs in zip(free, seeds, self.pool.reset(free, seeds) if free else [], strict=True):
             record = self.video_dir is not None and seed - self.seed_start < self.videos
             window = HistoryWindow(getattr(self.policy, "history", 1))  # a history policy reads the last T frames
-            self.slots[i] = {"seed": seed, "obs": obs, "steps": 0, "chunker": self.make_chunker(), "window": window,
+            self.slots[i] = {"seed": seed, "obs": obs, "steps": 0, "score": None, "chunker": self.make_chunker(),
+                             "window": window,
                              "view": window.push(obs), "frames": [_frame(obs)] if record else None}
 
     def _needs_obs(self, i: int) -> bool:
@@ -118,8 +120,10 @@ class _TaskRunner:
         s = self.slots[i]
         return s["frames"] is not None or s["window"].history > 1 or s["chunker"].needs_chunk
 
-    def _finish(self, i: int, obs: dict[str, Any], success: bool) -> EpisodeResult | None:
+    def _finish(self, i: int, obs: dict[str, Any], success: bool, score: float | None) -> EpisodeResult | None:
         s = self.slots[i]
+        if score is not None:
+            s["score"] = score
         if obs:  # rendered (see _needs_obs)
             s["obs"] = obs
             s["view"] = s["window"].push(obs)
@@ -132,7 +136,7 @@ class _TaskRunner:
             tag = "success" if success else "failure"
             write_video(Path(self.video_dir) / f"{self.task}_seed{s['seed']}_{tag}.mp4",
                         _bordered(s["frames"], success), fps=max(10, self.info.fps // 2))
-        return EpisodeResult(self.task, s["seed"], success, s["steps"])
+        return EpisodeResult(self.task, s["seed"], success, s["steps"], s["score"])
 
     def run(self, tick: Any) -> list[EpisodeResult]:
         self._restart(list(range(self.pool.n)))
@@ -148,8 +152,8 @@ class _TaskRunner:
                     self.slots[i]["chunker"].push(chunk)
             actions = [self.slots[i]["chunker"].pop() for i in active]
             stepped = self.pool.step(active, actions, [self._needs_obs(i) for i in active])
-            for i, (obs, success) in zip(active, stepped, strict=True):
-                done = self._finish(i, obs, success)
+            for i, (obs, success, score) in zip(active, stepped, strict=True):
+                done = self._finish(i, obs, success, score)
                 if done is not None:
                     results.append(done)
                     tick()
@@ -200,6 +204,9 @@ def summarize(results: list[EpisodeResult], groups: dict[str, Sequence[str]] | N
         lo, hi = wilson_interval(wins, len(rs))
         tasks[task] = {"success_rate": wins / len(rs), "successes": wins, "episodes": len(rs),
                        "ci95": [lo, hi], "mean_steps": float(np.mean([r.steps for r in rs]))}
+        scores = [r.score for r in rs if r.score is not None]
+        if scores:  # the benchmark's graded score (PushT: mean of the episodes' max coverage)
+            tasks[task]["mean_score"] = float(np.mean(scores))
     mean = float(np.mean([t["success_rate"] for t in tasks.values()])) if tasks else 0.0
     out = {"mean_success": mean, "tasks": tasks}
     if groups:
@@ -238,11 +245,16 @@ def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None
     table.add_column("policy", justify="right")
     table.add_column("95% CI", justify="right")
     table.add_column("mean steps", justify="right")
+    scored = any("mean_score" in t for t in summary["tasks"].values())
+    if scored:
+        table.add_column("mean score", justify="right")
     if reference is not None:
         table.add_column("scripted expert", justify="right")
     for task, t in summary["tasks"].items():
         row = [task, f"{t['successes']}/{t['episodes']} ({t['success_rate']:.0%})",
                f"{t['ci95'][0]:.0%}-{t['ci95'][1]:.0%}", f"{t['mean_steps']:.0f}"]
+        if scored:
+            row.append(f"{t['mean_score']:.3f}" if "mean_score" in t else "-")
         if reference is not None:
             r = reference["tasks"].get(task)
             row.append(f"{r['successes']}/{r['episodes']}" if r else "-")
@@ -252,7 +264,7 @@ def print_table(summary: dict[str, Any], reference: dict[str, Any] | None = None
         rows += [(f"{name} ({g['tasks']}/{g['of']} tasks)", "groups", name) for name, g in summary["groups"].items()]
         rows.append(("mean of group means", "group_mean", None))
     for label, key, group in rows:
-        row = [label, f"{_rate(summary, key, group):.0%}", "", ""]
+        row = [label, f"{_rate(summary, key, group):.0%}", "", "", *([""] if scored else [])]
         if reference is not None:
             ref = _rate(reference, key, group)
             row.append(f"{ref:.0%}" if ref is not None else "-")

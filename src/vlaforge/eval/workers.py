@@ -43,6 +43,14 @@ class EnvInfo:
     fps: int
 
 
+def env_step(env: EnvAdapter, action: np.ndarray, render: bool) -> tuple[dict[str, Any], bool, float | None]:
+    """One step as the pools return it: (observation, success, score). ``score`` is the env's ``info["score"]``
+    where its benchmark grades an episode on a scale besides success (PushT: the maximum goal coverage so far)."""
+    obs, success, info = env.step(action, render=render)
+    score = (info or {}).get("score")
+    return obs, success, None if score is None else float(score)
+
+
 def expert_episode(env: EnvAdapter, seed: int) -> tuple[bool, int]:
     """One scripted-expert episode without rendering: (success, steps)."""
     env.reset(seed, render=False)
@@ -62,7 +70,7 @@ class EnvPool(Protocol):
 
     # render[k] False: slot k's observation is not needed (mid-chunk), its cameras are not rendered ({} comes back)
     def step(self, slots: list[int], actions: list[np.ndarray],
-             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]: ...
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool, float | None]]: ...
 
     def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]: ...
 
@@ -109,9 +117,9 @@ class ThreadEnvPool:
         return self.threads.map(lambda i, s: self.envs[i].reset(s), slots, seeds)
 
     def step(self, slots: list[int], actions: list[np.ndarray],
-             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]:
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool, float | None]]:
         flags = render if render is not None else [True] * len(slots)
-        return self.threads.map(lambda i, a, r: self.envs[i].step(a, render=r)[:2], slots, actions, flags)
+        return self.threads.map(lambda i, a, r: env_step(self.envs[i], a, r), slots, actions, flags)
 
     def expert(self, slots: list[int], seeds: list[list[int]]) -> list[list[tuple[bool, int]]]:
         return self.threads.map(lambda i, ss: [expert_episode(self.envs[i], s) for s in ss], slots, seeds)
@@ -162,7 +170,7 @@ class WorkerEnvs:
                 self.seeds.update(zip(slots, args, strict=True))
                 out = [self.envs[i].reset(s) for i, s in zip(slots, args, strict=True)]
             elif op == "step":
-                out = [self.envs[i].step(a, render=r)[:2] for i, (a, r) in zip(slots, args, strict=True)]
+                out = [env_step(self.envs[i], a, r) for i, (a, r) in zip(slots, args, strict=True)]
             elif op == "expert":
                 out = []
                 for i, ss in zip(slots, args, strict=True):
@@ -240,7 +248,7 @@ class SlotPool:
         return self._call("reset", slots, seeds)
 
     def step(self, slots: list[int], actions: list[np.ndarray],
-             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool]]:
+             render: list[bool] | None = None) -> list[tuple[dict[str, Any], bool, float | None]]:
         flags = render if render is not None else [True] * len(slots)
         return self._call("step", slots, list(zip(actions, flags, strict=True)))
 

@@ -6,7 +6,8 @@
   at 10 Hz.
 * Success as Diffusion Policy scores PushT: the *maximum* coverage of the goal zone by the T over the episode;
   an episode succeeds once that reaches ``success_coverage`` (0.95) — ``step`` then reports success and the
-  rollout ends. ``info`` carries ``coverage`` and ``max_coverage``.
+  rollout ends. ``info`` carries ``coverage``, ``max_coverage`` and ``score`` (= ``max_coverage``: the evaluation
+  reports its mean over the episodes, Diffusion Policy's PushT score, beside the success rate).
 * :class:`PushTOracle` is a scripted expert that reads the block and goal poses (``gym-pusht`` ships only mouse
   teleoperation): it picks the point of the T's outline where a push best moves the block towards the goal pose,
   walks around the block to it, and pushes; the closer the block is, the shorter the pushes.
@@ -122,7 +123,7 @@ class PushTEnv:
             raise ValueError(f"pusht action is not finite: {action}")
         _, _, _, _, self._info = self._env.step(np.clip(action, 0.0, ARENA))
         self.max_coverage = max(self.max_coverage, float(self._info["coverage"]))
-        info = {**self._info, "max_coverage": self.max_coverage}
+        info = {**self._info, "max_coverage": self.max_coverage, "score": self.max_coverage}
         return (self.observation() if render else {}), self.max_coverage >= self.cfg.success_coverage, info
 
     def expert_action(self) -> np.ndarray:
