@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -101,5 +103,4 @@ def test_evaluation_reports_the_mean_max_coverage_as_the_score(env):
         expected.append(best)
     assert [r.score for r in results] == pytest.approx(expected, abs=1e-12) and max(expected) > 0
     assert summarize(results)["tasks"]["pusht"]["mean_score"] == pytest.approx(np.mean(expected), abs=1e-12)
-    assert "mean_score" not in summarize([r.__class__(r.task, r.seed, r.success, r.steps) for r in results])["tasks"][
-        "pusht"]
+    assert "mean_score" not in summarize([replace(r, score=None) for r in results])["tasks"]["pusht"]

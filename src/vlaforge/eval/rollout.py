@@ -110,8 +110,7 @@ class _TaskRunner:
             record = self.video_dir is not None and seed - self.seed_start < self.videos
             window = HistoryWindow(getattr(self.policy, "history", 1))  # a history policy reads the last T frames
             self.slots[i] = {"seed": seed, "obs": obs, "steps": 0, "score": None, "chunker": self.make_chunker(),
-                             "window": window,
-                             "view": window.push(obs), "frames": [_frame(obs)] if record else None}
+                             "window": window, "view": window.push(obs), "frames": [_frame(obs)] if record else None}
 
     def _needs_obs(self, i: int) -> bool:
         """Whether slot ``i``'s next observation is read: by the policy (a new chunk is due, or its history window
