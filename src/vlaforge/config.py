@@ -283,10 +283,25 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _draccus_parse(cls: type[C], **kwargs: Any) -> C:
+    """``draccus.parse``, surfacing a config's own validation error (one line naming the field) instead of the
+    wrapper draccus raises around it ("Couldn't instantiate class ...")."""
+    try:
+        return draccus.parse(cls, **kwargs)
+    except Exception as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def parse_args(cls: type[C], args: Sequence[str]) -> C:
-    """``draccus.parse(cls, args=args)`` with every value type-checked first (:func:`check_types`)."""
+    """``draccus.parse(cls, args=args)`` with every value type-checked first (:func:`check_types`) and a failed
+    validation surfaced as its :class:`ConfigError`."""
     check_types(_choice_root(cls) or cls, _override_tree(args), cli=True)
-    return draccus.parse(cls, args=list(args))
+    return _draccus_parse(cls, args=list(args))
 
 
 def parse_overrides(base: C, args: Sequence[str]) -> C:
@@ -311,15 +326,7 @@ def parse_overrides(base: C, args: Sequence[str]) -> C:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "base.json"
         path.write_text(json.dumps(data))
-        try:
-            return draccus.parse(declared, config_path=path, args=list(args))
-        except Exception as e:  # surface our own validation error instead of draccus' wrapper
-            cause: BaseException | None = e
-            while cause is not None and not isinstance(cause, ConfigError):
-                cause = cause.__cause__ or cause.__context__
-            if cause is not None:
-                raise cause from None
-            raise
+        return _draccus_parse(declared, config_path=path, args=list(args))
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -122,6 +122,21 @@ def test_quickstart_train_options_reach_the_training_config(tmp_path):
         QuickstartConfig(train="lr 3e-4")
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["quickstart", "--demos", "0"], "config field 'demos': expected >= 1, got 0"),
+    (["quickstart", "--train", "lr"], "config field 'train': expected space-separated KEY=VALUE"),
+    (["collect", "metaworld", "--episodes", "0"], "config field 'episodes': expected >= 1, got 0"),
+    (["serve", "ckpt", "--max_batch", "0"], "config field 'max_batch': expected >= 1, got 0"),
+])
+def test_a_failed_config_validation_is_one_line_naming_the_field(argv, line, capsys, tmp_path):
+    from vlaforge.cli.main import main
+
+    assert main([*argv, "--out", str(tmp_path / "out")] if argv[0] != "serve" else argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vlaforge {argv[0]}: error: {line}"), err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 def test_quickstart_overwrite_removes_only_its_own_outputs(dataset, tmp_path):
     import shutil
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import draccus
-
 from vlaforge.cli.common import setup_logging, to_draccus
+from vlaforge.config import parse_args
 from vlaforge.eval.collect import CollectConfig, run_collect
 
 
 def main(argv: list[str]) -> int:
     setup_logging()
-    cfg = draccus.parse(CollectConfig, args=to_draccus(argv, positionals=["env.type"], flags=["overwrite"]))
+    cfg = parse_args(CollectConfig, to_draccus(argv, positionals=["env.type"], flags=["overwrite"]))
     summary = run_collect(cfg)
     for s in summary:
         print(f"{s.task:<28} kept {s.kept}/{s.attempts} attempts, mean length {s.mean_length:.0f}  ({s.instruction})")

@@ -14,10 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
 from vlaforge.cli.common import setup_logging, to_draccus
-from vlaforge.config import ConfigBase, Paths, parse_overrides
+from vlaforge.config import ConfigBase, Paths, parse_args, parse_overrides
 from vlaforge.data.lerobot import is_own_dataset
 from vlaforge.eval.collect import collect
 from vlaforge.eval.envs.metaworld import INSTRUCTIONS, MetaWorldConfig
@@ -155,6 +153,6 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
 
 def main(argv: list[str]) -> int:
     setup_logging()
-    cfg = draccus.parse(QuickstartConfig, args=to_draccus(argv, flags=["overwrite"]))
+    cfg = parse_args(QuickstartConfig, to_draccus(argv, flags=["overwrite"]))
     run(cfg, argv)
     return 0

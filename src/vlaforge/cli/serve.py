@@ -8,8 +8,6 @@ An openpi-compatible websocket policy server (+ GET /healthz) on --port, and HTT
 
 from __future__ import annotations
 
-import draccus
-
 from vlaforge.cli.common import setup_logging, to_draccus
 from vlaforge.config import parse_args
 
@@ -29,12 +27,7 @@ def main(argv: list[str]) -> int:
     from vlaforge.serve.server import PolicyServer, ServeConfig, serve_forever
 
     setup_logging()
-    try:
-        cfg = parse_args(ServeConfig, to_draccus(_underscores(argv), positionals=["checkpoint"], flags=["http"]))
-    except draccus.utils.ParsingError as e:  # show "config field 'max_batch': expected >= 1, got 0"
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
+    cfg = parse_args(ServeConfig, to_draccus(_underscores(argv), positionals=["checkpoint"], flags=["http"]))
 
     def ready(server: PolicyServer) -> None:
         http = (f"; HTTP POST /predict on http://{cfg.host}:{server.http_port}" if server.http_port else "")
