@@ -111,3 +111,69 @@ def test_keypoints_add_one_token_per_view_that_follows_the_image(dataset, tmp_pa
     assert loaded.cfg.backbone.keypoints == 8
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(batch).pooled, with_kp.pooled, rtol=0, atol=0)
+
+
+def test_vision_layers_keep_the_first_layers_of_a_pretrained_tower(tmp_path):
+    """backbone.vision_layers=N on a transformers directory: the tower is the saved one's first N encoder layers
+    (the reference runs them by hand from transformers' own model), and a random-init size builds only N."""
+    from test_pretrained import _hf_dir
+    from transformers import SmolVLMForConditionalGeneration
+
+    path, _ = _hf_dir(tmp_path)
+    ref = SmolVLMForConditionalGeneration.from_pretrained(path).eval()
+    bb = BACKBONES.get("smolvlm")(pretrained=str(path), vision_layers=2).build(["front"], 4).eval()
+    assert len(bb.model.model.vision_model.encoder.layers) == 2 and bb.model.config.vision_config.num_hidden_layers == 2
+    x = torch.rand(2, 3, IMG, IMG)
+    vm = ref.model.vision_model
+    with torch.no_grad():
+        h = vm.embeddings(pixel_values=x, patch_attention_mask=torch.ones(2, IMG // 16, IMG // 16, dtype=torch.bool))
+        for layer in vm.encoder.layers[:2]:
+            h = layer(h, None)
+        expected = ref.model.connector(vm.post_layernorm(h))
+        torch.testing.assert_close(bb.embed_images(x), expected, rtol=1e-5, atol=1e-5)
+    assert len(_backbone(vision_layers=1).model.model.vision_model.encoder.layers) == 1
+    with pytest.raises(ConfigError, match="backbone.vision_layers"):
+        _backbone(vision_layers=-1)
+
+
+def test_stem_width_sets_the_conv_stem_channels():
+    stem = _backbone(patch_size=8, vision_stem="conv", stem_width=16).model.model.vision_model.embeddings
+    convs = [m for m in stem.patch_embedding.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs[:-1]] == [16, 32, 64]  # then a 1x1 to the ViT width
+    assert convs[-1].out_channels == stem.embed_dim
+    with pytest.raises(ConfigError, match="backbone.stem_width"):
+        _backbone(stem_width=16)  # the patch stem has no widths
+
+
+def test_keypoints_to_readout_add_the_views_coordinates_to_the_pooled_vector(dataset, tmp_path):
+    """backbone.keypoints_to_readout: pooled = the LM's readout + Linear(every view's keypoint (x, y)), where the
+    coordinates are the spatial softmax of the patch grid, recomputed here by hand; it survives a checkpoint."""
+    reader = LeRobotDataset(dataset[0], chunk=4)
+    robot = reader.meta.robot_spec()
+    backbone = BACKBONES.get("smolvlm")(size="tiny", image_size=IMG, patch_size=8, keypoints=4,
+                                        keypoints_to_readout=True, readout="act")
+    policy = VLAPolicy(tiny_policy_config("mlp").replace(backbone=backbone).with_robot(robot))
+    policy.make_pipelines(reader.meta.stats, robot)
+    policy.eval()
+    bb, batch = policy.backbone, collate([policy.inputs(dict(reader[3]))])
+    seen = {}
+    bb.keypoints.logits.register_forward_hook(lambda m, a, out: seen.update(grid=a[0]))
+    bb.keypoint_readout.register_forward_hook(lambda m, a, out: seen.update(skip=out))
+    with torch.no_grad():
+        pooled = policy.encode(batch).pooled
+        grid = seen["grid"]  # (views, 4 x 4 patches, channels)
+        attn = torch.softmax(bb.keypoints.logits(grid).transpose(1, 2) / bb.keypoints.log_temp.exp(), -1)
+        axis = torch.linspace(-1, 1, 4)
+        xs, ys = axis.repeat(4), axis.repeat_interleave(4)  # x along a row, y down the rows
+        coords = torch.stack([attn @ xs, attn @ ys], -1).reshape(1, -1)  # view 0's (x, y) pairs, then view 1's
+        torch.testing.assert_close(seen["skip"], bb.keypoint_readout(coords), rtol=1e-5, atol=1e-6)
+        readout, bb.keypoint_readout = bb.keypoint_readout, None
+        without = policy.encode(batch).pooled
+        bb.keypoint_readout = readout
+    assert len(robot.cameras) == 2 and readout.in_features == 2 * 4 * 2
+    torch.testing.assert_close(pooled, without + seen["skip"], rtol=1e-5, atol=1e-6)
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "ckpt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(batch).pooled, pooled, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="backbone.keypoints_to_readout"):
+        BACKBONES.get("smolvlm")(size="tiny", keypoints_to_readout=True)

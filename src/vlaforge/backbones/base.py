@@ -109,6 +109,9 @@ class BackboneConfig(Choice, ChoiceType):
     # > 0: K spatial-softmax keypoints per view (the expected image (x, y) of K learned feature maps over the family's
     # patch grid, as CNN visuomotor policies read out images) projected into one token after each view's image tokens
     keypoints: int = 0
+    # True: every view's keypoint coordinates also reach the readout past the LM (a Linear added to the pooled
+    # vector), the spatial skip of CNN policies, where the LM's few layers would otherwise have to carry them
+    keypoints_to_readout: bool = False
     action_tokens: str = "reuse_last"  # "reuse_last": the last N free ids | "count_down": OpenVLA's | "add": new
     num_action_tokens: int = 256  # vocabulary ids reserved for action (and proprio) bins
     action_token_offset: int = 0  # count_down: start this many ids below the base vocabulary (HybridVLA's need_to_sub)
@@ -163,6 +166,8 @@ class BackboneConfig(Choice, ChoiceType):
         self.check(self.action_token_offset >= 0, "action_token_offset", ">= 0")
         self.check(self.max_prompt_tokens > 0, "max_prompt_tokens", "> 0")
         self.check(self.keypoints >= 0, "keypoints", ">= 0 (0: none)")
+        self.check(self.keypoints > 0 or not self.keypoints_to_readout, "backbone.keypoints_to_readout",
+                   "false without keypoints (set backbone.keypoints > 0)")
         self.check(0 < self.image_crop <= 1, "image_crop", "in (0, 1]")
         self.check("{task}" in self.prompt_template, "prompt_template", "a string containing '{task}'")
         self.check(self.proprio != "text" or "{state}" in self.prompt_template, "prompt_template",
@@ -219,7 +224,8 @@ class SpatialKeypoints(nn.Module):
         self.log_temp = nn.Parameter(torch.zeros(()))
         self.proj = nn.Linear(2 * k, dim)
 
-    def forward(self, grid: Tensor) -> Tensor:
+    def coords(self, grid: Tensor) -> Tensor:
+        """(N, g*g, C) -> (N, 2k) float32: each keypoint's expected (x, y)."""
         p = grid.shape[1]
         g = round(p**0.5)
         if g * g != p:
@@ -227,7 +233,10 @@ class SpatialKeypoints(nn.Module):
         attn = torch.softmax(self.logits(grid).float().transpose(1, 2) / self.log_temp.exp(), -1)  # (N, k, P)
         axis = torch.linspace(-1.0, 1.0, g, device=grid.device)
         xy = torch.stack([axis.repeat(g), axis.repeat_interleave(g)], -1)  # (P, 2): x along a row, y down
-        return self.proj((attn @ xy).flatten(1).to(self.proj.weight.dtype))
+        return (attn @ xy).flatten(1)
+
+    def forward(self, grid: Tensor) -> Tensor:
+        return self.proj(self.coords(grid).to(self.proj.weight.dtype))
 
 
 class Backbone(nn.Module):
@@ -267,6 +276,8 @@ class Backbone(nn.Module):
         # the grid as embed_images' extra "patch_grid"; otherwise the keypoints read the projected image tokens
         self.keypoints = (SpatialKeypoints(getattr(self, "_grid_dim", d), cfg.keypoints, d) if cfg.keypoints
                           else None)
+        self.keypoint_readout = (nn.Linear(2 * cfg.keypoints * len(self.cameras), d)
+                                 if cfg.keypoints and cfg.keypoints_to_readout else None)
         if cfg.proprio in ("tokens", "text") and state_dim > 0:
             self.check_action_tokens()
         self._apply_training_options()
@@ -581,9 +592,12 @@ class Backbone(nn.Module):
         feats = self.embed_images(pixels)
         feats, image_extra = feats if isinstance(feats, tuple) else (feats, {})
         grid = image_extra.pop("patch_grid", None)
-        keypoints = None
+        keypoints = skip = None
         if self.keypoints is not None:  # one token per view: (B, V, 1, D)
-            keypoints = self.keypoints(feats if grid is None else grid).to(feats.dtype).view(b, v, 1, -1)
+            xy = self.keypoints.coords(feats if grid is None else grid)
+            keypoints = self.keypoints.proj(xy.to(self.keypoints.proj.weight.dtype)).to(feats.dtype).view(b, v, 1, -1)
+            if self.keypoint_readout is not None:
+                skip = self.keypoint_readout(xy.reshape(b, -1).to(self.keypoint_readout.weight.dtype))
         feats = feats.view(b, v, feats.shape[1], feats.shape[2])
         emb = self.embed_tokens
         pre, suf = emb(self._view_prefix), emb(self._view_suffix)
@@ -627,6 +641,8 @@ class Backbone(nn.Module):
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1)
+        if skip is not None:
+            pooled = pooled + skip.to(pooled.dtype)
         last_pos = pos.amax(dim=(0, 2)) if pos.dim() == 3 else pos.amax(1)  # (3, B, L) multimodal RoPE ids
         nxt = last_pos + 1
         return Context(hidden=hidden, mask=mask, kv_cache=cache, pooled=pooled, state=state, prefix_len=x.shape[1],

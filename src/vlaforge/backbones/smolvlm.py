@@ -69,7 +69,10 @@ class SmolVLMBackboneConfig(BackboneConfig):
     # "patch": one strided convolution per patch (SigLIP) | "conv": a stack of 3x3 stride-2 convolutions down to
     # the patch grid (Xiao et al. 2021, "Early convolutions help transformers see better"); patch_size a power of 2
     vision_stem: str = "patch"
+    stem_width: int = 0  # vision_stem=conv: channels of its first convolution, doubling per layer (0: the ViT width
+    #                      halved per layer back from the last, as Xiao et al.); narrower is cheaper on a CPU
     lm_layers: int = 0  # > 0: keep only the first N decoder layers (SmolVLA's num_vlm_layers)
+    vision_layers: int = 0  # > 0: keep only the first N vision-encoder layers (0: all)
     embed_scale: bool = False  # image and prompt embeddings x sqrt(hidden) (SmolVLA)
     image_special_tokens: bool = True  # False: bare image tokens, no BOS / wrappers (SmolVLA)
     rope_theta: float = 0.0  # > 0: the decoder's RoPE base instead of the config's (SmolVLA: 10000)
@@ -88,6 +91,10 @@ class SmolVLMBackboneConfig(BackboneConfig):
                     raise ConfigError(f"backbone.{name}", f"{default} with pretrained weights (they fix the "
                                       "vision tower)", getattr(self, name))
         self.check(self.lm_layers >= 0, "lm_layers", ">= 0 (0: all)")
+        self.check(self.vision_layers >= 0, "backbone.vision_layers", ">= 0 (0: all)")
+        self.check(self.stem_width >= 0, "backbone.stem_width", ">= 0 (0: from the ViT width)")
+        self.check(self.vision_stem == "conv" or not self.stem_width, "backbone.stem_width",
+                   "0 unless vision_stem=conv")
         self.check(self.rope_theta >= 0, "rope_theta", ">= 0 (0: the config's)")
 
     @classmethod
@@ -123,6 +130,8 @@ def _tiny(cfg: SmolVLMBackboneConfig, tokenizer: Any) -> Any:
                           tie_word_embeddings=True)
     if cfg.lm_layers:  # build only the layers that are kept
         text["num_hidden_layers"] = min(cfg.lm_layers, text["num_hidden_layers"])
+    if cfg.vision_layers:
+        vision["num_hidden_layers"] = min(cfg.vision_layers, vision["num_hidden_layers"])
     return cfg.model_classes[1](vision_config=vision, text_config=text, scale_factor=shuffle,
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
 
@@ -141,6 +150,10 @@ class SmolVLMBackbone(Backbone):
         if cfg.lm_layers and cfg.lm_layers < len(text.layers):  # a pretrained VLM: drop the layers above N
             text.layers = text.layers[:cfg.lm_layers]
             hf.text_config.num_hidden_layers = text.config.num_hidden_layers = cfg.lm_layers
+        encoder = self.model.model.vision_model.encoder
+        if cfg.vision_layers and cfg.vision_layers < len(encoder.layers):  # likewise the vision encoder's
+            encoder.layers = encoder.layers[:cfg.vision_layers]
+            hf.vision_config.num_hidden_layers = cfg.vision_layers
         if cfg.rope_theta and text.config.rope_parameters.get("rope_theta") != cfg.rope_theta:
             from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -153,7 +166,7 @@ class SmolVLMBackbone(Backbone):
         self._grid_dim = hf.vision_config.hidden_size  # keypoints read the patch grid before the pixel shuffle
         if getattr(self.cfg, "vision_stem", "patch") == "conv":
             embeddings = self.model.model.vision_model.embeddings
-            embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch)
+            embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch, cfg.stem_width)
         self._scale = float(self.hidden_size) ** 0.5 if cfg.embed_scale else 1.0
         wrap = cfg.image_special_tokens
         self._set_layout(text, self.model.lm_head, start=[self.tokenizer.bos_token_id] if wrap else [],
@@ -180,15 +193,16 @@ class SmolVLMBackbone(Backbone):
 
 class ConvStem(nn.Module):
     """(N, 3, S, S) -> (N, dim, S/patch, S/patch) through log2(patch) 3x3 stride-2 convolutions (GroupNorm + GELU)
-    and a 1x1 projection; a drop-in for a ViT's patch-embedding convolution."""
+    and a 1x1 projection; a drop-in for a ViT's patch-embedding convolution. The convolutions have ``width``
+    channels doubling per layer, or (``width`` 0) the ViT's ``dim`` halved per layer back from the last."""
 
-    def __init__(self, dim: int, patch: int) -> None:
+    def __init__(self, dim: int, patch: int, width: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         depth = patch.bit_length() - 1
         c_in = 3
         for i in range(depth):
-            c_out = max(8, dim >> (depth - 1 - i))
+            c_out = width << i if width else max(8, dim >> (depth - 1 - i))
             layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
             c_in = c_out
         layers.append(nn.Conv2d(c_in, dim, 1))
