@@ -63,6 +63,9 @@ def recorded_args(name: str, args: list[str]) -> list[str]:
 QUICKSTART_OPTIM = ("--batch_size=32", "--lr=3e-4", "--optim.warmup_steps=100", "--optim.min_lr_ratio=0.1",
                     "--steps=2000", "--chunk=8", "--exec_steps=2")
 RECIPE = ("--backbone.vision_stem=conv", "--head.type=mlp", "--backbone.readout=act")
+LEAN = (*RECIPE, "--backbone.stem_width=16", "--backbone.vision_layers=2", "--backbone.lm_layers=2",
+        "--backbone.image_special_tokens=false")
+LEAN_KP = (*LEAN, "--backbone.keypoints=32", "--backbone.keypoints_to_readout=true")
 VARIANTS: dict[str, Variant] = {
     BASELINE: Variant("baseline", (), "the quick-start preset as it ships (tokens head, 96 px, chunk 8 / exec 2)"),
     "img64": Variant("image", ("--backbone.image_size=64",), "64 px: 2 x 2 tokens per view"),
@@ -112,14 +115,17 @@ VARIANTS: dict[str, Variant] = {
                                                       "--head.type=mlp", "--backbone.readout=act"),
                                            "the candidate + 32 spatial-softmax keypoints per view as a prefix token"),
     # cheaper per sample (the CNN peer at the VLA's 32 k samples gets 56 %, the recipe 58 %: the gap is throughput)
-    "lean": Variant("recipe", (*RECIPE, "--backbone.stem_width=16", "--backbone.vision_layers=2",
-                               "--backbone.lm_layers=2", "--backbone.image_special_tokens=false"),
+    "lean": Variant("recipe", LEAN,
                     "the candidate, half the cost per sample: a narrow stem (16..128 channels), 2 ViT and 2 LM "
                     "layers, no image wrapper tokens"),
-    "lean_kp32_skip": Variant("recipe", (*RECIPE, "--backbone.stem_width=16", "--backbone.vision_layers=2",
-                                         "--backbone.lm_layers=2", "--backbone.image_special_tokens=false",
-                                         "--backbone.keypoints=32", "--backbone.keypoints_to_readout=true"),
+    "lean_kp32_skip": Variant("recipe", LEAN_KP,
                               "lean + 32 keypoints per view, also added to the readout past the LM"),
+    "lean_p8_kp32_skip": Variant("recipe", (*(a.replace("vision_layers=2", "vision_layers=1") for a in LEAN_KP),
+                                            "--backbone.patch_size=8", "--backbone.pixel_shuffle=4", "--steps=4000"),
+                                 "lean_kp32_skip on a 12 x 12 patch grid (the peer's keypoint resolution): patch 8, "
+                                 "one ViT layer, pixel shuffle 4 (still 9 LM tokens per view); steps set by the budget"),
+    "lean_kp32_skip_lr1e-3": Variant("recipe", (*LEAN_KP, "--lr=1e-3", "--steps=4000"),
+                                     "lean_kp32_skip at the peer's learning rate 1e-3; steps set by the budget"),
     # the published architectures (issue 18) on the quick start's optimisation (their presets carry a fine-tuning
     # recipe: lr 2.5e-5 / 1e-4 at batch 8, which a random-initialised model does not learn from in 20 minutes) and
     # its chunk of 8 with 2 executed, on the cameras' own 96 px
