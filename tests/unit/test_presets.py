@@ -112,3 +112,21 @@ def test_dexvla_stage3_starts_from_stage2(reasoning_dataset, tmp_path):
     # stage 3 continued from stage 2's weights: it is much closer to them than a fresh stage-3 run is
     dist = lambda a: sum(float((a[k].float() - s2[k].float()).abs().sum()) for k in s2)  # noqa: E731
     assert dist(s3) < 0.1 * dist({k: v.detach() for k, v in fresh.state_dict().items() if k in s2})
+
+
+def test_the_quick_start_default_is_the_lean_recipe_and_trains(reasoning_dataset, tmp_path):
+    """`vlaforge quickstart` trains quickstart_mlp on MT10 by default: issue 15's recipe (conv stem, 2 + 2 layers,
+    keypoints into the readout, L1 MLP on an act token); it trains and reloads with that architecture."""
+    from vlaforge.cli.quickstart import QuickstartConfig
+
+    assert (QuickstartConfig().preset, QuickstartConfig().tasks) == ("quickstart_mlp", "mt10")
+    cfg = get_preset("quickstart_mlp")
+    bb = cfg.policy.backbone
+    assert (cfg.policy.head.type, bb.readout, bb.vision_stem, bb.keypoints_to_readout) == ("mlp", "act", "conv", True)
+    run = tmp_path / "run"
+    cfg = cfg.replace(data=cfg.data.replace(path=str(reasoning_dataset)), out=str(run), steps=2, batch_size=2,
+                      save_every=2, log_every=1, threads=1)
+    policy = VLAPolicy.from_pretrained(train(cfg, show_progress=False))
+    model = policy.backbone.model.model
+    assert len(model.vision_model.encoder.layers) == len(model.text_model.layers) == 2
+    assert policy.backbone.keypoint_readout is not None

@@ -23,16 +23,15 @@ from vlaforge.eval.report import machine, plot_success, write_report
 from vlaforge.eval.rollout import EVAL_SEED_START, evaluate, expert_baseline, print_table, summarize
 from vlaforge.eval.workers import make_pool
 from vlaforge.presets import get_preset
-from vlaforge.presets.quickstart import QUICKSTART_TASKS
 
 
 @dataclass(frozen=True)
 class QuickstartConfig(ConfigBase):
     out: str = ""  # default: $VLAFORGE_HOME/quickstart (runs/quickstart)
-    tasks: str = ",".join(QUICKSTART_TASKS)
+    tasks: str = "mt10"  # Meta-World MT10; or task names, mt50, a difficulty group (easy, medium, hard, very_hard)
     demos: int = 30  # successful scripted demos per task
     eval_episodes: int = 10  # per task
-    preset: str = "quickstart_tokens"
+    preset: str = "quickstart_mlp"
     steps: int | None = None  # training steps (default: the preset's)
     max_train_minutes: float = 20.0  # the training budget: its schedule is laid out to end within it
     exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
@@ -115,7 +114,9 @@ def run(cfg: QuickstartConfig, argv: list[str]) -> dict:
     done = summary_path.is_file() and json.loads(summary_path.read_text()).get("complete", False)
     if not done:
         resume = Paths.last_checkpoint(run_dir).exists()
-        print(f"[2/3] training {cfg.preset} for {tcfg.steps} steps -> {run_dir}" + (" (resuming)" if resume else ""),
+        steps = (f"the steps that fit {cfg.max_train_minutes:g} minutes (at most {tcfg.steps})" if tcfg.budget == "fit"
+                 else f"{tcfg.steps} steps")
+        print(f"[2/3] training {cfg.preset} for {steps} -> {run_dir}" + (" (resuming)" if resume else ""),
               file=sys.stderr)
         train(tcfg.replace(resume=resume))
     timings["train"] = (time.time() - t) / 60

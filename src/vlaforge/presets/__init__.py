@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 PRESETS: Registry[Callable[[], TrainConfig]] = Registry("presets", lazy={
     "quickstart_tokens": "vlaforge.presets.quickstart",
+    "quickstart_mlp": "vlaforge.presets.quickstart",
     "quickstart_dit": "vlaforge.presets.quickstart",
     "hybridvla": "vlaforge.presets.seeds",
     "hybridvla_tiny": "vlaforge.presets.seeds",
