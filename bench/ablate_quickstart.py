@@ -123,7 +123,8 @@ VARIANTS: dict[str, Variant] = {
     "lean_p8_kp32_skip": Variant("recipe", (*(a.replace("vision_layers=2", "vision_layers=1") for a in LEAN_KP),
                                             "--backbone.patch_size=8", "--backbone.pixel_shuffle=4", "--steps=4000"),
                                  "lean_kp32_skip on a 12 x 12 patch grid (the peer's keypoint resolution): patch 8, "
-                                 "one ViT layer, pixel shuffle 4 (still 9 LM tokens per view); steps set by the budget"),
+                                 "one ViT layer, pixel shuffle 4 (still 9 LM tokens per view); steps set by the "
+                                 "budget"),
     "lean_kp32_skip_lr1e-3": Variant("recipe", (*LEAN_KP, "--lr=1e-3", "--steps=4000"),
                                      "lean_kp32_skip at the peer's learning rate 1e-3; steps set by the budget"),
     # the published architectures (issue 18) on the quick start's optimisation (their presets carry a fine-tuning

@@ -597,6 +597,10 @@ class Backbone(nn.Module):
             xy = self.keypoints.coords(feats if grid is None else grid)
             keypoints = self.keypoints.proj(xy.to(self.keypoints.proj.weight.dtype)).to(feats.dtype).view(b, v, 1, -1)
             if self.keypoint_readout is not None:
+                if v * xy.shape[1] != self.keypoint_readout.in_features:
+                    raise ValueError(f"backbone.keypoints_to_readout: expected {len(self.cameras)} images per sample "
+                                     f"(one per camera), got {v}; stitched views and a frame history > 1 are not "
+                                     f"supported with it")
                 skip = self.keypoint_readout(xy.reshape(b, -1).to(self.keypoint_readout.weight.dtype))
         feats = feats.view(b, v, feats.shape[1], feats.shape[2])
         emb = self.embed_tokens
