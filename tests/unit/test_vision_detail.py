@@ -177,3 +177,49 @@ def test_keypoints_to_readout_add_the_views_coordinates_to_the_pooled_vector(dat
         torch.testing.assert_close(loaded.encode(batch).pooled, pooled, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="backbone.keypoints_to_readout"):
         BACKBONES.get("smolvlm")(size="tiny", keypoints_to_readout=True)
+
+
+def test_keypoints_stride_reads_the_conv_stems_finer_map(dataset, tmp_path):
+    """backbone.keypoints_stride=S: the keypoints read the conv stem's map at stride S (IMG/S cells a side), not the
+    ViT's patch grid. The reference runs the stem's stride-2 blocks by hand (conv, GroupNorm, GELU) from its weights
+    and takes the spatial softmax of that map; it survives a checkpoint; impossible strides name the field."""
+    import torch.nn.functional as F
+
+    reader = LeRobotDataset(dataset[0], chunk=4)
+    robot = reader.meta.robot_spec()
+    backbone = BACKBONES.get("smolvlm")(size="tiny", image_size=IMG, patch_size=8, vision_stem="conv", stem_width=8,
+                                        keypoints=4, keypoints_stride=4, keypoints_to_readout=True, readout="act")
+    policy = VLAPolicy(tiny_policy_config("mlp").replace(backbone=backbone).with_robot(robot))
+    policy.make_pipelines(reader.meta.stats, robot)
+    policy.eval()
+    bb, batch = policy.backbone, collate([policy.inputs(dict(reader[3]))])
+    stem = bb.model.model.vision_model.embeddings.patch_embedding
+    assert bb.keypoints.logits.in_features == 16  # the second block's channels: stem_width 8 doubled
+    seen = {}
+    bb.keypoint_readout.register_forward_pre_hook(lambda m, a: seen.update(coords=a[0]))
+    bb.model.model.vision_model.embeddings.register_forward_pre_hook(lambda m, a, kw: seen.update(pixels=kw.get(
+        "pixel_values", a[0] if a else None)), with_kwargs=True)
+    with torch.no_grad():
+        pooled = policy.encode(batch).pooled
+        x = seen["pixels"]
+        for conv, norm in ((stem.layers[0], stem.layers[1]), (stem.layers[3], stem.layers[4])):  # strides 2, 4
+            x = F.gelu(F.group_norm(F.conv2d(x, conv.weight, stride=2, padding=1), norm.num_groups, norm.weight,
+                                    norm.bias, norm.eps))
+        g = IMG // 4
+        assert x.shape[-2:] == (g, g)
+        logits = torch.einsum("nchw,kc->nkhw", x, bb.keypoints.logits.weight) + bb.keypoints.logits.bias[:, None, None]
+        attn = torch.softmax(logits.flatten(2) / bb.keypoints.log_temp.exp(), -1)  # (views, k, g*g)
+        axis = torch.linspace(-1, 1, g)
+        xs, ys = axis.repeat(g), axis.repeat_interleave(g)
+        expected = torch.stack([attn @ xs, attn @ ys], -1).reshape(1, -1)  # view 0's (x, y) pairs, then view 1's
+        torch.testing.assert_close(seen["coords"], expected, rtol=1e-5, atol=1e-6)
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "ckpt")).eval()
+    assert loaded.cfg.backbone.keypoints_stride == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(batch).pooled, pooled, rtol=0, atol=0)
+    for options in ({"keypoints_stride": 4, "keypoints": 4},  # the patch stem has no finer map
+                    {"keypoints_stride": 4, "vision_stem": "conv"},  # no keypoints to read it
+                    {"keypoints_stride": 8, "vision_stem": "conv", "keypoints": 4},  # = the patch size 8
+                    {"keypoints_stride": 3, "vision_stem": "conv", "keypoints": 4}):
+        with pytest.raises(ConfigError, match="backbone.keypoints_stride"):
+            BACKBONES.get("smolvlm")(size="tiny", patch_size=8, **options)

@@ -73,6 +73,10 @@ class SmolVLMBackboneConfig(BackboneConfig):
     #                      halved per layer back from the last, as Xiao et al.); narrower is cheaper on a CPU
     lm_layers: int = 0  # > 0: keep only the first N decoder layers (SmolVLA's num_vlm_layers)
     vision_layers: int = 0  # > 0: keep only the first N vision-encoder layers (0: all)
+    # keypoints read the conv stem's feature map at this stride in pixels, finer than the patch grid (a power of 2
+    # below patch_size; vision_stem=conv): the 12 x 12 map of a CNN policy's spatial softmax at 96 px and stride 8.
+    # 0: the ViT's patch grid
+    keypoints_stride: int = 0
     embed_scale: bool = False  # image and prompt embeddings x sqrt(hidden) (SmolVLA)
     image_special_tokens: bool = True  # False: bare image tokens, no BOS / wrappers (SmolVLA)
     rope_theta: float = 0.0  # > 0: the decoder's RoPE base instead of the config's (SmolVLA: 10000)
@@ -96,6 +100,12 @@ class SmolVLMBackboneConfig(BackboneConfig):
         self.check(self.vision_stem == "conv" or not self.stem_width, "backbone.stem_width",
                    "0 unless vision_stem=conv")
         self.check(self.rope_theta >= 0, "rope_theta", ">= 0 (0: the config's)")
+        if self.keypoints_stride:
+            self.check(self.vision_stem == "conv" and self.keypoints > 0, "backbone.keypoints_stride",
+                       "0 unless vision_stem=conv and keypoints > 0 (it reads the conv stem)")
+            stride, patch = self.keypoints_stride, self.patch_size or self.sizes[self.size]["vision"]["patch_size"]
+            self.check(stride >= 2 and not stride & (stride - 1) and stride < patch, "backbone.keypoints_stride",
+                       f"a power of 2 from 2 to below the patch size {patch}")
 
     @classmethod
     def backbone_class(cls) -> type[Backbone]:
@@ -166,7 +176,10 @@ class SmolVLMBackbone(Backbone):
         self._grid_dim = hf.vision_config.hidden_size  # keypoints read the patch grid before the pixel shuffle
         if getattr(self.cfg, "vision_stem", "patch") == "conv":
             embeddings = self.model.model.vision_model.embeddings
-            embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch, cfg.stem_width)
+            embeddings.patch_embedding = ConvStem(hf.vision_config.hidden_size, self._patch, cfg.stem_width,
+                                                  tap=cfg.keypoints_stride)
+            if cfg.keypoints_stride:
+                self._grid_dim = embeddings.patch_embedding.tap_channels
         self._scale = float(self.hidden_size) ** 0.5 if cfg.embed_scale else 1.0
         wrap = cfg.image_special_tokens
         self._set_layout(text, self.model.lm_head, start=[self.tokenizer.bos_token_id] if wrap else [],
@@ -180,7 +193,12 @@ class SmolVLMBackbone(Backbone):
         feats = self.model.model.connector(vision.last_hidden_state)
         if self._scale != 1.0:
             feats = feats * torch.tensor(self._scale, dtype=feats.dtype)  # SmolVLA rounds the image scale to the dtype
-        return (feats, {"patch_grid": vision.last_hidden_state}) if self.cfg.keypoints else feats
+        if not self.cfg.keypoints:
+            return feats
+        grid = vision.last_hidden_state
+        if self.cfg.keypoints_stride:  # the stem's finer map, kept by its last forward: (N, C, g, g) -> (N, g*g, C)
+            grid = self.model.model.vision_model.embeddings.patch_embedding.take_tapped().flatten(2).transpose(1, 2)
+        return feats, {"patch_grid": grid}
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         emb = super().embed_tokens(ids)
@@ -194,19 +212,35 @@ class SmolVLMBackbone(Backbone):
 class ConvStem(nn.Module):
     """(N, 3, S, S) -> (N, dim, S/patch, S/patch) through log2(patch) 3x3 stride-2 convolutions (GroupNorm + GELU)
     and a 1x1 projection; a drop-in for a ViT's patch-embedding convolution. The convolutions have ``width``
-    channels doubling per layer, or (``width`` 0) the ViT's ``dim`` halved per layer back from the last."""
+    channels doubling per layer, or (``width`` 0) the ViT's ``dim`` halved per layer back from the last.
 
-    def __init__(self, dim: int, patch: int, width: int = 0) -> None:
+    ``tap`` (a stride in pixels, 0: none): the forward also keeps the feature map at that stride, which the owner
+    takes with :meth:`take_tapped` (the ViT's embedding layer calls the stem, so it cannot return it)."""
+
+    def __init__(self, dim: int, patch: int, width: int = 0, tap: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         depth = patch.bit_length() - 1
-        c_in = 3
+        c_in, self.tap_channels = 3, 0
+        self._tap_end = 3 * (tap.bit_length() - 1) if tap else 0  # conv, norm, act per stride-2 block
         for i in range(depth):
             c_out = width << i if width else max(8, dim >> (depth - 1 - i))
             layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
+            if tap and 2 << i == tap:
+                self.tap_channels = c_out
             c_in = c_out
         layers.append(nn.Conv2d(c_in, dim, 1))
         self.layers = nn.Sequential(*layers)
+        self._tapped: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+        if not self._tap_end:
+            return self.layers(x)
+        self._tapped = self.layers[:self._tap_end](x)
+        return self.layers[self._tap_end:](self._tapped)
+
+    def take_tapped(self) -> Tensor:
+        out, self._tapped = self._tapped, None
+        if out is None:
+            raise RuntimeError("ConvStem.take_tapped: no forward has run since the last take")
+        return out
