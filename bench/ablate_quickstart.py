@@ -126,6 +126,12 @@ VARIANTS: dict[str, Variant] = {
                                  "budget"),
     "lean_kp32_skip_lr1e-3": Variant("recipe", (*LEAN_KP, "--lr=1e-3", "--steps=4000"),
                                      "lean_kp32_skip at the peer's learning rate 1e-3; steps set by the budget"),
+    "lean_kp32s8_skip": Variant("recipe", (*LEAN_KP, "--backbone.keypoints_stride=8", "--steps=4000"),
+                                "lean_kp32_skip with the keypoints on the conv stem's 12 x 12 map at stride 8 (the "
+                                "peer's keypoint resolution) instead of the 6 x 6 patch grid; steps set by the budget"),
+    "lean_kp32s8_skip_ema": Variant("recipe", (*LEAN_KP, "--backbone.keypoints_stride=8", "--ema=0.995",
+                                               "--steps=4000"),
+                                    "lean_kp32s8_skip evaluated on an EMA of its weights (decay 0.995)"),
     # the published architectures (issue 18) on the quick start's optimisation (their presets carry a fine-tuning
     # recipe: lr 2.5e-5 / 1e-4 at batch 8, which a random-initialised model does not learn from in 20 minutes) and
     # its chunk of 8 with 2 executed, on the cameras' own 96 px

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import difflib
 import enum
 import json
 import numbers
@@ -187,8 +188,9 @@ def check_types(tp: Any, value: Any, field: str = "", *, cli: bool = False) -> N
     :class:`ConfigError` naming the dotted field, the expected and the actual type.
 
     draccus would coerce instead: ``"cameras": "scene"`` into five one-letter cameras, ``true`` into ``1``.
-    Dataclass fields are checked recursively (a choice family through its ``"type"`` tag); unknown keys and
-    unknown ``type`` names are left to draccus, which names them.
+    Dataclass fields are checked recursively (a choice family through its ``"type"`` tag). ``cli``: an unknown
+    key is refused too, with the closest known one (draccus would print its whole usage); unknown ``type`` names are
+    left to draccus, which lists the known ones.
     """
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     name = field or "<root>"
@@ -251,6 +253,14 @@ def _check_fields(cls: type, data: dict[str, Any], field: str, cli: bool) -> Non
             cls = cls.get_choice_class(data["type"])
         except (KeyError, ValueError):
             return  # draccus reports the unknown type with the known ones
+    if cli:  # draccus would print its whole usage for a misspelt option; one line names it instead
+        known = [f.name for f in dataclasses.fields(cls)] + ["type"]  # "type": a choice's tag (to_dict writes it)
+        for key in data:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"{field}.{key}" if field else key, f"a known option of {cls.__name__}{hint}",
+                                  data[key])
     try:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError):

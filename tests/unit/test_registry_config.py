@@ -68,6 +68,21 @@ def test_cli_overrides_change_head_type_and_fields():
         parse_overrides(base, to_draccus(["--head.type=dit", "--head.num_steps=0"], prefixes=PREFIXES))
 
 
+def test_a_misspelt_override_is_one_line_naming_it_and_the_closest_option(capsys):
+    from vlaforge.cli.train import PREFIXES
+    from vlaforge.presets import get_preset
+
+    base = get_preset("quickstart_mlp")
+    for arg, field, near in (("--backbone.keypoint=3", "policy.backbone.keypoint", "keypoints"),
+                             ("--head.tpye=dit", "policy.head.tpye", "type"), ("--stepz=3", "stepz", "steps")):
+        with pytest.raises(ConfigError) as err:
+            parse_overrides(base, to_draccus([arg], prefixes=PREFIXES))
+        assert err.value.field == field and f"did you mean {near!r}" in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match="'zzz'.*a known option of TrainConfig, got 1$"):
+        parse_overrides(base, ["--zzz=1"])
+    assert capsys.readouterr().err == ""  # no usage text
+
+
 def test_frozen_configs():
     cfg = HEADS.get("tokens")()
     with pytest.raises(dataclasses.FrozenInstanceError):
