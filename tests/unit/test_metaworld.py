@@ -27,6 +27,22 @@ def test_same_seed_same_scene_different_seed_different_scene(env):
     assert not np.array_equal(a[image_key("scene")], c[image_key("scene")])
 
 
+def test_the_first_frame_shows_this_episodes_goal_whatever_came_before():
+    """Meta-World's reset moves the goal site but not its world position (that waits for a step): the first frame
+    must not show the previous episode's goal."""
+    make = ENVS.get("metaworld")(image_size=96).make
+    used, fresh = make("reach-v3"), make("reach-v3")
+    try:
+        used.reset(1)
+        first = used.reset(2)
+        np.testing.assert_array_equal(first[image_key("scene")], fresh.reset(2)[image_key("scene")])
+        data, model = used._env.data, used._env.model
+        np.testing.assert_allclose(data.site_xpos[model.site("goal").id], used._env._target_pos, atol=1e-6)
+    finally:
+        used.close()
+        fresh.close()
+
+
 def test_observation_is_cameras_state_and_instruction_only(env):
     obs = env.reset(0)
     assert set(obs) == {image_key("scene"), image_key("wrist"), OBS_STATE, TASK}

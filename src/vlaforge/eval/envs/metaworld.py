@@ -199,6 +199,9 @@ class MetaWorldEnv:
     def reset(self, seed: int, render: bool = True) -> dict[str, Any]:
         self._env.seed(int(seed))
         self._obs, _ = self._env.reset()
+        # Meta-World moves the goal site's model position but leaves the derived world positions to the next step:
+        # without this the first frame shows the previous episode's goal
+        self._mujoco.mj_forward(self._env.model, self._env.data)
         self._t = 0
         return self.observation() if render else {}
 
