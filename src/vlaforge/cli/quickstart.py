@@ -33,7 +33,8 @@ class QuickstartConfig(ConfigBase):
     eval_episodes: int = 10  # per task
     preset: str = "quickstart_mlp"
     steps: int | None = None  # training steps (default: the preset's)
-    max_train_minutes: float = 20.0  # the training budget: its schedule is laid out to end within it
+    max_train_minutes: float = 15.0  # the training budget (its schedule is laid out to end within it): 15 keeps
+    #                                  `make demo` (install, collect, train, evaluate) within 30 minutes on 2 cores
     exec_steps: int | None = None  # actions executed per chunk (default: the policy's exec_steps)
     workers: int = 1  # evaluation: processes the envs run in (1: this process); the results do not depend on it
     # more `vlaforge train` options, space-separated KEY=VALUE (short forms as there: "lr=3e-4 chunk=8 head.type=mlp")
