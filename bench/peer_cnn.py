@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vlaforge.data.lerobot import LeRobotDataset
@@ -227,6 +229,26 @@ def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: T
             "minutes": minutes, "final_loss": float(np.mean(losses[-20:])), "losses": losses}
 
 
+def save_weights(model: PeerCNN, path: Path, train: dict[str, Any]) -> None:
+    """The trained weights, with the model's config and the training record as metadata (for ``--weights``)."""
+    save_file(model.state_dict(), str(path), metadata={"train": json.dumps(train), "model": json.dumps(
+        asdict(model.cfg))})
+
+
+def load_weights(model: PeerCNN, path: Path) -> dict[str, Any]:
+    """Weights written by an earlier run (``--weights``) into ``model``; returns that run's training record."""
+    if not path.is_file():
+        raise SystemExit(f"--weights {path}: no such file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    saved = json.loads(meta.get("model", "{}"))
+    if saved != json.loads(json.dumps(asdict(model.cfg))):
+        raise SystemExit(f"--weights {path}: written for another model or dataset (model config {saved}), expected "
+                         f"{asdict(model.cfg)}")
+    model.load_state_dict(load_file(str(path)))
+    return json.loads(meta["train"])
+
+
 def resolve_tasks(env: Any, spec: str, reader: LeRobotDataset) -> list[str]:
     """Env task names to evaluate: ``spec`` (checked against the dataset), or every task the dataset holds."""
     from vlaforge.eval.envs.metaworld import INSTRUCTIONS
@@ -275,7 +297,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         workers=args.workers, seed=args.seed)
     print(f"peer CNN: {params / 1e6:.2f} M parameters, {len(reader)} frames, {args.minutes} min budget",
           file=sys.stderr)
-    train = train_peer(model, reader, inputs, opts)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = out.with_suffix(".safetensors")  # written before the evaluation: a crash there keeps the training
+    if args.weights:
+        train = load_weights(model, Path(args.weights))
+    else:
+        train = train_peer(model, reader, inputs, opts)
+        save_weights(model, weights, train)
+        print(f"{weights}: the trained weights (evaluate them again with --weights)", file=sys.stderr)
     policy = PeerPolicy(model, inputs, outputs, robot, args.exec_steps)
     summary = summarize(evaluate(policy, env, tasks, args.episodes, exec_steps=args.exec_steps,
                                  video_dir=Path(args.videos) if args.videos else None))
@@ -291,8 +321,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "exec_steps": args.exec_steps,
               "dataset": {"path": str(data), "episodes": reader.meta.num_episodes, "frames": reader.meta.num_frames},
               "machine": machine(), "command": "python bench/peer_cnn.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{out}: mean success {summary['mean_success']:.0%} after {train['steps']} steps "
           f"({train['minutes']:.1f} min), {params / 1e6:.2f} M parameters", file=sys.stderr)
@@ -322,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--videos", default="", help="write one rollout video per task here")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_cnn.json"), help="result JSON")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_cnn.json"),
+                    help="result JSON; the trained weights go beside it (.safetensors)")
+    ap.add_argument("--weights", default="", help="evaluate the weights an earlier run wrote (no training)")
     args = ap.parse_args(argv)
     if not 1 <= args.exec_steps <= args.chunk:
         ap.error(f"--exec-steps: expected 1..{args.chunk} (--chunk), got {args.exec_steps}")

@@ -7,6 +7,7 @@ bench/data.py.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_a_few_steps_lower_the_loss(peer, tmp_path):
         after = model.eval().loss(every_frame).item()
     assert out["steps"] == out["planned_steps"] == 30 and out["schedule_completed"]
     assert after < 0.5 * before, (before, after)
+    peer.save_weights(model, tmp_path / "peer.safetensors", out)  # what run() writes before it evaluates
+    torch.manual_seed(1)
+    again, _, _, _ = _tiny(peer, reader)
+    assert peer.load_weights(again, tmp_path / "peer.safetensors") == out  # --weights: the record comes back too
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval().loss(every_frame), model.loss(every_frame), rtol=0, atol=0)
+    other = peer.PeerCNN(replace(again.cfg, hidden=32))
+    with pytest.raises(SystemExit, match="written for another model"):
+        peer.load_weights(other, tmp_path / "peer.safetensors")
 
 
 def test_a_budget_is_planned_from_the_measured_step_time_and_kept(peer, dataset):
