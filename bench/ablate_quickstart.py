@@ -132,6 +132,9 @@ VARIANTS: dict[str, Variant] = {
     "lean_kp32s8_skip_ema": Variant("recipe", (*LEAN_KP, "--backbone.keypoints_stride=8", "--ema=0.995",
                                                "--steps=4000"),
                                     "lean_kp32s8_skip evaluated on an EMA of its weights (decay 0.995)"),
+    "lean_kp32_skip_env": Variant("recipe", (*LEAN_KP, "--policy.env_state_loss=1", "--steps=4000"),
+                                  "lean_kp32_skip that also regresses the objects' and the goal's positions from its "
+                                  "readout (auxiliary MSE, weight 1; training only); steps set by the budget"),
     # the published architectures (issue 18) on the quick start's optimisation (their presets carry a fine-tuning
     # recipe: lr 2.5e-5 / 1e-4 at batch 8, which a random-initialised model does not learn from in 20 minutes) and
     # its chunk of 8 with 2 executed, on the cameras' own 96 px

@@ -40,7 +40,7 @@ from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.processors.base import Pipeline, collate
 from vlaforge.processors.image import ImageStep, RandomShift
 from vlaforge.processors.pipelines import build_pipelines
-from vlaforge.types import ACTION, ACTION_IS_PAD, OBS_STATE, TASK, RobotSpec, image_key
+from vlaforge.types import ACTION, ACTION_IS_PAD, OBS_ENV_STATE, OBS_STATE, TASK, RobotSpec, image_key
 
 MODES = {OBS_STATE: "mean_std", ACTION: "q01_q99"}  # vlaforge's default normalisation (PolicyConfig)
 
@@ -56,6 +56,7 @@ class PeerConfig:
     keypoints: int = 64
     embed: int = 64  # proprio and task feature width
     hidden: int = 1024
+    env_state_dim: int = 0  # > 0: an auxiliary head regresses the environment state (--env-state-loss)
 
 
 class SpatialSoftmax(nn.Module):
@@ -104,6 +105,8 @@ class PeerCNN(nn.Module):
         width = sum(e.out_dim for e in self.cams.values()) + 2 * cfg.embed
         self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
                                  nn.Linear(cfg.hidden, cfg.chunk * cfg.action_dim))
+        self.env_state = (nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(),
+                                        nn.Linear(cfg.hidden, cfg.env_state_dim)) if cfg.env_state_dim else None)
 
     def _task_index(self, instructions: list[str]) -> Tensor:
         unknown = sorted(set(instructions) - set(self.task_ids))
@@ -111,24 +114,34 @@ class PeerCNN(nn.Module):
             raise ValueError(f"task {unknown[0]!r}: not in the training data's task table {sorted(self.task_ids)}")
         return torch.tensor([self.task_ids[t] for t in instructions], device=self.task.weight.device)
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def features(self, batch: dict[str, Any]) -> Tensor:
         feats = [enc(batch[image_key(cam)].float()) for cam, enc in self.cams.items()]
         feats += [self.proprio(batch[OBS_STATE].float()), self.task(self._task_index(batch[TASK]))]
-        return self.mlp(torch.cat(feats, -1)).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+        return torch.cat(feats, -1)
 
-    def loss(self, batch: dict[str, Any]) -> Tensor:
-        """L1 on the normalised chunk; steps past the episode's end (``action_is_pad``) do not count."""
-        err = (self(batch) - batch[ACTION].float()).abs()
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        return self.mlp(self.features(batch)).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+
+    def loss(self, batch: dict[str, Any], env_state_loss: float = 0.0) -> Tensor:
+        """L1 on the normalised chunk; steps past the episode's end (``action_is_pad``) do not count. With
+        ``env_state_loss`` > 0 plus that weight times the MSE of the regressed (normalised) environment state."""
+        feats = self.features(batch)
+        pred = self.mlp(feats).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+        err = (pred - batch[ACTION].float()).abs()
         keep = (~batch[ACTION_IS_PAD].bool()).unsqueeze(-1).float()
-        return (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp(min=1)
+        loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp(min=1)
+        if env_state_loss:
+            loss = loss + env_state_loss * nn.functional.mse_loss(self.env_state(feats), batch[OBS_ENV_STATE].float())
+        return loss
 
 
-def make_pipelines(reader: LeRobotDataset) -> tuple[Pipeline, Pipeline, RobotSpec]:
+def make_pipelines(reader: LeRobotDataset, env_state: bool = False) -> tuple[Pipeline, Pipeline, RobotSpec]:
     """vlaforge's own inputs (feature check, normalisation, images to float) and outputs (unnormalisation)."""
     robot = reader.meta.robot_spec()
     images = ImageStep(cameras=list(robot.cameras), size=max(max(hw) for hw in robot.cameras.values()),
                        resize="squash")
-    inputs, outputs = build_pipelines(robot, 1, MODES, reader.meta.stats, {}, [images])
+    modes = {**MODES, OBS_ENV_STATE: "mean_std"} if env_state else MODES
+    inputs, outputs = build_pipelines(robot, 1, modes, reader.meta.stats, {}, [images])
     return inputs, outputs, robot
 
 
@@ -162,6 +175,7 @@ class TrainOptions:
     shift_pad: int = 4
     seed: int = 0
     workers: int = 0
+    env_state_loss: float = 0.0  # weight of the auxiliary environment-state regression (0: the plain peer)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, done: int = 0) -> Any:
@@ -204,7 +218,7 @@ def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: T
     with progress_bar(show_progress) as bar:
         job = bar.add_task("train peer (timing)", total=opts.steps or next_plan)
         for batch in loader:
-            loss = model.loss(batch)
+            loss = model.loss(batch, opts.env_state_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -288,13 +302,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_dataset(env, data, args.tasks, args.demos)
     reader = LeRobotDataset(data, chunk=args.chunk)
     tasks = resolve_tasks(env, args.tasks, reader)
-    inputs, outputs, robot = make_pipelines(reader)
+    env_state = reader.meta.features.get(OBS_ENV_STATE) if args.env_state_loss else None
+    if args.env_state_loss and env_state is None:
+        raise SystemExit(f"--env-state-loss: {data} has no '{OBS_ENV_STATE}' (collect it again)")
+    inputs, outputs, robot = make_pipelines(reader, env_state=env_state is not None)
     cfg = PeerConfig(cameras=tuple(robot.cameras), state_dim=robot.state_dim, action_dim=robot.action_dim,
-                     tasks=tuple(reader.meta.tasks), chunk=args.chunk, hidden=args.hidden)
+                     tasks=tuple(reader.meta.tasks), chunk=args.chunk, hidden=args.hidden,
+                     env_state_dim=env_state.shape[0] if env_state is not None else 0)
     model = PeerCNN(cfg)
     params = sum(p.numel() for p in model.parameters())
     opts = TrainOptions(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                        workers=args.workers, seed=args.seed)
+                        workers=args.workers, seed=args.seed, env_state_loss=args.env_state_loss)
     print(f"peer CNN: {params / 1e6:.2f} M parameters, {len(reader)} frames, {args.minutes} min budget",
           file=sys.stderr)
     out = Path(args.out)
@@ -346,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=defaults["batch_size"], help="%(default)s")
     ap.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (%(default)s)")
     ap.add_argument("--hidden", type=int, default=PeerConfig.hidden, help="width of the action MLP (%(default)s)")
+    ap.add_argument("--env-state-loss", type=float, default=0.0, help="weight of an auxiliary regression of the "
+                    "data's object and goal positions (%(default)s: the plain peer)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)

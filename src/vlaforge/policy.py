@@ -39,6 +39,7 @@ from vlaforge.types import (
     ACTION,
     DATASET,
     INPUT_IDS,
+    OBS_ENV_STATE,
     OBS_STATE,
     TASK,
     Context,
@@ -73,9 +74,15 @@ class PolicyConfig(ConfigBase):
     state_dim: int = 0
     action_dim: int = 0
     reasoning: ReasoningConfig | None = None  # DexVLA: generate sub-step reasoning, FiLM it into the condition
+    # > 0: an auxiliary loss, this weight times the MSE of the (normalized) observation.environment_state (object and
+    # goal positions) regressed from the readout. Training only: the policy never reads that state.
+    env_state_loss: float = 0.0
+    env_state_dim: int = 0  # filled from the training data when env_state_loss > 0
 
     def validate(self) -> None:
         self.check(self.chunk >= 1, "chunk", ">= 1")
+        self.check(self.env_state_loss >= 0, "env_state_loss", ">= 0")
+        self.check(self.env_state_dim >= 0, "env_state_dim", ">= 0")
         self.check(1 <= self.exec_steps <= self.chunk, "exec_steps", f"in [1, chunk={self.chunk}]")
         self.check(self.history >= 1, "history", ">= 1")
         for k, m in self.normalization.items():
@@ -216,12 +223,35 @@ class VLAPolicy(nn.Module):
                                    lm=self.backbone.lm_spec())
         self._check_head_fits_backbone()
         self.reasoner = Reasoner(cfg.reasoning, self.backbone.hidden_size) if cfg.reasoning else None
+        self.env_state_head = self._build_env_state_head()
         self.robot: RobotSpec | None = None
         self.dataset_stats: dict[str, Stats] = {}  # mixtures: every training dataset's statistics
         self.dataset_robots: dict[str, RobotSpec] = {}
         self.unnorm_key: str | None = None
         self.inputs: Pipeline | None = None
         self.outputs: Pipeline | None = None
+
+    def _build_env_state_head(self) -> nn.Module | None:
+        cfg = self.cfg
+        if cfg.env_state_loss == 0:
+            return None
+        if cfg.env_state_dim <= 0:
+            raise ConfigError("policy.env_state_dim", f"the size of the data's {OBS_ENV_STATE} (> 0) with "
+                              "env_state_loss > 0", cfg.env_state_dim)
+        if self.head.in_sequence:
+            raise ConfigError("policy.env_state_loss", f"0 with the in-sequence head {cfg.head.type!r} (the "
+                              "auxiliary regression reads the readout vector)", cfg.env_state_loss)
+        h = self.backbone.hidden_size
+        return nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, cfg.env_state_dim))
+
+    def _env_state_loss(self, ctx: Context, batch: dict[str, Any]) -> Tensor:
+        if OBS_ENV_STATE not in batch:
+            raise KeyError(f"policy.env_state_loss: the batch has no '{OBS_ENV_STATE}' (the training data must "
+                           "record it)")
+        target = batch[OBS_ENV_STATE].to(ctx.pooled.dtype)
+        if target.ndim == 3:  # history: the state of the newest frame
+            target = target[:, -1]
+        return torch.nn.functional.mse_loss(self.env_state_head(ctx.pooled), target)
 
     def _check_head_fits_backbone(self) -> None:
         """What a head needs of the backbone, refused at build time rather than at the first step."""
@@ -265,6 +295,8 @@ class VLAPolicy(nn.Module):
         if self.dataset_robots and unnorm_key in self.dataset_robots:
             robot = self.dataset_robots[unnorm_key]
         self._modes = {k: m for k, m in self.cfg.normalization.items() if k != OBS_STATE or self.cfg.state_dim}
+        if self.cfg.env_state_dim:  # the auxiliary target, normalized like the proprio (absent at inference)
+            self._modes.setdefault(OBS_ENV_STATE, "mean_std")
         dims = {OBS_STATE: self.cfg.state_dim, ACTION: self.cfg.action_dim}
         self._masks = {}
         for key, skip in self.cfg.normalize_skip.items():
@@ -347,6 +379,9 @@ class VLAPolicy(nn.Module):
         out = self.head.loss(ctx, batch)
         if r is not None:
             out = {**out, "loss": out["loss"] + self.cfg.reasoning.loss_weight * r, "reasoning_loss": r.detach()}
+        if self.env_state_head is not None:
+            e = self._env_state_loss(ctx, batch)
+            out = {**out, "loss": out["loss"] + self.cfg.env_state_loss * e, "env_state_loss": e.detach()}
         return out
 
     @torch.no_grad()

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # torch stays out of data-only imports
 OBS_PREFIX = "observation."
 OBS_IMAGES = "observation.images"
 OBS_STATE = "observation.state"
+# Simulator state a policy never sees (object and goal positions, LeRobot's name); only an auxiliary training target
+OBS_ENV_STATE = "observation.environment_state"
 ACTION = "action"
 TASK = "task"
 DATASET = "dataset_name"  # which dataset of a mixture a training item came from

@@ -21,6 +21,7 @@ def test_collect_train_resume_eval(tmp_path):
     assert info["total_episodes"] == 2
     assert set(info["features"]) >= {"observation.images.scene", "observation.images.wrist", "observation.state",
                                      "action"}
+    assert info["features"]["observation.environment_state"]["shape"] == [9]  # objects + goal, for training only
     assert json.loads((data / "meta/tasks.parquet").exists() and (data / "meta/collection.json").read_text())
     common = ["--data", str(data), "--out", str(run), "--backbone.image_size=32", "--batch_size=4",
               "--save_every=3", "--log_every=1"]

@@ -9,7 +9,7 @@ pytest.importorskip("metaworld")
 
 from vlaforge.eval.envs import ENVS
 from vlaforge.eval.envs.metaworld import INSTRUCTIONS
-from vlaforge.types import OBS_STATE, TASK, image_key
+from vlaforge.types import OBS_ENV_STATE, OBS_STATE, TASK, image_key
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,15 @@ def test_the_first_frame_shows_this_episodes_goal_whatever_came_before():
         fresh.close()
 
 
-def test_observation_is_cameras_state_and_instruction_only(env):
+def test_observation_is_cameras_state_and_instruction_and_the_scene_apart(env):
     obs = env.reset(0)
-    assert set(obs) == {image_key("scene"), image_key("wrist"), OBS_STATE, TASK}
+    assert set(obs) == {image_key("scene"), image_key("wrist"), OBS_STATE, OBS_ENV_STATE, TASK}
     assert obs[OBS_STATE].shape == (4,)  # hand xyz + gripper opening; no object or goal positions
+    # the environment state (a training target only): the drawer handle, no second object, the goal
+    inner = env._env
+    np.testing.assert_allclose(obs[OBS_ENV_STATE][:3], inner._get_pos_objects()[:3], atol=1e-6)
+    np.testing.assert_array_equal(obs[OBS_ENV_STATE][3:6], 0.0)
+    np.testing.assert_allclose(obs[OBS_ENV_STATE][6:], inner._target_pos, atol=1e-6)
     assert obs[image_key("wrist")].shape == (32, 32, 3) and obs[image_key("wrist")].dtype == np.uint8
     assert obs[TASK] == "open the drawer"
 

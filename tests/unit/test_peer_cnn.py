@@ -16,7 +16,7 @@ import torch
 from helpers import TASKS, load_bench, write_dataset
 from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.processors.base import collate
-from vlaforge.types import ACTION, OBS_STATE, TASK, image_key
+from vlaforge.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpec, image_key
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,26 @@ def test_a_few_steps_lower_the_loss(peer, tmp_path):
     other = peer.PeerCNN(replace(again.cfg, hidden=32))
     with pytest.raises(SystemExit, match="written for another model"):
         peer.load_weights(other, tmp_path / "peer.safetensors")
+
+
+def test_the_env_state_auxiliary_adds_its_weighted_mse(peer, tmp_path):
+    """``--env-state-loss``: the peer may regress the data's object / goal positions (normalised) as well."""
+    write_dataset(tmp_path, extra={OBS_ENV_STATE: FeatureSpec("float32", (3,))},
+                  extra_values=lambda i, n: {OBS_ENV_STATE: np.full((n, 3), i, np.float32)})
+    reader = LeRobotDataset(tmp_path, chunk=4)
+    inputs, _, robot = peer.make_pipelines(reader, env_state=True)
+    cfg = peer.PeerConfig(cameras=tuple(robot.cameras), state_dim=robot.state_dim, action_dim=robot.action_dim,
+                          tasks=tuple(reader.meta.tasks), channels=(8, 8, 16, 16), keypoints=8, embed=16, hidden=64,
+                          env_state_dim=3)
+    torch.manual_seed(0)
+    model = peer.PeerCNN(cfg).eval()
+    idx = (0, 9, 20)
+    batch = collate([inputs(reader[i]) for i in idx])
+    st = reader.meta.stats[OBS_ENV_STATE]
+    target = (np.stack([reader[i][OBS_ENV_STATE] for i in idx]) - np.asarray(st["mean"])) / np.asarray(st["std"])
+    with torch.no_grad():
+        mse = ((model.env_state(model.features(batch)) - torch.as_tensor(target).float()) ** 2).mean()
+        torch.testing.assert_close(model.loss(batch, 0.5), model.loss(batch) + 0.5 * mse)
 
 
 def test_a_budget_is_planned_from_the_measured_step_time_and_kept(peer, dataset):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from helpers import write_dataset
@@ -13,18 +14,20 @@ from vlaforge.presets import PRESETS, get_preset
 from vlaforge.presets.seeds import FULL_SIZE, SEED_PRESETS
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.trainer import train
-from vlaforge.types import FeatureSpec
+from vlaforge.types import OBS_ENV_STATE, FeatureSpec
 
 TINY = [f"{name}_tiny" for name in SEED_PRESETS]
 
 
 @pytest.fixture(scope="module")
 def reasoning_dataset(tmp_path_factory):
-    """The 3-episode fixture plus DexVLA's per-frame sub-step reasoning (ignored by the other recipes)."""
+    """The 3-episode fixture plus DexVLA's per-frame sub-step reasoning and a simulator's environment state (object
+    and goal positions, the quick start's auxiliary target), each ignored by the recipes that do not use it."""
     root = tmp_path_factory.mktemp("presets") / "tiny"
-    write_dataset(root, extra={"reasoning": FeatureSpec("string", (1,))},
+    write_dataset(root, extra={"reasoning": FeatureSpec("string", (1,)), OBS_ENV_STATE: FeatureSpec("float32", (6,))},
                   extra_values=lambda ep, n: {"reasoning": ["reach the handle" if t < n // 2 else "pull it open"
-                                                            for t in range(n)]})
+                                                            for t in range(n)],
+                                              OBS_ENV_STATE: np.linspace(0, 1, 6 * n, dtype=np.float32).reshape(n, 6)})
     return root
 
 
@@ -123,6 +126,7 @@ def test_the_quick_start_default_is_the_lean_recipe_and_trains(reasoning_dataset
     cfg = get_preset("quickstart_mlp")
     bb = cfg.policy.backbone
     assert (cfg.policy.head.type, bb.readout, bb.vision_stem, bb.keypoints_to_readout) == ("mlp", "act", "conv", True)
+    assert cfg.policy.env_state_loss == 1.0  # it learns where the objects and the goal are (training only)
     run = tmp_path / "run"
     cfg = cfg.replace(data=cfg.data.replace(path=str(reasoning_dataset)), out=str(run), steps=2, batch_size=2,
                       save_every=2, log_every=1, threads=1)
@@ -130,3 +134,4 @@ def test_the_quick_start_default_is_the_lean_recipe_and_trains(reasoning_dataset
     model = policy.backbone.model.model
     assert len(model.vision_model.encoder.layers) == len(model.text_model.layers) == 2
     assert policy.backbone.keypoint_readout is not None
+    assert policy.cfg.env_state_dim == 6 and policy.env_state_head is not None

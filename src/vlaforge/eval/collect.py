@@ -13,7 +13,7 @@ import numpy as np
 from vlaforge.config import ConfigBase
 from vlaforge.data.lerobot import LeRobotWriter, check_output_dir
 from vlaforge.eval.envs.base import ENVS, EnvConfig
-from vlaforge.types import ACTION, OBS_STATE, FeatureSpec, image_key
+from vlaforge.types import ACTION, OBS_IMAGES, OBS_STATE, FeatureSpec, image_key
 from vlaforge.utils import progress_bar
 
 
@@ -105,10 +105,14 @@ def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, s
         try:
             for fut in futures:
                 result, kept, (robot, fps, records) = fut.result()
-                if writer is None:
+                if writer is None and kept:  # the first episodes fix the features
                     feats = {image_key(c): FeatureSpec("video", (h, w, 3)) for c, (h, w) in robot.cameras.items()}
                     feats[OBS_STATE] = FeatureSpec("float32", (robot.state_dim,))
                     feats[ACTION] = FeatureSpec("float32", (robot.action_dim,))
+                    # what else the env observes (Meta-World's environment state): recorded as it comes
+                    for k, v in kept[0].items():
+                        if k not in feats and not k.startswith(OBS_IMAGES):
+                            feats[k] = FeatureSpec("float32", tuple(v.shape[1:]))
                     writer = LeRobotWriter(out, fps, feats, robot_type=env_cfg.type, codec=codec, overwrite=overwrite)
                 for episode in kept:
                     writer.add_episode(episode, result.instruction)
@@ -124,6 +128,9 @@ def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, s
                 fut.cancel()
     if record and overwrite and (out / fmt).is_dir():
         shutil.rmtree(out / fmt)  # the previous collection's files (check_output_dir: a dataset we wrote)
+    if writer is None:
+        raise RuntimeError(f"collect: the expert succeeded in none of {max_attempts} attempts per task on {tasks}; "
+                           "nothing was written")
     writer.finalize()
     (out / "meta" / "collection.json").write_text(json.dumps(
         {"env": env_cfg.to_dict(), "tasks": [vars(s) for s in summary]}, indent=2))

@@ -18,10 +18,10 @@ LEAN = dict(vision_stem="conv", stem_width=16, vision_layers=2, lm_layers=2, ima
             keypoints=32, keypoints_to_readout=True, readout="act")
 
 
-def _quickstart(head: str, backbone: dict[str, object] | None = None, steps: int = 2000,
+def _quickstart(head: str, backbone: dict[str, object] | None = None, steps: int = 2000, env_state_loss: float = 0.0,
                 **head_options: object) -> TrainConfig:
     policy = PolicyConfig(backbone=BACKBONES.get("smolvlm")(size="tiny", proprio="mlp", **(backbone or {})),
-                          head=HEADS.get(head)(**head_options), chunk=8, exec_steps=2)
+                          head=HEADS.get(head)(**head_options), chunk=8, exec_steps=2, env_state_loss=env_state_loss)
     return TrainConfig(policy=policy, data=DataConfig(shift_pad=4), optim=OptimConfig(lr=3e-4, warmup_steps=100),
                        steps=steps, batch_size=32, save_every=500, log_every=10)
 
@@ -29,8 +29,10 @@ def _quickstart(head: str, backbone: dict[str, object] | None = None, steps: int
 @PRESETS.register("quickstart_mlp")
 def quickstart_mlp() -> TrainConfig:
     """The quick start's default: the lean tiny VLM (conv stem, keypoints into the readout) and an L1 MLP on a
-    learned act token. 4,000 steps is an upper bound: the quick start fits its schedule to the training budget."""
-    return _quickstart("mlp", LEAN, steps=4000)
+    learned act token, which also learns to say where the objects and the goal are (``env_state_loss``: the
+    demos' ``observation.environment_state``, a training target only; ``--policy.env_state_loss=0`` trains on data
+    without it). 4,000 steps is an upper bound: the quick start fits its schedule to the training budget."""
+    return _quickstart("mlp", LEAN, steps=4000, env_state_loss=1.0)
 
 
 @PRESETS.register("quickstart_tokens")

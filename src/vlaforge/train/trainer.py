@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vlaforge.config import Paths, atomic_write_text
+from vlaforge.config import ConfigError, Paths, atomic_write_text
 from vlaforge.data import open_reader
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.data.stats import StatsError
@@ -38,6 +38,7 @@ from vlaforge.train.config import TrainConfig, resume_changes
 from vlaforge.train.data import augmentation, make_loader
 from vlaforge.train.plots import plot_losses
 from vlaforge.train.runtime import SingleProcess, make_runtime, peak_memory_gb
+from vlaforge.types import OBS_ENV_STATE, OBS_PREFIX
 from vlaforge.utils import progress_bar, seed_everything
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,22 @@ def _mixture_paths(cfg: TrainConfig) -> dict[str, tuple[Path, float]]:
     return out
 
 
+def _with_env_state(policy: PolicyConfig, reader: Any, path: str) -> PolicyConfig:
+    """The policy config with the environment state's size when it learns to predict it (auxiliary loss)."""
+    if policy.env_state_loss == 0:
+        return policy
+    meta = getattr(reader, "meta", None)
+    if meta is None:
+        raise ConfigError("policy.env_state_loss", "0 with a mixture (one dataset's environment state only)",
+                          policy.env_state_loss)
+    spec = meta.features.get(OBS_ENV_STATE)
+    if spec is None or len(spec.shape) != 1:
+        has = sorted(k for k in meta.features if k.startswith(OBS_PREFIX))
+        raise ConfigError("policy.env_state_loss", f"0 (--policy.env_state_loss=0), or data with a 1-d "
+                          f"'{OBS_ENV_STATE}' ({path} has {has})", policy.env_state_loss)
+    return policy.replace(env_state_dim=int(spec.shape[0]))
+
+
 def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
     """The training data reader and the policy exactly as :func:`train` builds them (not yet on a device): from
     ``cfg.policy`` with the data's robot and statistics, fitted to the training actions, or from ``init_from``."""
@@ -179,7 +196,7 @@ def build_reader_and_policy(cfg: TrainConfig) -> tuple[Any, VLAPolicy]:
         policy.check_compatible(robot, "dataset")
         policy.make_pipelines(stats, robot, **mix)
     else:
-        policy = VLAPolicy(cfg.policy.with_robot(robot))
+        policy = VLAPolicy(_with_env_state(cfg.policy.with_robot(robot), reader, cfg.data.path))
         policy.make_pipelines(stats, robot, **mix)
         policy.fit(reader, seed=cfg.seed)  # quantile bins / FAST tokenizers learn from the training actions
     return reader, policy

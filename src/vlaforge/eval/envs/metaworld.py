@@ -4,7 +4,9 @@
   the same scene and different seeds give different scenes (``gym.make("Meta-World/MT1")`` cycles through 50
   fixed positions instead).
 * Observability: goal positions are switched on in the simulator because the bundled scripted experts need
-  them; the *policy* only ever sees the cameras and the proprio state ``[hand x, y, z, gripper opening]``.
+  them; the *policy* only ever sees the cameras and the proprio state ``[hand x, y, z, gripper opening]``. The
+  object and goal positions are observed as ``observation.environment_state``: collected datasets keep them, and a
+  policy may learn to predict them (``PolicyConfig.env_state_loss``), never read them.
 * Rendering: one ``mujoco.Renderer`` per env with shadows, reflections and MSAA off (about 7x faster on a CPU
   than the default); ``corner*`` cameras are rotated 180 degrees so that every view is upright.
 """
@@ -19,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from vlaforge.eval.envs.base import ENVS, EnvConfig
-from vlaforge.types import OBS_STATE, TASK, RobotSpec, image_key
+from vlaforge.types import OBS_ENV_STATE, OBS_STATE, TASK, RobotSpec, image_key
+
+# Meta-World's 39-d observation: hand (0:3), gripper (3), object 1 position (4:7) and quaternion (7:11), object 2
+# (11:18), the previous frame's 18 (18:36), goal (36:39). The positions are recorded as the environment state.
+ENV_STATE_DIMS = np.r_[4:7, 11:14, 36:39]
+ENV_STATE_NAMES = [f"{part}_{axis}" for part in ("object1", "object2", "goal") for axis in "xyz"]
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "put the ring on the peg",
@@ -193,15 +200,21 @@ class MetaWorldEnv:
     def observation(self) -> dict[str, Any]:
         obs = {image_key(role): self._render(cam) for role, cam in self.cfg.cameras.items()}
         obs[OBS_STATE] = self._obs[:4].astype(np.float32)  # hand xyz + gripper opening: the robot's own state
+        # what the policy must find in the images: first and second object and the goal (zeros where a task has none)
+        obs[OBS_ENV_STATE] = self._obs[ENV_STATE_DIMS].astype(np.float32)
         obs[TASK] = self.instruction
         return obs
 
     def reset(self, seed: int, render: bool = True) -> dict[str, Any]:
         self._env.seed(int(seed))
         self._obs, _ = self._env.reset()
-        # Meta-World moves the goal site's model position but leaves the derived world positions to the next step:
-        # without this the first frame shows the previous episode's goal
-        self._mujoco.mj_forward(self._env.model, self._env.data)
+        # Meta-World moves the goal site and some objects (drawers, doors) in the model but leaves the derived world
+        # positions to the next step: without this the first frame shows the previous episode's goal, and the first
+        # observation (what the expert acts on, the environment state) the previous episode's object positions
+        env = self._env
+        self._mujoco.mj_forward(env.model, env.data)
+        current = env._get_curr_obs_combined_no_goal()
+        self._obs[:18] = self._obs[18:36] = env._prev_obs = current
         self._t = 0
         return self.observation() if render else {}
 
