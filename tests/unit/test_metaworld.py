@@ -43,15 +43,17 @@ def test_the_first_frame_shows_this_episodes_goal_whatever_came_before():
         fresh.close()
 
 
-def test_observation_is_cameras_state_and_instruction_and_the_scene_apart(env):
+def test_observation_is_cameras_state_and_instruction_only(env):
     obs = env.reset(0)
-    assert set(obs) == {image_key("scene"), image_key("wrist"), OBS_STATE, OBS_ENV_STATE, TASK}
+    assert set(obs) == {image_key("scene"), image_key("wrist"), OBS_STATE, TASK}
     assert obs[OBS_STATE].shape == (4,)  # hand xyz + gripper opening; no object or goal positions
-    # the environment state (a training target only): the drawer handle, no second object, the goal
+    # what a dataset records beside it (a training target only), this episode's: the drawer handle as the scene has
+    # it after the reset (the first observation was the previous episode's), no second object, the goal
+    state = env.recorded_features()[OBS_ENV_STATE]
     inner = env._env
-    np.testing.assert_allclose(obs[OBS_ENV_STATE][:3], inner._get_pos_objects()[:3], atol=1e-6)
-    np.testing.assert_array_equal(obs[OBS_ENV_STATE][3:6], 0.0)
-    np.testing.assert_allclose(obs[OBS_ENV_STATE][6:], inner._target_pos, atol=1e-6)
+    np.testing.assert_allclose(state[:3], inner._get_pos_objects()[:3], atol=1e-6)
+    np.testing.assert_array_equal(state[3:6], 0.0)
+    np.testing.assert_allclose(state[6:], inner._target_pos, atol=1e-6)
     assert obs[image_key("wrist")].shape == (32, 32, 3) and obs[image_key("wrist")].dtype == np.uint8
     assert obs[TASK] == "open the drawer"
 

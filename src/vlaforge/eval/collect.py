@@ -13,7 +13,7 @@ import numpy as np
 from vlaforge.config import ConfigBase
 from vlaforge.data.lerobot import LeRobotWriter, check_output_dir
 from vlaforge.eval.envs.base import ENVS, EnvConfig
-from vlaforge.types import ACTION, OBS_IMAGES, OBS_STATE, FeatureSpec, image_key
+from vlaforge.types import ACTION, OBS_IMAGES, OBS_PREFIX, OBS_STATE, FeatureSpec, image_key
 from vlaforge.utils import progress_bar
 
 
@@ -27,10 +27,17 @@ class TaskCollection:
     mean_length: float
 
 
+def _observed(env: Any, obs: dict[str, Any]) -> dict[str, Any]:
+    """What a dataset keeps of one step: the observation and the env's recorded features (never a policy input)."""
+    out = {k: v for k, v in obs.items() if k.startswith(OBS_PREFIX)}
+    extra = getattr(env, "recorded_features", None)
+    return out | extra() if extra is not None else out
+
+
 def _run_expert(env: Any, seed: int, record: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]:
     """One expert episode: (frames + actions, the env's raw per-step records if ``record``, success)."""
-    obs = env.reset(seed)
-    frames: dict[str, list] = {k: [] for k in obs if k.startswith("observation.")}
+    obs = _observed(env, env.reset(seed))
+    frames: dict[str, list] = {k: [] for k in obs}
     records: dict[str, list] = {}
     actions, success = [], False
     for _ in range(env.max_steps):
@@ -42,6 +49,7 @@ def _run_expert(env: Any, seed: int, record: bool = False) -> tuple[dict[str, np
                 records.setdefault(k, []).append(v)
         actions.append(a)
         obs, success, _ = env.step(a)
+        obs = _observed(env, obs)
         if success:
             break
     episode = {k: np.stack(v) for k, v in frames.items()}
@@ -109,7 +117,7 @@ def collect(env_cfg: EnvConfig, tasks: list[str], episodes: int, out: Path, *, s
                     feats = {image_key(c): FeatureSpec("video", (h, w, 3)) for c, (h, w) in robot.cameras.items()}
                     feats[OBS_STATE] = FeatureSpec("float32", (robot.state_dim,))
                     feats[ACTION] = FeatureSpec("float32", (robot.action_dim,))
-                    # what else the env observes (Meta-World's environment state): recorded as it comes
+                    # what else the env records (Meta-World's environment state), as it comes
                     for k, v in kept[0].items():
                         if k not in feats and not k.startswith(OBS_IMAGES):
                             feats[k] = FeatureSpec("float32", tuple(v.shape[1:]))
