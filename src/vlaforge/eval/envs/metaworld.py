@@ -26,7 +26,6 @@ from vlaforge.types import OBS_ENV_STATE, OBS_STATE, TASK, RobotSpec, image_key
 # Meta-World's 39-d observation: hand (0:3), gripper (3), object 1 position (4:7) and quaternion (7:11), object 2
 # (11:18), the previous frame's 18 (18:36), goal (36:39). The positions are recorded as the environment state.
 ENV_STATE_DIMS = np.r_[4:7, 11:14, 36:39]
-ENV_STATE_NAMES = [f"{part}_{axis}" for part in ("object1", "object2", "goal") for axis in "xyz"]
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "put the ring on the peg",
