@@ -119,15 +119,17 @@ class PeerCNN(nn.Module):
         feats += [self.proprio(batch[OBS_STATE].float()), self.task(self._task_index(batch[TASK]))]
         return torch.cat(feats, -1)
 
+    def actions(self, feats: Tensor) -> Tensor:
+        return self.mlp(feats).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        return self.mlp(self.features(batch)).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
+        return self.actions(self.features(batch))
 
     def loss(self, batch: dict[str, Any], env_state_loss: float = 0.0) -> Tensor:
         """L1 on the normalised chunk; steps past the episode's end (``action_is_pad``) do not count. With
         ``env_state_loss`` > 0 plus that weight times the MSE of the regressed (normalised) environment state."""
         feats = self.features(batch)
-        pred = self.mlp(feats).reshape(-1, self.cfg.chunk, self.cfg.action_dim)
-        err = (pred - batch[ACTION].float()).abs()
+        err = (self.actions(feats) - batch[ACTION].float()).abs()
         keep = (~batch[ACTION_IS_PAD].bool()).unsqueeze(-1).float()
         loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp(min=1)
         if env_state_loss:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import enum
 import json
 import numbers
@@ -30,6 +29,7 @@ __all__ = ["FORMAT_VERSION", "Choice", "ChoiceType", "ConfigBase", "ConfigError"
            "check_types", "parse_args", "parse_overrides", "read_json"]
 
 from vlaforge.registry import Registry
+from vlaforge.utils import did_you_mean
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -257,8 +257,7 @@ def _check_fields(cls: type, data: dict[str, Any], field: str, cli: bool) -> Non
         known = [f.name for f in dataclasses.fields(cls)] + ["type"]  # "type": a choice's tag (to_dict writes it)
         for key in data:
             if key not in known:
-                near = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                hint = did_you_mean(key, known)
                 raise ConfigError(f"{field}.{key}" if field else key, f"a known option of {cls.__name__}{hint}",
                                   data[key])
     try:

@@ -10,11 +10,12 @@ its ``@HEADS.register(...)`` decorators run.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Generic, TypeVar
+
+from vlaforge.utils import did_you_mean
 
 T = TypeVar("T")
 
@@ -63,8 +64,7 @@ class Registry(Generic[T]):
                 importlib.import_module(module)
         if name not in self._entries:
             known = self.names()
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, known, " Did you mean {}?", n=3, cutoff=0.5)
             raise RegistryError(f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}.{hint} "
                                 f"Known: {', '.join(known) or '(none)'}")
         return self._entries[name]

@@ -1,11 +1,12 @@
-"""Small shared helpers: progress bars, seeding."""
+"""Small shared helpers: progress bars, seeding, "did you mean" hints."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,6 +20,16 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
     disable = not enabled or bool(os.environ.get("VLAFORGE_NO_PROGRESS"))
     with Progress(*columns, disable=disable, transient=False) as bar:
         yield bar
+
+
+def did_you_mean(name: str, known: Iterable[str], template: str = " (did you mean {}?)", n: int = 1,
+                 cutoff: float = 0.6, show: Callable[[str], str] = repr, alias: Mapping[str, str] | None = None) -> str:
+    """``template`` filled with the known names closest to ``name`` (" or "-joined, each through ``show``), or ""
+    when none is close. ``alias`` maps a matched name to the one to show (repeats dropped)."""
+    close = difflib.get_close_matches(name, list(known), n=n, cutoff=cutoff)
+    if alias:
+        close = list(dict.fromkeys(alias.get(c, c) for c in close))
+    return template.format(" or ".join(map(show, close))) if close else ""
 
 
 def seed_everything(seed: int) -> None:

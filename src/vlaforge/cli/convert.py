@@ -11,13 +11,13 @@ vlaforge convert calvin-annotations DIR [--overwrite]: CALVIN's pickled ``auto_l
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 from typing import Any
 
 from vlaforge.data.calvin import convert_annotations
 from vlaforge.data.convert import SOURCES, convert
+from vlaforge.utils import did_you_mean
 
 ANNOTATIONS_COMMAND = "calvin-annotations"
 
@@ -100,9 +100,8 @@ def main(argv: list[str]) -> int:
     known = _options(cls)
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            raise ValueError(f"convert {fmt}: unknown option --{key}" + (f"; did you mean --{close[0]}?" if close
-                                                                         else f" (options: {sorted(known)})"))
+            hint = did_you_mean(key, known, "; did you mean {}?", show=lambda name: f"--{name}")
+            raise ValueError(f"convert {fmt}: unknown option --{key}" + (hint or f" (options: {sorted(known)})"))
     source = cls(src, **options)
     print(f"{fmt}: {len(source)} episodes, features {sorted(source.features)}")
     root = convert(source, out, overwrite=overwrite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 import warnings
@@ -41,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--traceback"]
     cmd = argv[0]
     if cmd not in COMMANDS:
-        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
-        print(f"vlaforge: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
-              file=sys.stderr)
+        from vlaforge.utils import did_you_mean
+
+        print(f"vlaforge: unknown command {cmd!r}" + did_you_mean(cmd, COMMANDS, "; did you mean {}?"), file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message=".*Overriding default.*")

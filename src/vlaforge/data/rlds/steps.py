@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import io
 import zlib
 
@@ -11,6 +10,7 @@ from PIL import Image
 
 from vlaforge.data.rlds.schema import OBSERVATION, STEPS, Field
 from vlaforge.data.tfrecord import FeatureValue
+from vlaforge.utils import did_you_mean
 
 
 def _resolve(key: str, schema: dict[str, Field]) -> str:
@@ -24,9 +24,7 @@ def _resolve(key: str, schema: dict[str, Field]) -> str:
     if children:
         raise KeyError(f"'{key}' is a dict of {children}; name its fields")
     short = {k.removeprefix(f"{OBSERVATION}/"): k for k in schema}  # "image_0" -> "observation/image_0"
-    close = difflib.get_close_matches(key, [*schema, *short], n=3, cutoff=0.5)
-    close = list(dict.fromkeys(short.get(c, c) for c in close))
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(key, [*schema, *short], " Did you mean {}?", n=3, cutoff=0.5, alias=short)
     raise KeyError(f"no step field '{key}' in features.json.{hint} Step fields: {sorted(schema)}")
 
 

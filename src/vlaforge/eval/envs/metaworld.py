@@ -22,6 +22,7 @@ import numpy as np
 
 from vlaforge.eval.envs.base import ENVS, EnvConfig
 from vlaforge.types import OBS_ENV_STATE, OBS_STATE, TASK, RobotSpec, image_key
+from vlaforge.utils import did_you_mean
 
 # Meta-World's 39-d observation: hand (0:3), gripper (3), object 1 position (4:7) and quaternion (7:11), object 2
 # (11:18), the previous frame's 18 (18:36), goal (36:39). The positions are recorded as the environment state.
@@ -147,12 +148,9 @@ class MetaWorldConfig(EnvConfig):
             elif item:
                 name = item if item.endswith("-v3") else f"{item}-v3"
                 if name not in INSTRUCTIONS:
-                    import difflib
-
-                    close = difflib.get_close_matches(name, list(INSTRUCTIONS), n=3)
+                    hint = did_you_mean(name, INSTRUCTIONS, "; did you mean {}?", n=3, show=str)
                     raise ValueError(f"unknown Meta-World task {item!r}" +
-                                     (f"; did you mean {', '.join(close)}?" if close else
-                                      "; try mt10, mt50, easy, medium, hard or very_hard"))
+                                     (hint or "; try mt10, mt50, easy, medium, hard or very_hard"))
                 out.append(name)
         return list(dict.fromkeys(out))
 
