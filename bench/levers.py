@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -109,12 +108,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None, help="default: the preset's")
     ap.add_argument("--size", type=int, default=96, help="camera resolution of the synthetic dataset")
+    ap.add_argument("--data", default="", help="a LeRobot dataset to train on instead of the synthetic one (e.g. the "
+                    "quick start's, which quickstart_mlp's environment-state target needs)")
     ap.add_argument("--out", default=str(HERE / "results" / "levers.json"))
     args = ap.parse_args()
 
     import torch
 
     from vlaforge.config import parse_overrides
+    from vlaforge.eval.report import machine
     from vlaforge.presets import get_preset
 
     names = list(LEVERS) if args.levers == "all" else ["baseline", *(n for n in args.levers.split(",") if n)]
@@ -123,7 +125,7 @@ def main() -> None:
         sys.exit(f"--levers: unknown {', '.join(unknown)}; expected some of {', '.join(LEVERS)}")
     default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        data = _synthetic_dataset(Path(tmp) / "data", episodes=8, length=40, size=args.size)
+        data = args.data or _synthetic_dataset(Path(tmp) / "data", episodes=8, length=40, size=args.size)
         overrides = [f"--data.path={data}", f"--out={Path(tmp) / 'run'}"]
         if args.batch:
             overrides.append(f"--batch_size={args.batch}")
@@ -153,8 +155,7 @@ def main() -> None:
     rows += [{"lever": n, "error": e} for n, e in errors.items()]
     result = {"preset": args.preset, "batch": cfg.batch_size, "camera_px": args.size, "rounds": args.rounds,
               "steps_per_round": args.steps, "default_threads": default_threads,
-              "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "python": platform.python_version()}, "rows": rows}
+              "data": args.data or "synthetic", "machine": machine(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.preset}, batch {cfg.batch_size}, {args.size} px, {args.rounds} interleaved rounds x "

@@ -73,10 +73,17 @@ def eval_markdown(summary: dict[str, Any], reference: dict[str, Any] | None, tit
 
 
 def machine() -> dict[str, Any]:
+    """Where a result was measured: the CPU model and its bf16 units (AMX / AVX512-BF16 decide whether bf16
+    autocast pays; from /proc/cpuinfo where there is one), cores, threads, versions."""
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    first = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:40]) if v}
+    flags = set(first.get("flags", "").split())
+    return {"cpu": first.get("model name") or platform.processor() or platform.machine(),
+            "bf16_units": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"}), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform()}
 
 
 def budget_line(train: dict[str, Any]) -> str:
