@@ -7,14 +7,24 @@ import difflib
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+if TYPE_CHECKING:  # numpy and rich load where they are used: the registry and config import this module
+    from rich.progress import Progress
 
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Progress]:
     """A rich progress bar (hidden when disabled or when ``VLAFORGE_NO_PROGRESS`` is set)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     disable = not enabled or bool(os.environ.get("VLAFORGE_NO_PROGRESS"))
@@ -33,7 +43,8 @@ def did_you_mean(name: str, known: Iterable[str], template: str = " (did you mea
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch's global generators (torch imported lazily)."""
+    """Seed python, numpy and torch's global generators (numpy and torch imported lazily)."""
+    import numpy as np
     import torch
 
     random.seed(seed)

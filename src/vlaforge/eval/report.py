@@ -78,7 +78,7 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    first = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:40]) if v}
+    first = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.split("\n\n")[0].splitlines())}
     flags = set(first.get("flags", "").split())
     return {"cpu": first.get("model name") or platform.processor() or platform.machine(),
             "bf16_units": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"}), "cpus": os.cpu_count(),
