@@ -8,7 +8,9 @@ import torch
 
 from vlaforge.heads.action_tokenizers import FastTokenizer, QuantileBinner, dct_matrix
 from vlaforge.heads.base import guided
+from vlaforge.heads.diffusion import DiffusionHead, DiffusionHeadConfig
 from vlaforge.heads.hybrid import hybrid_gate
+from vlaforge.types import ACTION, Context
 
 RNG = np.random.default_rng(0)
 
@@ -95,3 +97,46 @@ def test_guidance_combines_conditional_and_unconditional_predictions():
     torch.testing.assert_close(guided(fn, x, 0.0), x)
     torch.testing.assert_close(guided(fn, x, 1.0), x)
     torch.testing.assert_close(guided(fn, x, 3.0), 0.25 * x + 3.0 * (x - 0.25 * x))
+
+
+class ConstantNet(torch.nn.Module):
+    """A denoiser that always outputs one fixed chunk, and records what it was asked."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out, self.seen = out, []
+
+    def forward(self, x, t, cond):
+        self.seen.append((x.clone(), t.clone()))
+        return self.out.expand(x.shape[0], -1, -1)
+
+
+@pytest.mark.parametrize(("kind", "loss"), [("epsilon", "mse"), ("sample", "mse"), ("sample", "l1"),
+                                            ("v_prediction", "mse")])
+def test_diffusion_prediction_types_train_on_their_own_target(kind, loss):
+    """The loss compares the network's output with the noise, the clean chunk or alpha·eps − sigma·x0 (written here
+    from the DDPM definitions over diffusers' squared-cosine alphas), and DDIM sampling reads it the same way."""
+    torch.manual_seed(0)
+    chunk, dim = 4, 3
+    cfg = DiffusionHeadConfig(prediction_type=kind, loss=loss, repeated_diffusion_steps=1, num_steps=5)
+    net = ConstantNet(torch.zeros(1, chunk, dim))
+    head = DiffusionHead(cfg, dim, chunk, hidden_size=8, state_dim=0, network=net, cond_dim=8, memory=False)
+    clean = torch.rand(2, chunk, dim) * 2 - 1
+    ctx = Context(hidden=torch.zeros(2, 1, 8), mask=torch.ones(2, 1), pooled=torch.zeros(2, 8))
+    torch.manual_seed(1)
+    value = head.loss(ctx, {ACTION: clean})["loss"]
+    torch.manual_seed(1)
+    noise = torch.randn_like(clean)
+    t = torch.randint(0, 100, (2,))
+    abar = head.train_scheduler.alphas_cumprod[t][:, None, None]
+    noisy = abar.sqrt() * clean + (1 - abar).sqrt() * noise
+    torch.testing.assert_close(net.seen[0][0], noisy)  # the network saw x_t of the same draws
+    goal = {"epsilon": noise, "sample": clean, "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * clean}[kind]
+    err = goal.abs() if loss == "l1" else goal**2
+    torch.testing.assert_close(value, err.mean())  # the zero network's error is the goal itself
+    # an oracle for the clean chunk: "sample" returns it exactly; the other kinds read the same output differently
+    oracle = torch.tensor([[[0.5, -0.25, 0.75]] * chunk])
+    net.out = oracle
+    sampled = head.sample(ctx, {}, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (2, chunk, dim)
+    assert torch.allclose(sampled, oracle.expand(2, -1, -1), atol=1e-5) == (kind == "sample")

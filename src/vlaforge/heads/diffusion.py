@@ -1,10 +1,11 @@
 """DDPM training and DDIM sampling around any denoiser network (DiT, 1-D UNet).
 
-Shared by the ``dit`` and ``unet1d`` heads: epsilon prediction with diffusers' schedulers (a squared-cosine
-schedule over 100 steps by default, as HybridVLA and DexVLA), ``repeated_diffusion_steps`` noise draws per
-backbone pass (HybridVLA's name: the expensive prefix is encoded once for several head updates),
-condition dropout for classifier-free guidance, and scheduler arithmetic in float32 whatever the weights'
-dtype (bf16 DDIM is a known NaN source).
+Shared by the ``dit``, ``unet1d`` and ``inllm_diffusion`` heads: diffusers' schedulers (a squared-cosine schedule
+over 100 steps by default, as HybridVLA and DexVLA) predicting the noise (``prediction_type="epsilon"``, as every
+released seed), the clean chunk (``"sample"``) or the velocity (``"v_prediction"``), trained with a squared (DDPM)
+or absolute error (``loss``); ``repeated_diffusion_steps`` noise draws per backbone pass (HybridVLA's name: the
+expensive prefix is encoded once for several head updates), condition dropout for classifier-free guidance, and
+scheduler arithmetic in float32 whatever the weights' dtype (bf16 DDIM is a known NaN source).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from vlaforge.heads.base import ActionHead, HeadConfig, drop_mask, guided, maske
 from vlaforge.heads.condition import Condition, ReadoutCondition
 from vlaforge.types import Context
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
 
 @dataclass(frozen=True)
 class DiffusionHeadConfig(HeadConfig):
@@ -30,8 +33,14 @@ class DiffusionHeadConfig(HeadConfig):
     repeated_diffusion_steps: int = 4  # noise draws per backbone pass during training (HybridVLA repeats 4-8x)
     cond_dropout: float = 0.0  # probability of dropping the condition in training (enables cfg_scale)
     cfg_scale: float = 0.0  # classifier-free guidance weight at inference (0: off)
+    # what the network predicts: "epsilon" (the noise; HybridVLA, DexVLA) | "sample" (the clean chunk x0) |
+    # "v_prediction" (alpha·eps − sigma·x0)
+    prediction_type: str = "epsilon"
+    loss: str = "mse"  # "mse" (DDPM, every seed) | "l1" on the same target
 
     def validate(self) -> None:
+        self.check(self.prediction_type in PREDICTION_TYPES, "prediction_type", " | ".join(PREDICTION_TYPES))
+        self.check(self.loss in ("mse", "l1"), "loss", "mse | l1")
         self.check(1 <= self.num_steps <= self.num_train_timesteps, "num_steps",
                    f"in [1, num_train_timesteps={self.num_train_timesteps}]")
         self.check(self.repeated_diffusion_steps >= 1, "repeated_diffusion_steps", ">= 1")
@@ -43,14 +52,25 @@ class DiffusionHeadConfig(HeadConfig):
 
 def make_schedulers(cfg: DiffusionHeadConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
     common = {"num_train_timesteps": cfg.num_train_timesteps, "beta_schedule": cfg.beta_schedule,
-              "prediction_type": "epsilon", "clip_sample": cfg.clip_sample is not None,
+              "prediction_type": cfg.prediction_type, "clip_sample": cfg.clip_sample is not None,
               "clip_sample_range": cfg.clip_sample or 1.0}
     return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
 
 
+def denoising_loss(cfg: DiffusionHeadConfig, scheduler: DDPMScheduler, pred: Tensor, clean: Tensor, noise: Tensor,
+                   t: Tensor, valid: Tensor) -> Tensor:
+    """The error of ``pred`` (B, H, Da) against what the network is trained to output for ``clean`` noised with
+    ``noise`` at ``t`` (``cfg.prediction_type``), squared or absolute (``cfg.loss``), over the valid steps."""
+    kind = cfg.prediction_type
+    goal = noise if kind == "epsilon" else clean if kind == "sample" else scheduler.get_velocity(clean, noise, t)
+    err = (pred.float() - goal).abs() if cfg.loss == "l1" else (pred.float() - goal) ** 2
+    return masked_mean(err.mean(-1), valid)
+
+
 def ddim_loop(scheduler: DDIMScheduler, eps_fn: Any, shape: tuple[int, ...], num_steps: int,
               generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Deterministic DDIM from pure noise; ``eps_fn(x, t)`` predicts the noise. All state is float32.
+    """Deterministic DDIM from pure noise; ``eps_fn(x, t)`` is the network's prediction (noise, clean sample or
+    velocity, as the scheduler's ``prediction_type``). All state is float32.
 
     A fresh copy of the timestep schedule is used per call, so concurrent samples do not interfere.
     """
@@ -64,7 +84,8 @@ def ddim_loop(scheduler: DDIMScheduler, eps_fn: Any, shape: tuple[int, ...], num
 
 
 class DiffusionHead(ActionHead):
-    """A readout diffusion head: ``network(x, t, cond)`` predicts the noise of an action chunk."""
+    """A readout diffusion head: ``network(x, t, cond)`` predicts the noise of an action chunk (or its clean
+    sample or velocity, by ``prediction_type``)."""
 
     def __init__(self, cfg: DiffusionHeadConfig, action_dim: int, chunk: int, hidden_size: int, state_dim: int,
                  network: nn.Module, cond_dim: int, memory: bool, condition: ReadoutCondition | None = None) -> None:
@@ -83,8 +104,8 @@ class DiffusionHead(ActionHead):
         noise = torch.randn_like(target)
         t = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), device=target.device)
         noisy = self.train_scheduler.add_noise(target, noise, t)  # float32
-        pred = self.network(noisy, t, cond).float()
-        return {"loss": masked_mean(((pred - noise) ** 2).mean(-1), valid)}
+        pred = self.network(noisy, t, cond)
+        return {"loss": denoising_loss(self.cfg, self.train_scheduler, pred, target, noise, t, valid)}
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,

@@ -33,6 +33,7 @@ from vlaforge.types import LMSpec
 
 SIZES = {"tiny": (256, 4, 4), "L": (1024, 24, 16), "H": (1280, 32, 16)}  # (width, depth, heads)
 TIME_PRECISIONS = ("float32", "bfloat16")
+TOKENS = ("step", "chunk")
 
 
 @HEADS.register("dit")
@@ -46,6 +47,9 @@ class DiTHeadConfig(DiffusionHeadConfig):
     condition: str = "sum"  # "sum": W_ctx·pooled + W_state·state | "combine": ScaleDP's MLP over cat[pooled, state]
     combine_hidden: int = 1024  # width of the "combine" MLP (ScaleDP: 1024)
     time_precision: str = "float32"  # "bfloat16": ScaleDP's timestep sinusoid (bf16 frequencies and output)
+    # "step": one token per chunk step (ScaleDP) | "chunk": the whole chunk is one token (chunk x action_dim in
+    # and out), a residual adaLN MLP in effect, about chunk-times cheaper per noise draw
+    tokens: str = "step"
 
     def validate(self) -> None:
         super().validate()
@@ -53,10 +57,12 @@ class DiTHeadConfig(DiffusionHeadConfig):
         self.check(self.condition in CONDITION_MODES, "condition", f"one of {CONDITION_MODES}")
         self.check(self.combine_hidden >= 1, "combine_hidden", ">= 1")
         self.check(self.time_precision in TIME_PRECISIONS, "time_precision", f"one of {TIME_PRECISIONS}")
+        self.check(self.tokens in TOKENS, "tokens", f"one of {TOKENS}")
 
     def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> DiffusionHead:
         dim, depth, heads = SIZES[self.size]
-        net = DiT(action_dim, chunk, dim, depth, heads, self.mlp_ratio, self.cross_attention, self.time_precision)
+        net = DiT(action_dim, chunk, dim, depth, heads, self.mlp_ratio, self.cross_attention, self.time_precision,
+                  self.tokens)
         cond = ReadoutCondition(lm.hidden_size, state_dim, dim, self.cross_attention, mode=self.condition,
                                 combine_hidden=self.combine_hidden)
         return DiffusionHead(self, action_dim, chunk, lm.hidden_size, state_dim, net, dim, self.cross_attention,
@@ -122,11 +128,15 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Noise prediction for an action chunk (B, H, Da) at timesteps t (B,) under a :class:`Condition`."""
+    """Noise prediction for an action chunk (B, H, Da) at timesteps t (B,) under a :class:`Condition`; the chunk
+    enters as H tokens of Da (``tokens="step"``) or as one token of H·Da (``"chunk"``)."""
 
     def __init__(self, action_dim: int, chunk: int, dim: int, depth: int, heads: int, mlp_ratio: int,
-                 cross: bool, time_precision: str = "float32") -> None:
+                 cross: bool, time_precision: str = "float32", tokens: str = "step") -> None:
         super().__init__()
+        self.flat = tokens == "chunk"
+        if self.flat:
+            action_dim, chunk = chunk * action_dim, 1
         self.time_proj = (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
                           if time_precision == "float32" else bf16_sinusoid)
         self.time_emb = TimestepEmbedding(256, dim)
@@ -143,8 +153,8 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
         dtype = cond.vec.dtype
         c = cond.vec + self.time_emb(self.time_proj(t).to(dtype))
-        h = self.x_in(x.to(dtype)) + self.pos
+        h = self.x_in((x.flatten(1)[:, None] if self.flat else x).to(dtype)) + self.pos
         for block in self.blocks:
             h = block(h, c, cond.memory, cond.memory_mask)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
-        return self.x_out(modulate(self.norm_out(h), shift, scale))
+        return self.x_out(modulate(self.norm_out(h), shift, scale)).view(x.shape)

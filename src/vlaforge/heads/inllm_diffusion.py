@@ -23,8 +23,8 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
-from vlaforge.heads.base import HEADS, ActionHead, drop_mask, guided, masked_mean, target_and_mask
-from vlaforge.heads.diffusion import DiffusionHeadConfig, ddim_loop, make_schedulers
+from vlaforge.heads.base import HEADS, ActionHead, drop_mask, guided, target_and_mask
+from vlaforge.heads.diffusion import DiffusionHeadConfig, ddim_loop, denoising_loss, make_schedulers
 from vlaforge.types import Context, LMSpec
 
 
@@ -111,7 +111,7 @@ class InLLMDiffusionHead(ActionHead):
         t = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), device=target.device)
         hide = drop_mask(target.shape[0], self.cfg.cond_dropout, target.device, self.training)
         pred = self._eps(ctx, self.train_scheduler.add_noise(target, noise, t), t, hide)
-        return {"loss": masked_mean(((pred - noise) ** 2).mean(-1), valid)}
+        return {"loss": denoising_loss(self.cfg, self.train_scheduler, pred, target, noise, t, valid)}
 
     @torch.no_grad()
     def sample(self, ctx: Context, batch: dict[str, Any], generator: torch.Generator | None = None,
