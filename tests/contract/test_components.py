@@ -20,13 +20,17 @@ HEAD_VARIANTS = {name: {} for name in HEADS.names()}
 HEAD_VARIANTS.update({"tokens_quantile": {"binning": "quantile"}, "tokens_fast": {"binning": "fast"},
                       "mlp_huber_bce": {"loss": "huber_bce", "gripper_dims": (-1,)}})
 PAIRS = [(b, h) for b in FAMILIES for h in HEAD_VARIANTS]
+# head options checked by overfitting only: quickstart_dit's DiT (the whole chunk as one token, no cross-attention,
+# x0 prediction, sampling from zeros) with an L1 loss
+HEAD_VARIANTS_OVERFIT = {"dit_x0": {"tokens": "chunk", "cross_attention": False, "prediction_type": "sample",
+                                    "init_noise": 0.0, "loss": "l1"}}
 # DiT overfits on two families with distinct LM/vision wiring (prefix-LM Gemma, Kosmos-2's grounding encoder;
 # M-RoPE Qwen2 overfits with tokens) and tokens on three (unit/test_pretrained.py trains tokens on every family's
 # real-shaped directory), every other head on PaliGemma; every family is checked to feed each camera and the
 # instruction into what the head reads (test_the_readout_sees_each_camera_and_the_instruction)
 OVERFIT = [(b, "dit") for b in ("paligemma", "kosmos2")] + [
     (b, "tokens") for b in ("smolvlm", "qwen2_vl", "prismatic")] + [
-    ("paligemma", h) for h in HEAD_VARIANTS if h not in ("tokens", "dit", "smolvla_expert")]
+    ("paligemma", h) for h in [*HEAD_VARIANTS, *HEAD_VARIANTS_OVERFIT] if h not in ("tokens", "dit", "smolvla_expert")]
 # (smolvla_expert trains on its own backbone options in unit/test_smolvla.py: the trainer lowers its loss)
 
 
@@ -36,7 +40,7 @@ def make_policy(dataset, backbone: str = "smolvlm", head: str = "tokens", chunk:
     root, _ = dataset
     reader = LeRobotDataset(root, chunk=chunk, history=history)
     name = head.split("_")[0] if head not in HEADS.names() else head
-    kw = {**HEAD_VARIANTS.get(head, {}), **(head_kw or {})}
+    kw = {**HEAD_VARIANTS.get(head, {}), **HEAD_VARIANTS_OVERFIT.get(head, {}), **(head_kw or {})}
     cfg = PolicyConfig(backbone=BACKBONES.get(backbone)(**(backbone_kw or {})), head=HEADS.get(name)(**kw),
                        chunk=chunk, history=history, exec_steps=min(2, chunk))
     torch.manual_seed(0)

@@ -140,3 +140,35 @@ def test_diffusion_prediction_types_train_on_their_own_target(kind, loss):
     sampled = head.sample(ctx, {}, generator=torch.Generator().manual_seed(0))
     assert sampled.shape == (2, chunk, dim)
     assert torch.allclose(sampled, oracle.expand(2, -1, -1), atol=1e-5) == (kind == "sample")
+
+
+def test_diffusion_sampling_from_zero_noise_is_deterministic():
+    """init_noise scales the starting noise: at 0 every generator gives the same chunk, at 1 they differ."""
+    torch.manual_seed(0)
+    chunk, dim = 4, 3
+    net = torch.nn.Linear(dim, dim)
+    ctx = Context(hidden=torch.zeros(2, 1, 8), mask=torch.ones(2, 1), pooled=torch.zeros(2, 8))
+
+    def draws(init_noise):
+        cfg = DiffusionHeadConfig(prediction_type="sample", num_steps=4, init_noise=init_noise)
+        head = DiffusionHead(cfg, dim, chunk, hidden_size=8, state_dim=0,
+                             network=lambda x, t, cond: torch.tanh(net(x)), cond_dim=8, memory=False)
+        return [head.sample(ctx, {}, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+
+    a, b = draws(0.0)
+    torch.testing.assert_close(a, b)
+    a, b = draws(1.0)
+    assert not torch.allclose(a, b)
+
+
+def test_beta_timesteps_favour_the_noisy_end():
+    """timesteps="beta": t/T ~ Beta(1.5, 1) (mean 0.6, P(t/T < 0.5) = 0.5^1.5), integers in [0, T)."""
+    from vlaforge.heads.diffusion import training_timesteps
+
+    torch.manual_seed(0)
+    t = training_timesteps(DiffusionHeadConfig(timesteps="beta"), 40000, torch.device("cpu"))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 99
+    assert abs((t.float() + 0.5).mean().item() / 100 - 0.6) < 0.01
+    assert abs((t < 50).float().mean().item() - 0.5**1.5) < 0.01
+    uniform = training_timesteps(DiffusionHeadConfig(), 40000, torch.device("cpu"))
+    assert abs((uniform < 50).float().mean().item() - 0.5) < 0.01

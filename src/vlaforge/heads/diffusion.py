@@ -37,10 +37,19 @@ class DiffusionHeadConfig(HeadConfig):
     # "v_prediction" (alpha·eps − sigma·x0)
     prediction_type: str = "epsilon"
     loss: str = "mse"  # "mse" (DDPM, every seed) | "l1" on the same target
+    init_noise: float = 1.0  # std of the noise sampling starts from (0: from zeros, a deterministic policy)
+    # training timesteps: "uniform" over [0, num_train_timesteps) (DDPM) | "beta": t / T ~ Beta(time_alpha,
+    # time_beta), pi0's draw (Beta(1.5, 1) favours noisier steps, where the chunk must come from the condition)
+    timesteps: str = "uniform"
+    time_alpha: float = 1.5
+    time_beta: float = 1.0
 
     def validate(self) -> None:
         self.check(self.prediction_type in PREDICTION_TYPES, "prediction_type", " | ".join(PREDICTION_TYPES))
         self.check(self.loss in ("mse", "l1"), "loss", "mse | l1")
+        self.check(self.init_noise >= 0, "init_noise", ">= 0")
+        self.check(self.timesteps in ("uniform", "beta"), "timesteps", "uniform | beta")
+        self.check(self.time_alpha > 0 and self.time_beta > 0, "time_alpha", "time_alpha > 0 and time_beta > 0")
         self.check(1 <= self.num_steps <= self.num_train_timesteps, "num_steps",
                    f"in [1, num_train_timesteps={self.num_train_timesteps}]")
         self.check(self.repeated_diffusion_steps >= 1, "repeated_diffusion_steps", ">= 1")
@@ -57,6 +66,15 @@ def make_schedulers(cfg: DiffusionHeadConfig) -> tuple[DDPMScheduler, DDIMSchedu
     return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
 
 
+def training_timesteps(cfg: DiffusionHeadConfig, n: int, device: torch.device) -> Tensor:
+    """``n`` integer timesteps in [0, num_train_timesteps): uniform, or ``T · u`` with u ~ Beta(time_alpha,
+    time_beta) (``cfg.timesteps``)."""
+    if cfg.timesteps == "uniform":
+        return torch.randint(0, cfg.num_train_timesteps, (n,), device=device)
+    u = torch.distributions.Beta(cfg.time_alpha, cfg.time_beta).sample((n,))
+    return (u * cfg.num_train_timesteps).long().clamp(max=cfg.num_train_timesteps - 1).to(device)
+
+
 def denoising_loss(cfg: DiffusionHeadConfig, scheduler: DDPMScheduler, pred: Tensor, clean: Tensor, noise: Tensor,
                    t: Tensor, valid: Tensor) -> Tensor:
     """The error of ``pred`` (B, H, Da) against what the network is trained to output for ``clean`` noised with
@@ -68,13 +86,14 @@ def denoising_loss(cfg: DiffusionHeadConfig, scheduler: DDPMScheduler, pred: Ten
 
 
 def ddim_loop(scheduler: DDIMScheduler, eps_fn: Any, shape: tuple[int, ...], num_steps: int,
-              generator: torch.Generator | None, device: torch.device) -> Tensor:
+              generator: torch.Generator | None, device: torch.device, init_noise: float = 1.0) -> Tensor:
     """Deterministic DDIM from pure noise; ``eps_fn(x, t)`` is the network's prediction (noise, clean sample or
-    velocity, as the scheduler's ``prediction_type``). All state is float32.
+    velocity, as the scheduler's ``prediction_type``), starting from noise of std ``init_noise``. All state is
+    float32.
 
     A fresh copy of the timestep schedule is used per call, so concurrent samples do not interfere.
     """
-    x = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32, device=device) * init_noise
     sched = DDIMScheduler.from_config(scheduler.config)
     sched.set_timesteps(num_steps, device=device)
     for t in sched.timesteps:
@@ -102,7 +121,7 @@ class DiffusionHead(ActionHead):
         cond = ReadoutCondition.repeat(cond, k)
         target, valid = target.repeat(k, 1, 1), valid.repeat(k, 1)
         noise = torch.randn_like(target)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), device=target.device)
+        t = training_timesteps(self.cfg, target.shape[0], target.device)
         noisy = self.train_scheduler.add_noise(target, noise, t)  # float32
         pred = self.network(noisy, t, cond)
         return {"loss": denoising_loss(self.cfg, self.train_scheduler, pred, target, noise, t, valid)}
@@ -124,4 +143,4 @@ class DiffusionHead(ActionHead):
 
         b = ctx.pooled.shape[0]
         return ddim_loop(self.sample_scheduler, eps_fn, (b, self.chunk, self.action_dim),
-                         num_steps or self.cfg.num_steps, generator, ctx.pooled.device)
+                         num_steps or self.cfg.num_steps, generator, ctx.pooled.device, self.cfg.init_noise)

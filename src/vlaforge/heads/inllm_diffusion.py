@@ -24,7 +24,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
 from vlaforge.heads.base import HEADS, ActionHead, drop_mask, guided, target_and_mask
-from vlaforge.heads.diffusion import DiffusionHeadConfig, ddim_loop, denoising_loss, make_schedulers
+from vlaforge.heads.diffusion import DiffusionHeadConfig, ddim_loop, denoising_loss, make_schedulers, training_timesteps
 from vlaforge.types import Context, LMSpec
 
 
@@ -108,7 +108,7 @@ class InLLMDiffusionHead(ActionHead):
         ctx = ctx.lm.repeat_context(ctx, k)  # one prefix encode, k independent noise draws
         target, valid = target.repeat(k, 1, 1), valid.repeat(k, 1)
         noise = torch.randn_like(target)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), device=target.device)
+        t = training_timesteps(self.cfg, target.shape[0], target.device)
         hide = drop_mask(target.shape[0], self.cfg.cond_dropout, target.device, self.training)
         pred = self._eps(ctx, self.train_scheduler.add_noise(target, noise, t), t, hide)
         return {"loss": denoising_loss(self.cfg, self.train_scheduler, pred, target, noise, t, valid)}
@@ -123,4 +123,4 @@ class InLLMDiffusionHead(ActionHead):
 
         b = ctx.mask.shape[0]
         return ddim_loop(self.sample_scheduler, eps_fn, (b, self.chunk, self.action_dim),
-                         num_steps or self.cfg.num_steps, generator, ctx.mask.device)
+                         num_steps or self.cfg.num_steps, generator, ctx.mask.device, self.cfg.init_noise)
