@@ -87,9 +87,9 @@ def denoising_loss(cfg: DiffusionHeadConfig, scheduler: DDPMScheduler, pred: Ten
 
 def ddim_loop(scheduler: DDIMScheduler, eps_fn: Any, shape: tuple[int, ...], num_steps: int,
               generator: torch.Generator | None, device: torch.device, init_noise: float = 1.0) -> Tensor:
-    """Deterministic DDIM from pure noise; ``eps_fn(x, t)`` is the network's prediction (noise, clean sample or
-    velocity, as the scheduler's ``prediction_type``), starting from noise of std ``init_noise``. All state is
-    float32.
+    """Deterministic DDIM (eta 0) from Gaussian noise of std ``init_noise`` (1: pure noise, 0: zeros);
+    ``eps_fn(x, t)`` is the network's prediction (noise, clean sample or velocity, as the scheduler's
+    ``prediction_type``). All state is float32.
 
     A fresh copy of the timestep schedule is used per call, so concurrent samples do not interfere.
     """
