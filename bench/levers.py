@@ -8,7 +8,9 @@ times, are the result. Levers:
 
 - ``threads=1``: torch intra-op threads 1 instead of the default (all cores);
 - ``bf16``: autocast to bfloat16 (weights and optimizer stay fp32), as ``--precision=bf16`` trains; fast only
-  where the CPU has bf16 matmul units (AMX, AVX512-BF16);
+  where the CPU has bf16 matmul units (AMX, AVX512-BF16); on a CPU its attention runs torch's math kernel
+  (``vlaforge.train.runtime.attention_kernels``);
+- ``bf16_flash``: the same with torch's own attention kernel choice (the CPU flash kernel, slow in bf16 backward);
 - ``channels_last``: the model and the image batch in channels-last memory format (helps convolutions);
 - ``compile``: ``torch.compile`` (inductor) of the policy's training forward; its compile time is reported
   separately and not counted in the step time;
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-LEVERS = ("baseline", "threads=1", "bf16", "channels_last", "compile", "workers=1", "adamw_loop")
+LEVERS = ("baseline", "threads=1", "bf16", "bf16_flash", "channels_last", "compile", "workers=1", "adamw_loop")
 WARMUP = 2
 
 
@@ -58,7 +60,8 @@ class Lever:
         self.threads = 1 if name == "threads=1" else default_threads
         torch.manual_seed(0)
         reader, policy = build_reader_and_policy(cfg)
-        self.runtime = make_runtime("none", "bf16" if name == "bf16" else "fp32")
+        self.runtime = make_runtime("none", "bf16" if name.startswith("bf16") else "fp32")
+        self.runtime.math_attention = name != "bf16_flash"
         optim = cfg.optim.replace(fused=False) if name == "adamw_loop" else cfg.optim
         self.optimizer, self.scheduler = make_optimizer(policy, optim, 10**6)
         self.model = policy

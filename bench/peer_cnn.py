@@ -178,6 +178,7 @@ class TrainOptions:
     seed: int = 0
     workers: int = 0
     env_state_loss: float = 0.0  # weight of the auxiliary environment-state regression (0: the plain peer)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto: bf16 where the CPU has bf16 units, as vlaforge train
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, done: int = 0) -> Any:
@@ -215,12 +216,16 @@ def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: T
                          num_workers=opts.workers)
     budget_s, losses, step, plans = opts.minutes * 60, [], 0, []
     mark_step, mark_t, next_plan = 3, 0.0, 3 + opts.probe  # steps 1-3 (allocation, first imports) are not timed
+    from vlaforge.train.runtime import resolve_precision
+
+    bf16 = resolve_precision(opts.precision, torch.device("cpu")) == "bf16"
     model.train()
     t0 = time.time()
     with progress_bar(show_progress) as bar:
         job = bar.add_task("train peer (timing)", total=opts.steps or next_plan)
         for batch in loader:
-            loss = model.loss(batch, opts.env_state_loss)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(batch, opts.env_state_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,6 +247,7 @@ def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: T
                 break
     minutes = (time.time() - t0) / 60
     return {"steps": step, "planned_steps": total, "schedule_completed": step >= total, "plans": plans,
+            "precision": "bf16" if bf16 else "fp32",
             "minutes": minutes, "final_loss": float(np.mean(losses[-20:])), "losses": losses}
 
 
@@ -314,7 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = PeerCNN(cfg)
     params = sum(p.numel() for p in model.parameters())
     opts = TrainOptions(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                        workers=args.workers, seed=args.seed, env_state_loss=args.env_state_loss)
+                        workers=args.workers, seed=args.seed, env_state_loss=args.env_state_loss,
+                        precision=args.precision)
     print(f"peer CNN: {params / 1e6:.2f} M parameters, {len(reader)} frames, {args.minutes} min budget",
           file=sys.stderr)
     out = Path(args.out)
@@ -369,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--env-state-loss", type=float, default=0.0, help="weight of an auxiliary regression of the "
                     "data's object and goal positions (%(default)s: the plain peer)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=defaults["precision"],
+                    help="autocast (auto: bf16 where the CPU has bf16 units; %(default)s)")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--videos", default="", help="write one rollout video per task here")

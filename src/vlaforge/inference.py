@@ -12,6 +12,7 @@ those in ``observation_is_pad``, so that a head can leave them out (RoboVLMs' LS
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,10 +57,11 @@ class LocalPolicy:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "cpu", unnorm_key: str | None = None,
-             **options: Any) -> LocalPolicy:
-        """``unnorm_key``: for a mixture checkpoint, whose statistics and image sizes to use (default: its own)."""
-        return cls(VLAPolicy.from_pretrained(checkpoint, map_location=device, unnorm_key=unnorm_key or None),
-                   **options)
+             sampling: Sequence[str] = (), **options: Any) -> LocalPolicy:
+        """``unnorm_key``: for a mixture checkpoint, whose statistics and image sizes to use (default: its own);
+        ``sampling``: ``KEY=VALUE`` head sampling fields for this load (:meth:`VLAPolicy.from_pretrained`)."""
+        return cls(VLAPolicy.from_pretrained(checkpoint, map_location=device, unnorm_key=unnorm_key or None,
+                                             sampling=sampling), **options)
 
     @torch.no_grad()
     def infer_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:

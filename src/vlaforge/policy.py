@@ -27,7 +27,15 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 
 from vlaforge.backbones.base import BACKBONES, Backbone, BackboneConfig
-from vlaforge.config import FORMAT_VERSION, ConfigBase, ConfigError, atomic_write_text, check_types, read_json
+from vlaforge.config import (
+    FORMAT_VERSION,
+    ConfigBase,
+    ConfigError,
+    atomic_write_text,
+    check_types,
+    parse_overrides,
+    read_json,
+)
 from vlaforge.data.stats import Stats, StatsError, stats_from_json, stats_to_json
 from vlaforge.heads.base import HEADS, ActionHead, HeadConfig
 from vlaforge.heads.reasoning import Reasoner, ReasoningConfig
@@ -208,6 +216,19 @@ def _check_robot(cfg: PolicyConfig, robot: RobotSpec, inputs: Pipeline, outputs:
                     raise ValueError(f"{cfg_path}: robot.{dims[feature]} is {mine[dims[feature]]} but the "
                                      f"processors/{name} statistics '{key}' have shape {list(np.shape(value))}")
 
+
+
+def with_sampling(cfg: PolicyConfig, words: Sequence[str]) -> PolicyConfig:
+    """``cfg`` with its head's sampling fields set from ``KEY=VALUE`` words (``HeadConfig.sampling``: fields that
+    change how actions are drawn, not the weights). Any other key is refused in one line naming it and the
+    allowed ones."""
+    allowed = type(cfg.head).sampling
+    for word in words:
+        key, eq, _ = word.partition("=")
+        if not eq or key not in allowed:
+            raise ValueError(f"sampling option {word!r}: expected KEY=VALUE with KEY one of the {cfg.head.type} "
+                             f"head's sampling fields ({', '.join(allowed) or 'it has none'})")
+    return parse_overrides(cfg, [f"--head.{w}" for w in words])
 
 class VLAPolicy(nn.Module):
     """A VLA policy. Build with ``VLAPolicy(cfg)`` for training or ``VLAPolicy.from_pretrained(ckpt)``."""
@@ -484,8 +505,12 @@ class VLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
-                        unnorm_key: str | None = None, verify: bool | None = None) -> VLAPolicy:
+                        unnorm_key: str | None = None, verify: bool | None = None,
+                        sampling: Sequence[str] = ()) -> VLAPolicy:
         """Load a checkpoint; ``unnorm_key`` picks which training dataset's statistics (de)normalize (mixtures).
+
+        ``sampling``: ``KEY=VALUE`` words that set the head's sampling fields (``HeadConfig.sampling``, e.g.
+        ``num_steps=20 init_noise=0``) for this load; the checkpoint's files stay as they are.
 
         ``verify`` (default: on unless ``$VLAFORGE_VERIFY=0``) checks every file against ``manifest.json``
         first; a checkpoint without one (older vlaforge) loads with a warning. Every refusal is one line naming
@@ -513,6 +538,8 @@ class VLAPolicy(nn.Module):
             robot = RobotSpec.from_json(meta["robot"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{cfg_path}: {e}") from None
+        if sampling:
+            cfg = with_sampling(cfg, sampling)
         policy = cls(cfg, assets=directory / "tokenizer")
         weights = directory / "model.safetensors"
         if weights.is_file():

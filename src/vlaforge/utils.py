@@ -1,4 +1,4 @@
-"""Small shared helpers: progress bars, seeding, "did you mean" hints."""
+"""Small shared helpers: progress bars, seeding, "did you mean" hints, the CPU's description."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy and rich load where they are used: the registry and config import this module
     from rich.progress import Progress
+
+
+BF16_UNITS = frozenset({"amx_bf16", "amx_tile", "avx512_bf16"})  # CPU flags of bf16 matmul units
+
+
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (model name, flags ...); empty where there is none."""
+    path = "/proc/cpuinfo"
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        first = f.read().split("\n\n")[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 matmul units (AMX, AVX512-BF16): where bf16 autocast pays on a CPU."""
+    return sorted(set(cpu_info().get("flags", "").split()) & BF16_UNITS)
 
 
 @contextlib.contextmanager

@@ -253,3 +253,30 @@ def test_rewriting_the_manifest_hashes_only_new_or_changed_files(ckpt, monkeypat
     manifest.write_manifest(ckpt)
     assert "state.json" in hashed and "tokenizer_config.json" in hashed and "model.safetensors" not in hashed
     assert manifest.verify_manifest(ckpt)
+
+
+def test_sampling_options_change_how_a_saved_diffusion_head_draws_not_its_weights(saved, tmp_path):
+    """`vlaforge eval --sampling "init_noise=0 num_steps=3"`: the head's sampling fields change for this load only
+    (the files stay valid for the manifest); training fields and heads without such fields are refused in one line."""
+    reader = saved["reader"]
+    path = _save(reader, tmp_path / "dit", head="dit")
+    before = {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    plain = VLAPolicy.from_pretrained(path)
+    tuned = VLAPolicy.from_pretrained(path, sampling=["init_noise=0", "num_steps=3"])
+    assert (plain.cfg.head.init_noise, plain.cfg.head.num_steps) == (1.0, 10)
+    assert (tuned.cfg.head.init_noise, tuned.cfg.head.num_steps) == (0.0, 3)
+    for a, b in zip(plain.state_dict().values(), tuned.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    batch = tuned.prepare([reader[0]])
+    draws = [tuned.sample(batch, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert torch.equal(draws[0], draws[1])  # from zeros: the generator no longer matters
+    noisy = [plain.sample(batch, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert not torch.equal(noisy[0], noisy[1])
+    assert before == {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"'width=8'.*dit head's sampling fields \(num_steps, clip_sample, "
+                                         r"cfg_scale, init_noise\)"):
+        VLAPolicy.from_pretrained(path, sampling=["width=8"])
+    with pytest.raises(ValueError, match=r"init_noise.*>= 0"):
+        VLAPolicy.from_pretrained(path, sampling=["init_noise=-1"])
+    with pytest.raises(ValueError, match=r"'num_steps=3'.*tokens head's sampling fields \(it has none\)"):
+        VLAPolicy.from_pretrained(saved["uniform"], sampling=["num_steps=3"])

@@ -154,3 +154,49 @@ def test_budget_planner_replans_every_tenth_of_the_fitted_plan():
     assert first == 6 + int((30 - 1.5) / 0.25) and first < 200  # 120 of the 2000 configured steps fit
     assert len(plans) > 3 and all(b - a <= max(1, first // 10) for (a, _), (b, _) in itertools.pairwise(plans))
     assert plans[-1][1] < first and t <= 30.0 + 0.5  # re-planned down in time; the schedule ends within the budget
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_bf16_training_runs_attention_on_the_math_kernel(precision):
+    """Under bf16 on a CPU the training forward's attention avoids torch's CPU flash kernel (its bf16 backward was
+    ~10x slower than fp32's, which cancelled bf16's gain); fp32 keeps torch's choice. Gradients stay close to fp32."""
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from vlaforge.train.runtime import SingleProcess
+
+    runtime = SingleProcess(precision)
+    q, k, v = (torch.randn(2, 4, 16, 32, generator=torch.Generator().manual_seed(i), requires_grad=True)
+               for i in range(3))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with runtime.autocast():
+            out = F.scaled_dot_product_attention(q, k, v)
+        out.float().square().sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    flash = any("flash_attention" in op for op in ops)
+    assert flash == (precision == "fp32"), sorted(op for op in ops if "attention" in op)
+    if precision == "bf16":
+        assert out.dtype == torch.bfloat16
+        ref = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        F.scaled_dot_product_attention(*ref).square().sum().backward()
+        for a, b in zip((q, k, v), ref, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, atol=0.1, rtol=0.05)
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
+    import torch
+
+    import vlaforge.utils
+    from vlaforge.train.runtime import make_runtime, resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(vlaforge.utils, "cpu_bf16_units", lambda: ["amx_bf16", "amx_tile"])
+    assert resolve_precision("auto", cpu) == "bf16" and make_runtime("none", "auto").bf16 == (
+        not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+    monkeypatch.setattr(vlaforge.utils, "cpu_bf16_units", lambda: [])
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert (resolve_precision("bf16", cpu), resolve_precision("fp32", cpu)) == ("bf16", "fp32")  # as asked
+    TrainConfig(precision="auto").validate()
+    with pytest.raises(ValueError, match="precision.*fp32 \\| bf16 \\| auto.*fp16"):
+        TrainConfig(precision="fp16").validate()

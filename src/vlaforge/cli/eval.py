@@ -1,6 +1,7 @@
 """vlaforge eval CHECKPOINT --env metaworld --tasks drawer-open,door-open --episodes 10 [--workers N] [--out DIR]
 vlaforge eval CHECKPOINT --tasks mt50|mt10|easy|medium|hard|very_hard   (Meta-World: per-group means + their mean)
 vlaforge eval CHECKPOINT ... --ensemble=K [--ensemble_temp=0.01]   (ACT temporal ensembling, a query every step)
+vlaforge eval CHECKPOINT ... --sampling "num_steps=20 init_noise=0"   (the head's sampling options, this run only)
 vlaforge eval CHECKPOINT ... --ray HOST:6379 --workers 32   (envs on a Ray cluster's CPUs; `local` starts one)
 vlaforge eval [CHECKPOINT] --remote ws://HOST:PORT ...   (through `vlaforge serve`; API key from $VLAFORGE_API_KEY)"""
 

@@ -77,11 +77,10 @@ def machine() -> dict[str, Any]:
     autocast pays; from /proc/cpuinfo where there is one), cores, threads, versions."""
     import torch
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    first = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.split("\n\n")[0].splitlines())}
-    flags = set(first.get("flags", "").split())
-    return {"cpu": first.get("model name") or platform.processor() or platform.machine(),
-            "bf16_units": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"}), "cpus": os.cpu_count(),
+    from vlaforge.utils import cpu_bf16_units, cpu_info
+
+    return {"cpu": cpu_info().get("model name") or platform.processor() or platform.machine(),
+            "bf16_units": cpu_bf16_units(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
 
@@ -119,7 +118,8 @@ def write_report(out: Path, data: dict[str, Any]) -> Path:
     mean_ref = f"{ref['mean_success']:.0%}" if ref else "-"
     lines += [f"| **mean** | | **{s['mean_success']:.0%}** | | {mean_ref} |", ""]
     lines += ["![success per task](" + rel(data["success_png"]) + ")", "",
-              "## Training", "", f"{data['train']['steps']} steps (batch {data['batch_size']}), "
+              "## Training", "", f"{data['train']['steps']} steps (batch {data['batch_size']}"
+              f"{', bf16 autocast' if data['train'].get('precision') == 'bf16' else ''}), "
               f"{data['train']['minutes']:.1f} min; final loss {data['final_loss']:.4f}. " + budget_line(data["train"]),
               "",
               "![loss curve](" + rel(data["loss_png"]) + ")", "", "## Videos", ""]

@@ -26,6 +26,9 @@ class EvalConfig(ConfigBase):
     exec_steps: int | None = None  # actions executed per chunk before re-planning (default: the policy's)
     ensemble: int = 0  # K > 0: ACT temporal ensembling of each chunk's first K actions (queries every step)
     ensemble_temp: float = 0.01  # ensembling weights exp(-ensemble_temp * i), i = 0 the oldest prediction (ACT)
+    # the head's sampling fields for this evaluation, space-separated KEY=VALUE ("num_steps=20 init_noise=0"; which
+    # fields: HeadConfig.sampling); the checkpoint stays as it is
+    sampling: str = ""
     parallel_envs: int = 10  # envs stepped in lockstep; their observations are batched into one policy call
     workers: int = 1  # processes the envs run in (1: this process, on pinned threads); results do not depend on it
     worker_timeout: float = 600.0  # seconds a worker may take to answer one call (build, reset or step its envs)
@@ -65,8 +68,11 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True, policy: InferencePolic
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     out = Path(cfg.out) if cfg.out else default_eval_dir(ckpt) if ckpt else Paths().run("eval")
     tasks = cfg.env.task_names(cfg.tasks)
-    policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device,
-                                                                      unnorm_key=cfg.unnorm_key)
+    if cfg.sampling and policy is not None:
+        raise ValueError("eval: --sampling sets a local checkpoint's head options; a remote policy samples as its "
+                         "server loaded it")
+    policy = policy if policy is not None else LocalPolicy.load(ckpt, device=cfg.device, unnorm_key=cfg.unnorm_key,
+                                                                      sampling=cfg.sampling.split())
     groups = cfg.env.task_groups()
     title = f"{cfg.remote or ckpt} on {cfg.env.type} (seeds {cfg.seed_start}+)"
     cfg = cfg.replace(episodes=cfg.episodes or cfg.env.default_episodes)

@@ -35,6 +35,9 @@ HEADS: Registry[type[HeadConfig]] = Registry("heads", lazy={
 class HeadConfig(Choice, ChoiceType):
     registry: ClassVar[Registry] = HEADS
     composite: ClassVar[bool] = False  # a head made of other heads (cannot nest inside another composite)
+    # fields that only change how actions are drawn from trained weights: `vlaforge eval --sampling "K=V ..."` and
+    # VLAPolicy.from_pretrained(sampling=...) may set them on a saved checkpoint
+    sampling: ClassVar[tuple[str, ...]] = ()
 
     def build(self, *, action_dim: int, chunk: int, state_dim: int, lm: LMSpec) -> ActionHead:
         raise NotImplementedError

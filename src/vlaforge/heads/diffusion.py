@@ -11,7 +11,7 @@ scheduler arithmetic in float32 whatever the weights' dtype (bf16 DDIM is a know
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -26,6 +26,8 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 @dataclass(frozen=True)
 class DiffusionHeadConfig(HeadConfig):
+    sampling: ClassVar[tuple[str, ...]] = ("num_steps", "clip_sample", "cfg_scale", "init_noise")
+
     num_train_timesteps: int = 100
     num_steps: int = 10  # DDIM steps at inference
     beta_schedule: str = "squaredcos_cap_v2"

@@ -14,7 +14,7 @@ unconditional branch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,8 @@ from vlaforge.types import Context, LMSpec
 @dataclass(frozen=True)
 class FlowHeadConfig(HeadConfig):
     """pi0-style flow-matching action expert on the prefix KV cache; Euler integration (num_steps)."""
+
+    sampling: ClassVar[tuple[str, ...]] = ("num_steps", "cfg_scale")
 
     width: int = 256  # the expert's hidden size (pi0: a Gemma-300M expert)
     mlp_ratio: int = 4

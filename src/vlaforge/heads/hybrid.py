@@ -44,6 +44,7 @@ class HybridHeadConfig(HeadConfig):
     """HybridVLA: a token head + a continuous head trained jointly; ar | diff | diff+ar (confidence gate)."""
 
     composite: ClassVar[bool] = True
+    sampling: ClassVar[tuple[str, ...]] = ("mode", "threshold")
 
     token: ComponentHeadConfig = field(default_factory=_default_token)
     continuous: ComponentHeadConfig = field(default_factory=_default_continuous)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,8 @@ TIME_CONDITIONINGS = ("concat", "adarms")
 @dataclass(frozen=True)
 class Pi0HeadConfig(HeadConfig):
     """pi0 / pi0.5 Gemma action expert in joint attention with the VLM; flow matching, Euler (num_steps)."""
+
+    sampling: ClassVar[tuple[str, ...]] = ("num_steps",)
 
     width: int = 256  # the expert's hidden size (pi0: gemma_300m, 1024)
     mlp_dim: int = 1024  # its GeGLU width (gemma_300m: 4096)

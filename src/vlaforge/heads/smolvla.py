@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,8 @@ def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
 @dataclass(frozen=True)
 class SmolVLAExpertConfig(HeadConfig):
     """SmolVLA's action expert (0.75-wide decoder, cross/self-attention to the VLM's layers), flow matching."""
+
+    sampling: ClassVar[tuple[str, ...]] = ("num_steps",)
 
     width_multiplier: float = 0.75  # expert hidden = int(multiplier x VLM hidden)
     self_attn_every_n_layers: int = 2  # layers l % n == 0 self-attend, the others cross-attend

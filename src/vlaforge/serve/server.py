@@ -76,6 +76,7 @@ HTTP_APIS = ("vlaforge", "llava_vla")
 class ServeConfig(ConfigBase):
     checkpoint: str = ""
     unnorm_key: str = ""  # mixture checkpoints: which training dataset's statistics / image sizes (default: saved)
+    sampling: str = ""  # the head's sampling fields, space-separated KEY=VALUE (as `vlaforge eval --sampling`)
     host: str = "127.0.0.1"  # only this machine; --host 0.0.0.0 to accept other machines
     port: int = 8000  # websocket + GET /healthz; 0 picks a free port
     http: bool = True  # also serve POST /predict (JSON) on http_port
@@ -288,7 +289,8 @@ class PolicyServer:
     def load(cls, cfg: ServeConfig) -> PolicyServer:
         if not cfg.checkpoint:
             raise ValueError("serve: pass a checkpoint directory")
-        return cls(LocalPolicy.load(cfg.checkpoint, device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed), cfg)
+        return cls(LocalPolicy.load(cfg.checkpoint, device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed,
+                                    sampling=cfg.sampling.split()), cfg)
 
     # --------------------------------------------------------------------------- inference (worker thread)
     def _infer(self, rows: list[dict[str, Any]], request: P.Request | None) -> tuple[np.ndarray, bytes | None]:

@@ -94,7 +94,7 @@ class TrainConfig(ConfigBase):
     # | fit (the step time is measured and the warmup + cosine laid out to end at the budget: fewer steps if needed)
     budget: str = "stop"
     stop_at: int | None = None  # save and stop after this step (the schedule still spans `steps`); --resume later
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer state stay fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer state stay fp32) | auto (bf16 where fast)
     grad_accum: int = 1  # micro-batches of `batch_size` per optimizer step
     ema: float = 0.0  # EMA decay of the weights (DexVLA: 0.9999); when on, checkpoints and eval use the EMA
     distributed: str = "none"  # none | ddp | fsdp | deepspeed (launch with `accelerate launch` or `torchrun`)
@@ -109,7 +109,7 @@ class TrainConfig(ConfigBase):
         self.check(self.log_every >= 1, "log_every", ">= 1")
         self.check(self.keep_last >= 1, "keep_last", ">= 1")
         self.check(self.stop_at is None or 1 <= self.stop_at <= self.steps, "stop_at", f"in [1, steps={self.steps}]")
-        self.check(self.precision in ("fp32", "bf16"), "precision", "fp32 | bf16")
+        self.check(self.precision in ("fp32", "bf16", "auto"), "precision", "fp32 | bf16 | auto")
         self.check(self.budget in ("stop", "fit"), "budget", "stop | fit")
         self.check(self.budget == "stop" or self.max_minutes is not None, "budget",
                    "'stop' without max_minutes (budget=fit lays the schedule out to end at max_minutes)")

@@ -32,6 +32,18 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
+def attention_kernels(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """The attention kernel a training forward uses: torch's choice, except under bf16 on a CPU, where it is the
+    math kernel (plain matmuls + softmax, which bf16 runs on AMX / AVX512-BF16). torch's CPU flash kernel is fast
+    in fp32, but its bf16 backward is about 10x slower than its fp32 one (torch 2.13 on a Xeon with AMX: 155 of a
+    380 ms quick-start step), which ate all of bf16's gain (``bench/levers.py``: the ``bf16_flash`` lever)."""
+    if not (bf16 and device.type == "cpu"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _backend() -> str:
     """torch.distributed's backend for this machine: NCCL on GPUs, gloo on CPU."""
     return "nccl" if torch.cuda.is_available() else "gloo"
@@ -75,8 +87,13 @@ class SingleProcess:
         """The optimizer that updates the weights, under whatever wrapper :meth:`prepare` returned."""
         return getattr(optimizer, "optimizer", optimizer)
 
+    math_attention = True  # under bf16 on a CPU (see attention_kernels); bench/levers.py turns it off to compare
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16))
+        stack.enter_context(attention_kernels(self.device, self.bf16 and self.math_attention))
+        return stack
 
     def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
         """Back-propagate one of ``micro_batches`` accumulated micro-batches' mean loss."""
@@ -224,6 +241,7 @@ class Accelerated(_ProcessGroup, SingleProcess):
         self._use(Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if precision == "bf16" else "no",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]))
+        self.bf16 = precision == "bf16"
 
     def _use(self, acc: Any) -> None:
         """Take rank, world size and device from accelerate's ``Accelerator``."""
@@ -241,7 +259,10 @@ class Accelerated(_ProcessGroup, SingleProcess):
         return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return self.acc.autocast()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.acc.autocast())
+        stack.enter_context(attention_kernels(self.device, self.bf16 and self.math_attention))
+        return stack
 
     def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
         self.acc.backward(loss / micro_batches)
@@ -497,8 +518,24 @@ class DeepSpeed(Accelerated):
                 st["step"] = self._step_value(step)
 
 
+def resolve_precision(precision: str, device: torch.device | None = None) -> str:
+    """``--precision=auto``: bf16 where the device computes it fast (a GPU with bf16; a CPU with AMX or AVX512-BF16,
+    where the quick start's step is 1.5x faster in bf16: ``bench/results/levers_xeon_amx.json``), else fp32 (a CPU
+    without those units emulates bf16, slower than fp32). ``fp32`` and ``bf16`` are returned as they are."""
+    if precision != "auto":
+        return precision
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from vlaforge.utils import cpu_bf16_units
+
+    return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
+
+
 def make_runtime(distributed: str, precision: str, cfg: Any = None) -> SingleProcess:
-    """The runtime for ``--distributed``; ``cfg`` (the TrainConfig) fills DeepSpeed's batch and clipping fields."""
+    """The runtime for ``--distributed``; ``cfg`` (the TrainConfig) fills DeepSpeed's batch and clipping fields.
+    ``precision`` may be ``auto`` (:func:`resolve_precision`); the runtime's ``bf16`` says what it chose."""
+    precision = resolve_precision(precision)
     if distributed == "none":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:

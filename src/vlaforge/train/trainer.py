@@ -386,6 +386,7 @@ def _train(cfg: TrainConfig, show_progress: bool) -> Path:
                "budget_minutes": cfg.max_minutes, "fitted_steps": total if planner is not None else None,
                "plans": planner.plans if planner is not None else [],
                "minutes": (_clock() - t0) / 60, "params": n_params, "distributed": cfg.distributed,
-               "processes": runtime.world, "optimizer": type(runtime.stepping_optimizer(optimizer)).__name__}
+               "processes": runtime.world, "optimizer": type(runtime.stepping_optimizer(optimizer)).__name__,
+               "precision": "bf16" if runtime.bf16 else "fp32"}
     atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return Paths.last_checkpoint(out).resolve()
