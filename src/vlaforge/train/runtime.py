@@ -520,7 +520,8 @@ class DeepSpeed(Accelerated):
 
 def resolve_precision(precision: str, device: torch.device | None = None) -> str:
     """``--precision=auto``: bf16 where the device computes it fast (a GPU with bf16; a CPU with AMX or AVX512-BF16,
-    where the quick start's step is 1.5x faster in bf16: ``bench/results/levers_xeon_amx.json``), else fp32 (a CPU
+    where the quick start's step was 1.47x faster in bf16 with math attention, `bench/levers.py --levers
+    bf16,bf16_flash`), else fp32 (a CPU
     without those units emulates bf16, slower than fp32). ``fp32`` and ``bf16`` are returned as they are."""
     if precision != "auto":
         return precision
