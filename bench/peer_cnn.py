@@ -17,6 +17,7 @@ shared machine's speed drifts. Evaluation runs the first ``--exec-steps`` action
 
     python bench/peer_cnn.py --data runs/quickstart/data              # the quick start's dataset and budget
     python bench/peer_cnn.py --data runs/peer/mt10 --tasks mt10       # collects MT10 (30 demos/task) if missing
+    python bench/peer_cnn.py --data runs/quickstart/data --time-precision 4 --out peer_bf16.json  # fp32 vs bf16 step
 """
 
 from __future__ import annotations
@@ -251,6 +252,38 @@ def train_peer(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: T
             "minutes": minutes, "final_loss": float(np.mean(losses[-20:])), "losses": losses}
 
 
+def time_precisions(model: PeerCNN, reader: LeRobotDataset, inputs: Pipeline, opts: TrainOptions, rounds: int,
+                    steps: int = 8) -> dict[str, Any]:
+    """The peer's median training step in fp32 and in bf16 autocast, in interleaved rounds (fp32, bf16, fp32 ...)
+    of ``steps`` steps on the same batches, so a shared machine's drift hits both alike (``--time-precision``)."""
+    import copy
+    import statistics
+
+    from vlaforge.train.data import make_loader
+
+    pipeline = Pipeline([RandomShift(cameras=list(model.cfg.cameras), pad=opts.shift_pad), *inputs.steps])
+    loader = iter(make_loader(reader, pipeline, batch_size=opts.batch_size, seed=opts.seed, start_step=0,
+                              steps=(rounds + 1) * steps, num_workers=0))
+    arms = {name: copy.deepcopy(model).train() for name in ("fp32", "bf16")}
+    optims = {name: torch.optim.AdamW(m.parameters(), lr=opts.lr) for name, m in arms.items()}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(rounds + 1):  # round 0 warms both up (allocation, first kernels) and is not counted
+        batches = [next(loader) for _ in range(steps)]
+        for name, m in arms.items():
+            for batch in batches:
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                    loss = m.loss(batch, opts.env_state_loss)
+                optims[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optims[name].step()
+                if r:
+                    times[name].append(time.perf_counter() - t)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"median_step_s": median, "bf16_speedup": median["fp32"] / median["bf16"], "steps_timed": rounds * steps,
+            "batch": opts.batch_size}
+
+
 def save_weights(model: PeerCNN, path: Path, train: dict[str, Any]) -> None:
     """The trained weights, with the model's config and the training record as metadata (for ``--weights``)."""
     save_file(model.state_dict(), str(path), metadata={"train": json.dumps(train), "model": json.dumps(
@@ -327,6 +360,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = out.with_suffix(".safetensors")  # written before the evaluation: a crash there keeps the training
+    if args.time_precision:
+        timing = {**time_precisions(model, reader, inputs, opts, args.time_precision), "machine": machine(),
+                  "command": "python bench/peer_cnn.py " + " ".join(sys.argv[1:])}
+        out.write_text(json.dumps(timing, indent=2) + "\n")
+        print(f"{out}: fp32 {timing['median_step_s']['fp32']:.3f} s/step, bf16 {timing['median_step_s']['bf16']:.3f} "
+              f"s/step ({timing['bf16_speedup']:.2f}x)", file=sys.stderr)
+        return timing
     if args.weights:
         train = load_weights(model, Path(args.weights))
     else:
@@ -378,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=defaults["precision"],
                     help="autocast (auto: bf16 where the CPU has bf16 units; %(default)s)")
+    ap.add_argument("--time-precision", type=int, default=0, metavar="ROUNDS", help="only time the training step "
+                    "in fp32 vs bf16 autocast (ROUNDS interleaved rounds of 8 steps) and write that JSON to --out")
     ap.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--videos", default="", help="write one rollout video per task here")

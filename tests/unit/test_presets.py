@@ -127,6 +127,7 @@ def test_the_quick_start_default_is_the_lean_recipe_and_trains(reasoning_dataset
     bb = cfg.policy.backbone
     assert (cfg.policy.head.type, bb.readout, bb.vision_stem, bb.keypoints_to_readout) == ("mlp", "act", "conv", True)
     assert cfg.policy.env_state_loss == 1.0  # it learns where the objects and the goal are (training only)
+    assert cfg.precision == "auto"  # bf16 autocast where the CPU has bf16 units, else fp32
     run = tmp_path / "run"
     cfg = cfg.replace(data=cfg.data.replace(path=str(reasoning_dataset)), out=str(run), steps=2, batch_size=2,
                       save_every=2, log_every=1, threads=1)

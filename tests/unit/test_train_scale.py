@@ -123,7 +123,7 @@ def _two_process_args(common: list[str]) -> list[str]:
 def _common(root: Path) -> list[str]:
     return ["train", "quickstart_tokens", "--data", str(root), "--head.type=mlp", "--backbone.image_size=32",
             "--chunk=1", "--exec_steps=1", "--steps=4", "--save_every=4", "--log_every=1", "--data.shift_pad=0",
-            "--optim.lr=1e-3", "--optim.warmup_steps=0", "--ema=0.5"]
+            "--optim.lr=1e-3", "--optim.warmup_steps=0", "--ema=0.5", "--precision=fp32"]  # (auto: bf16 on AMX)
 
 
 # QLoRA: a 4-bit NF4 language model with LoRA adapters (dropout 0: each process draws its own dropout masks)

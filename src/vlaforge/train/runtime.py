@@ -89,9 +89,14 @@ class SingleProcess:
 
     math_attention = True  # under bf16 on a CPU (see attention_kernels); bench/levers.py turns it off to compare
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context of this engine's forward."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The training forward's context: the engine's autocast and, under CPU bf16, math attention."""
         stack = contextlib.ExitStack()
-        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16))
+        stack.enter_context(self._autocast())
         stack.enter_context(attention_kernels(self.device, self.bf16 and self.math_attention))
         return stack
 
@@ -258,11 +263,8 @@ class Accelerated(_ProcessGroup, SingleProcess):
         # accelerator to ..." on every rank); DDP is the one wrapper accelerate's prepare puts around the model here
         return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.acc.autocast())
-        stack.enter_context(attention_kernels(self.device, self.bf16 and self.math_attention))
-        return stack
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.acc.autocast()
 
     def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
         self.acc.backward(loss / micro_batches)
@@ -365,7 +367,7 @@ class DeepSpeed(Accelerated):
 
     supports_4bit = False  # ZeRO partitions / casts the packed weights apart from their quantization state
     supports_ema = False  # ZeRO-3 partitions the parameters and bf16 casts them: no full fp32 weights to average
-    autocast = SingleProcess.autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
+    _autocast = SingleProcess._autocast  # DeepSpeed casts the weights to bf16; autocast casts the fp32 inputs
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.acc.unwrap_model(model)  # a DeepSpeedEngine
@@ -520,9 +522,9 @@ class DeepSpeed(Accelerated):
 
 def resolve_precision(precision: str, device: torch.device | None = None) -> str:
     """``--precision=auto``: bf16 where the device computes it fast (a GPU with bf16; a CPU with AMX or AVX512-BF16,
-    where the quick start's step was 1.47x faster in bf16 with math attention, `bench/levers.py --levers
-    bf16,bf16_flash`), else fp32 (a CPU
-    without those units emulates bf16, slower than fp32). ``fp32`` and ``bf16`` are returned as they are."""
+    where the quick start's step was 1.47x faster in bf16 with math attention: ``bench/levers.py --levers
+    bf16,bf16_flash``), else fp32 (a CPU without those units emulates bf16, slower than fp32). ``fp32`` and
+    ``bf16`` are returned as they are."""
     if precision != "auto":
         return precision
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
