@@ -179,7 +179,7 @@ class TrainOptions:
     seed: int = 0
     workers: int = 0
     env_state_loss: float = 0.0  # weight of the auxiliary environment-state regression (0: the plain peer)
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto: bf16 where the CPU has bf16 units, as vlaforge train
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 where the CPU has bf16 units, as the quick start
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, done: int = 0) -> Any:
